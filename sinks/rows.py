@@ -1,0 +1,29 @@
+"""The row: one value change of one entity of one view, as the engine emits it.
+
+Rows cross every boundary of the pipeline (engine -> Redis sink, engine -> Parquet sink), so
+they are a typed tuple: cheap to build on the hot path, cheap to pickle into snapshots.
+See ``../shared/DESIGN.md``, "Window semantics", "Rows".
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+__all__ = ["Row"]
+
+
+class Row(NamedTuple):
+    """One value change ``(view, entity, as_of, values…, source partition, offset)``.
+
+    ``values`` follow the order of the view's features. ``partition`` and ``offset`` are those
+    of the last event the entity's state had applied when the row was made (``-1`` when
+    unknown); ``(as_of, offset)`` orders two rows of the same entity that share an ``as_of``,
+    which is how the Redis sink's newer-wins check breaks ties.
+    """
+
+    view: str
+    entity: str
+    as_of: int  # epoch milliseconds
+    values: tuple[Any, ...]
+    partition: int
+    offset: int
