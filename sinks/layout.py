@@ -1,0 +1,36 @@
+"""What a sink needs to know of a view: its name, version, entity and typed feature columns.
+
+Feature views (``flows``) are the source of truth; ``FeatureView.layout()`` derives this. The
+sinks depend only on this small record, so the storage layouts never import the DSL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["FeatureColumn", "ValueType", "ViewLayout"]
+
+# The value types a feature can have, named as Arrow names them.
+ValueType = Literal["int64", "float64", "string"]
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureColumn:
+    name: str
+    type: ValueType
+
+
+@dataclass(frozen=True, slots=True)
+class ViewLayout:
+    """A view as stored: ``features`` are in the order of ``Row.values``."""
+
+    name: str
+    version: int
+    entity: str  # the entity key field's name, e.g. "card_id"
+    features: tuple[FeatureColumn, ...]
+    ttl_seconds: int  # 0 = values never expire
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
