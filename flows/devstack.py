@@ -1,0 +1,852 @@
+"""The local dev stack: a real single-node Apache Kafka and a real Redis on loopback, no Docker.
+
+Kafka 4.x runs from jars fetched once from Maven Central (``deploy/local/pom.xml``) in KRaft
+combined mode (broker and controller in one JVM); Redis is Debian's ``redis-server`` without
+persistence. Everything they write (jars, data, logs, pid files) lives under one dev dir,
+``<repo>/.freshet`` unless ``FRESHET_DEV_DIR`` says otherwise.
+
+``up`` is idempotent: it reuses a service it started before (pid file + health check) or any
+healthy Kafka/Redis already answering on the port ("external", never stopped by ``down``), and
+refuses a port held by anything else. ``down`` stops only what ``up`` started, by pid.
+``freshet dev`` (``flows/cli/dev.py``) and the integration-test fixtures both call this module.
+
+Errors::
+
+    DevStackError(RuntimeError)
+     ├── MissingToolError     java, mvn or redis-server is not installed (says what to install)
+     ├── PortTakenError       a port is held by something that is not a healthy Kafka/Redis
+     └── ServiceStartError    a service exited or did not become healthy in time (log tail)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+__all__ = [
+    "DEFAULT_CONTROLLER_PORT",
+    "DEFAULT_KAFKA_PORT",
+    "DEFAULT_REDIS_PORT",
+    "DevStackError",
+    "MissingToolError",
+    "PortTakenError",
+    "ServiceStartError",
+    "ServiceStatus",
+    "StackConfig",
+    "down",
+    "ensure_jars",
+    "kafka_cluster_id",
+    "listening_pid",
+    "redis_server_info",
+    "render_template",
+    "status",
+    "up",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEPLOY_DIR = REPO_ROOT / "deploy" / "local"
+
+DEFAULT_KAFKA_PORT = 9092
+DEFAULT_CONTROLLER_PORT = 9093
+DEFAULT_REDIS_PORT = 6379
+HOST = "127.0.0.1"
+
+# How long services get to become healthy / to exit. A cold JVM on a busy 2-core box is slow.
+KAFKA_START_TIMEOUT_S = 120.0
+REDIS_START_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 30.0
+
+_INSTALL_HINTS = {
+    "java": "install a Java 17+ runtime: apt-get install -y openjdk-17-jre-headless",
+    "mvn": "install Maven (it fetches the Kafka jars once): apt-get install -y maven",
+    "redis-server": "install Redis: apt-get install -y redis-server",
+}
+
+Echo = Callable[[str], None]
+
+
+def _quiet(_message: str) -> None:
+    """An ``echo`` that says nothing."""
+
+
+class DevStackError(RuntimeError):
+    """The dev stack could not be brought up, inspected or stopped."""
+
+
+class MissingToolError(DevStackError):
+    """A program the stack needs (java, mvn, redis-server) is not on PATH."""
+
+
+class PortTakenError(DevStackError):
+    """A port is held by something that is not a healthy Kafka broker / Redis server."""
+
+
+class ServiceStartError(DevStackError):
+    """A service exited during start-up or did not become healthy in time."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StackConfig:
+    """Where the stack lives and which loopback ports it uses."""
+
+    dev_dir: Path
+    kafka_port: int = DEFAULT_KAFKA_PORT
+    controller_port: int = DEFAULT_CONTROLLER_PORT
+    redis_port: int = DEFAULT_REDIS_PORT
+    kafka_heap_mb: int = 512
+    deploy_dir: Path = DEPLOY_DIR
+    # The jar cache; defaults to <dev_dir>/kafka/lib. Tests share one cache between dev dirs.
+    lib_dir_override: Path | None = None
+
+    def __post_init__(self) -> None:
+        ports = {
+            "kafka_port": self.kafka_port,
+            "controller_port": self.controller_port,
+            "redis_port": self.redis_port,
+        }
+        for name, port in ports.items():
+            if not 1 <= port <= 65535:
+                raise ValueError(f"{name} {port} is not a TCP port (1-65535)")
+        if len(set(ports.values())) != len(ports):
+            raise ValueError(f"the stack's ports must differ, got {ports}")
+        if self.kafka_heap_mb < 128:
+            raise ValueError(f"kafka_heap_mb {self.kafka_heap_mb} is too small (>= 128)")
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str],
+        *,
+        dev_dir: Path | None = None,
+        kafka_port: int | None = None,
+        controller_port: int | None = None,
+        redis_port: int | None = None,
+    ) -> StackConfig:
+        """Read FRESHET_DEV_DIR / _KAFKA_PORT / _CONTROLLER_PORT / _REDIS_PORT; arguments win."""
+        if dev_dir is None:
+            raw_dir = env.get("FRESHET_DEV_DIR")
+            dev_dir = Path(raw_dir) if raw_dir else default_dev_dir()
+        if kafka_port is None:
+            kafka_port = _env_port(env, "FRESHET_DEV_KAFKA_PORT", DEFAULT_KAFKA_PORT)
+        if controller_port is None:
+            controller_port = _env_port(env, "FRESHET_DEV_CONTROLLER_PORT", kafka_port + 1)
+        if redis_port is None:
+            redis_port = _env_port(env, "FRESHET_DEV_REDIS_PORT", DEFAULT_REDIS_PORT)
+        return cls(
+            dev_dir=dev_dir.resolve(),
+            kafka_port=kafka_port,
+            controller_port=controller_port,
+            redis_port=redis_port,
+        )
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{HOST}:{self.kafka_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{HOST}:{self.redis_port}/0"
+
+    @property
+    def lib_dir(self) -> Path:
+        return self.lib_dir_override or self.dev_dir / "kafka" / "lib"
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.dev_dir / "kafka"
+
+    @property
+    def kafka_data_dir(self) -> Path:
+        return self.kafka_dir / "data"
+
+    @property
+    def kafka_log_dir(self) -> Path:
+        return self.kafka_dir / "logs"
+
+    @property
+    def kafka_pid_file(self) -> Path:
+        return self.kafka_dir / "kafka.pid"
+
+    @property
+    def server_properties(self) -> Path:
+        return self.kafka_dir / "server.properties"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.dev_dir / "redis"
+
+    @property
+    def redis_pid_file(self) -> Path:
+        return self.redis_dir / "redis.pid"
+
+    @property
+    def redis_log_file(self) -> Path:
+        return self.redis_dir / "redis.log"
+
+    def log_file(self, service: str) -> Path:
+        """The main log file of ``service`` ("kafka" or "redis")."""
+        if service == "kafka":
+            return self.kafka_log_dir / "server.log"
+        if service == "redis":
+            return self.redis_log_file
+        raise ValueError(f"unknown service {service!r}; known: kafka, redis")
+
+
+def default_dev_dir() -> Path:
+    """``<repo>/.freshet`` for a source checkout, else ``./.freshet``."""
+    if (REPO_ROOT / "pyproject.toml").is_file():
+        return REPO_ROOT / ".freshet"
+    return Path.cwd() / ".freshet"
+
+
+def _env_port(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{key}={raw!r} is not a port number") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceStatus:
+    """What ``status`` knows of one service."""
+
+    name: Literal["kafka", "redis"]
+    address: str
+    # running: started by freshet (pid file); external: healthy, but not ours; stopped.
+    state: Literal["running", "external", "stopped"]
+    pid: int | None = None
+    version: str | None = None
+    rss_bytes: int | None = None
+    log_file: Path | None = None
+    detail: str = ""
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "address": self.address,
+            "state": self.state,
+            "pid": self.pid,
+            "version": self.version,
+            "rss_bytes": self.rss_bytes,
+            "log_file": str(self.log_file) if self.log_file else None,
+            "detail": self.detail,
+        }
+
+
+# --- pure helpers --------------------------------------------------------------------------
+
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+
+
+def render_template(template: str, values: Mapping[str, object]) -> str:
+    """Fill ``{name}`` placeholders; every placeholder must have a value and vice versa."""
+    used = set(_PLACEHOLDER.findall(template))
+    missing = used - set(values)
+    if missing:
+        raise KeyError(f"template placeholders without a value: {sorted(missing)}")
+    unused = set(values) - used
+    if unused:
+        raise KeyError(f"values not used by the template: {sorted(unused)}")
+    return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), template)
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def jar_version(lib_dir: Path, artifact: str) -> str | None:
+    """The version of ``<artifact>-<version>.jar`` in ``lib_dir``, if there is one."""
+    pattern = re.compile(rf"^{re.escape(artifact)}-(\d[\w.\-]*)\.jar$")
+    for jar in sorted(lib_dir.glob(f"{artifact}-*.jar")):
+        match = pattern.match(jar.name)
+        if match:
+            return match.group(1)
+    return None
+
+
+def jars_complete(lib_dir: Path, pom_digest: str) -> bool:
+    """True when ``lib_dir`` holds the jars of exactly this pom (its stamp matches)."""
+    stamp = lib_dir / ".pom.sha256"
+    return (
+        stamp.is_file()
+        and stamp.read_text().strip() == pom_digest
+        and jar_version(lib_dir, "kafka_2.13") is not None
+    )
+
+
+def kafka_command(config: StackConfig, java: str) -> list[str]:
+    """The JVM command line of the broker (what Kafka's kafka-server-start.sh would run)."""
+    heap = f"{config.kafka_heap_mb}m"
+    return [
+        java,
+        f"-Xmx{heap}",
+        "-Xms128m",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-XX:+ExitOnOutOfMemoryError",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={config.deploy_dir / 'log4j2.yaml'}",
+        f"-Dkafka.logs.dir={config.kafka_log_dir}",
+        "-cp",
+        f"{config.lib_dir}/*",
+        "kafka.Kafka",
+        str(config.server_properties),
+    ]
+
+
+def redis_command(config: StackConfig, redis_server: str) -> list[str]:
+    """Daemonized, loopback-only Redis without persistence, files under the dev dir."""
+    return [
+        redis_server,
+        "--bind", HOST,
+        "--port", str(config.redis_port),
+        "--save", "",
+        "--appendonly", "no",
+        # Integration tests lease one database each (tests/integration/conftest.py).
+        "--databases", "64",
+        "--daemonize", "yes",
+        "--pidfile", str(config.redis_pid_file),
+        "--logfile", str(config.redis_log_file),
+        "--dir", str(config.redis_dir),
+    ]  # fmt: skip
+
+
+def read_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def process_cmdline(pid: int) -> list[str] | None:
+    """The argv of a live (non-zombie) process, or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The state letter follows the parenthesised command name; zombies are already dead.
+    if stat.rsplit(")", 1)[-1].split()[0] in {"Z", "X"} or not raw:
+        return None
+    return [part.decode(errors="replace") for part in raw.rstrip(b"\0").split(b"\0")]
+
+
+def is_our_process(pid: int | None, marker: str) -> bool:
+    """True when ``pid`` is alive and its command line contains ``marker``."""
+    if pid is None:
+        return False
+    argv = process_cmdline(pid)
+    return argv is not None and any(marker in part for part in argv)
+
+
+def rss_bytes(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return None
+
+
+def port_is_open(port: int, *, host: str = HOST, timeout: float = 0.5) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
+        return True
+    return False
+
+
+def parse_listening_inodes(proc_net_tcp: str, port: int) -> set[str]:
+    """Socket inodes listening on ``port`` in the text of /proc/net/tcp or /proc/net/tcp6."""
+    inodes: set[str] = set()
+    for line in proc_net_tcp.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 10:
+            continue
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+            inodes.add(inode)
+    return inodes
+
+
+def listening_pid(port: int) -> int | None:
+    """The pid of the process listening on TCP ``port`` (Linux /proc; None when unknown)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            inodes |= parse_listening_inodes(Path(table).read_text(), port)
+    if not inodes:
+        return None
+    targets = {f"socket:[{inode}]" for inode in inodes}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in targets:
+                        return int(proc.name)
+    return None
+
+
+def tail_lines(path: Path, count: int) -> list[str]:
+    """The last ``count`` lines of a text file (empty when it does not exist)."""
+    if count <= 0 or not path.is_file():
+        return []
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        block = 64 * 1024
+        data = b""
+        while size > 0 and data.count(b"\n") <= count:
+            step = min(block, size)
+            size -= step
+            handle.seek(size)
+            data = handle.read(step) + data
+    return data.decode(errors="replace").splitlines()[-count:]
+
+
+def require_tool(name: str) -> str:
+    """The path of ``name`` on PATH, or a MissingToolError saying what to install."""
+    path = shutil.which(name)
+    if path is None:
+        raise MissingToolError(f"{name!r} not found on PATH; {_INSTALL_HINTS[name]}")
+    return path
+
+
+# --- health checks -------------------------------------------------------------------------
+
+
+def kafka_cluster_id(bootstrap: str, *, timeout: float = 3.0) -> str | None:
+    """The cluster id when a Kafka broker answers a metadata request, else None."""
+    host, _, port = bootstrap.rpartition(":")
+    if not port_is_open(int(port), host=host, timeout=min(timeout, 1.0)):
+        return None
+    from confluent_kafka.admin import AdminClient  # heavy import, only when needed
+
+    # log_level 0: librdkafka would print connection errors to stderr while a broker starts.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except Exception:  # KafkaException on timeout; anything else also means "not healthy"
+        return None
+    if not metadata.brokers:
+        return None
+    cluster_id: str | None = metadata.cluster_id
+    return cluster_id or "unknown"
+
+
+def redis_server_info(port: int, *, timeout: float = 1.0) -> dict[str, object] | None:
+    """Redis's INFO server section when a Redis answers on ``port``, else None."""
+    if not port_is_open(port, timeout=timeout):
+        return None
+    import redis  # only when needed
+
+    client = redis.Redis(
+        host=HOST, port=port, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    try:
+        info: dict[str, object] = client.info("server")
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    return info
+
+
+# --- jars ----------------------------------------------------------------------------------
+
+
+def ensure_jars(config: StackConfig, *, echo: Echo = _quiet) -> bool:
+    """Fetch the broker's jars into ``lib_dir`` unless already there; True if it downloaded."""
+    pom = config.deploy_dir / "pom.xml"
+    if not pom.is_file():
+        raise DevStackError(f"{pom} not found: `freshet dev` needs a freshet source checkout")
+    digest = file_digest(pom)
+    if jars_complete(config.lib_dir, digest):
+        return False
+    mvn = require_tool("mvn")
+    staging = config.lib_dir.with_name(config.lib_dir.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    echo(f"fetching Kafka jars from Maven Central into {config.lib_dir} (once)")
+    started = time.monotonic()
+    result = subprocess.run(
+        [mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
+         f"-Dkafka.lib.dir={staging}"],
+        capture_output=True, text=True, check=False, cwd=config.deploy_dir,
+    )  # fmt: skip
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
+        raise DevStackError(
+            f"mvn could not fetch the Kafka jars (exit {result.returncode}):\n{tail}"
+        )
+    if jar_version(staging, "kafka_2.13") is None:
+        raise DevStackError(f"mvn finished but {staging} holds no kafka_2.13 jar")
+    (staging / ".pom.sha256").write_text(digest + "\n")
+    shutil.rmtree(config.lib_dir, ignore_errors=True)
+    staging.rename(config.lib_dir)
+    size = sum(jar.stat().st_size for jar in config.lib_dir.glob("*.jar"))
+    echo(f"fetched {size / 1e6:.1f} MB of jars in {time.monotonic() - started:.1f} s")
+    return True
+
+
+# --- locking and waiting -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(config: StackConfig) -> Iterator[None]:
+    """Serialise up/down on one dev dir (two pytest sessions may start the stack at once)."""
+    config.dev_dir.mkdir(parents=True, exist_ok=True)
+    with (config.dev_dir / "dev.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _wait_until(
+    check: Callable[[], bool], *, timeout: float, alive: Callable[[], bool] = lambda: True
+) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        if not alive():
+            return False
+        time.sleep(0.2)
+    return check()
+
+
+def _describe_holder(port: int) -> str:
+    pid = listening_pid(port)
+    if pid is None:
+        return "an unknown process"
+    argv = process_cmdline(pid) or ["?"]
+    return f"pid {pid} ({shlex.join(argv)[:120]})"
+
+
+# --- Kafka ---------------------------------------------------------------------------------
+
+
+def _kafka_marker(config: StackConfig) -> str:
+    # Our broker's argv names its server.properties; that tells it from any other JVM.
+    return str(config.server_properties)
+
+
+def _format_storage(config: StackConfig, java: str, *, echo: Echo) -> None:
+    """Format the KRaft storage once per (ports) layout; a new layout gets fresh storage."""
+    stamp = config.kafka_dir / "format.stamp"
+    layout = f"{config.kafka_port} {config.controller_port}\n"
+    meta = config.kafka_data_dir / "meta.properties"
+    if meta.is_file() and stamp.is_file() and stamp.read_text() == layout:
+        return
+    if config.kafka_data_dir.exists():
+        echo(f"ports changed: wiping Kafka storage {config.kafka_data_dir}")
+        shutil.rmtree(config.kafka_data_dir)
+    classpath = f"{config.lib_dir}/*"
+    # Any string is a valid cluster id for a dev box; the conventional form is a base64 UUID.
+    cluster_id = hashlib.sha256(str(config.dev_dir).encode()).hexdigest()[:22]
+    result = subprocess.run(
+        [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone",
+         "-t", cluster_id, "-c", str(config.server_properties)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise ServiceStartError(
+            f"kafka StorageTool format failed (exit {result.returncode}): "
+            f"{(result.stdout + result.stderr).strip()[-2000:]}"
+        )
+    stamp.write_text(layout)
+    echo(f"formatted Kafka storage in {config.kafka_data_dir} (cluster id {cluster_id})")
+
+
+def _start_kafka(config: StackConfig, *, echo: Echo) -> ServiceStatus:
+    marker = _kafka_marker(config)
+    pid = read_pid(config.kafka_pid_file)
+    if is_our_process(pid, marker):
+        assert pid is not None
+        if _wait_until(
+            lambda: kafka_cluster_id(config.kafka_bootstrap, timeout=1.0) is not None,
+            timeout=KAFKA_START_TIMEOUT_S,
+            alive=lambda: is_our_process(pid, marker),
+        ):
+            echo(f"kafka: already running (pid {pid}) on {config.kafka_bootstrap}")
+            return _kafka_status(config)
+        raise ServiceStartError(
+            f"kafka (pid {pid}) is running but does not answer on {config.kafka_bootstrap}; "
+            f"see {config.log_file('kafka')} or run `freshet dev down` and retry"
+        )
+    config.kafka_pid_file.unlink(missing_ok=True)
+    if port_is_open(config.kafka_port):
+        if kafka_cluster_id(config.kafka_bootstrap) is not None:
+            echo(f"kafka: reusing the broker already answering on {config.kafka_bootstrap}")
+            return _kafka_status(config)
+        raise PortTakenError(
+            f"port {config.kafka_port} is taken by {_describe_holder(config.kafka_port)}, which "
+            "is not a healthy Kafka broker; stop it or pick another port with --kafka-port "
+            "(or FRESHET_DEV_KAFKA_PORT)"
+        )
+    if port_is_open(config.controller_port):
+        raise PortTakenError(
+            f"the Kafka controller port {config.controller_port} is taken by "
+            f"{_describe_holder(config.controller_port)}; pick another with --controller-port "
+            "(or FRESHET_DEV_CONTROLLER_PORT)"
+        )
+
+    java = require_tool("java")
+    ensure_jars(config, echo=echo)
+    config.kafka_log_dir.mkdir(parents=True, exist_ok=True)
+    template = (config.deploy_dir / "server.properties.template").read_text()
+    config.server_properties.write_text(
+        render_template(
+            template,
+            {
+                "kafka_port": config.kafka_port,
+                "controller_port": config.controller_port,
+                "data_dir": config.kafka_data_dir,
+            },
+        )
+    )
+    _format_storage(config, java, echo=echo)
+
+    started = time.monotonic()
+    pid = _spawn_detached(kafka_command(config, java), config.kafka_log_dir / "kafka.out")
+    config.kafka_pid_file.write_text(f"{pid}\n")
+    ready = _wait_until(
+        lambda: kafka_cluster_id(config.kafka_bootstrap, timeout=1.0) is not None,
+        timeout=KAFKA_START_TIMEOUT_S,
+        alive=lambda: is_our_process(pid, marker),
+    )
+    if not ready:
+        _stop_pid(pid, marker, timeout=STOP_TIMEOUT_S)
+        config.kafka_pid_file.unlink(missing_ok=True)
+        tail = "\n".join(
+            tail_lines(config.log_file("kafka"), 15)
+            + tail_lines(config.kafka_log_dir / "kafka.out", 15)
+        )
+        raise ServiceStartError(
+            f"kafka did not answer on {config.kafka_bootstrap} within "
+            f"{KAFKA_START_TIMEOUT_S:.0f} s; last log lines:\n{tail}"
+        )
+    server_log = config.log_file("kafka")
+    if not server_log.is_file() or server_log.stat().st_size == 0:
+        raise ServiceStartError(
+            f"kafka answers but wrote nothing to {server_log}: the Log4j 2 backend or its "
+            f"SLF4J binding is missing from {config.lib_dir}"
+        )
+    elapsed = time.monotonic() - started
+    echo(f"kafka: started (pid {pid}) on {config.kafka_bootstrap} in {elapsed:.1f} s")
+    return _kafka_status(config)
+
+
+def _spawn_detached(argv: Sequence[str], out_file: Path) -> int:
+    """Start ``argv`` in its own session, detached from us, and return its pid.
+
+    A shell starts it in the background and exits at once, so no Popen object outlives this
+    call (pytest would flag it as a leaked resource) and the process survives our exit.
+    """
+    script = f"exec {shlex.join(argv)} </dev/null >>{shlex.quote(str(out_file))} 2>&1 & echo $!"
+    result = subprocess.run(
+        ["/bin/sh", "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        start_new_session=True,
+    )
+    return int(result.stdout.strip())
+
+
+def _kafka_status(config: StackConfig) -> ServiceStatus:
+    pid = read_pid(config.kafka_pid_file)
+    version = jar_version(config.lib_dir, "kafka_2.13")
+    log_file = config.log_file("kafka")
+    if is_our_process(pid, _kafka_marker(config)):
+        assert pid is not None
+        healthy = kafka_cluster_id(config.kafka_bootstrap) is not None
+        return ServiceStatus(
+            name="kafka", address=config.kafka_bootstrap, state="running", pid=pid,
+            version=version, rss_bytes=rss_bytes(pid), log_file=log_file,
+            detail="" if healthy else "not answering yet",
+        )  # fmt: skip
+    cluster_id = kafka_cluster_id(config.kafka_bootstrap)
+    if cluster_id is not None:
+        holder = listening_pid(config.kafka_port)
+        return ServiceStatus(
+            name="kafka", address=config.kafka_bootstrap, state="external", pid=holder,
+            rss_bytes=rss_bytes(holder) if holder else None,
+            detail=f"cluster {cluster_id}, not started from {config.dev_dir}",
+        )  # fmt: skip
+    return ServiceStatus(
+        name="kafka", address=config.kafka_bootstrap, state="stopped", version=version,
+        log_file=log_file,
+    )  # fmt: skip
+
+
+# --- Redis ---------------------------------------------------------------------------------
+
+
+def _redis_marker(config: StackConfig) -> str:
+    # A daemonized redis-server's argv is rewritten to "redis-server 127.0.0.1:<port>".
+    return f"{HOST}:{config.redis_port}"
+
+
+def _is_our_redis(config: StackConfig, pid: int | None) -> bool:
+    if not is_our_process(pid, _redis_marker(config)):
+        return False
+    assert pid is not None
+    argv = process_cmdline(pid) or []
+    return any("redis-server" in part for part in argv)
+
+
+def _start_redis(config: StackConfig, *, echo: Echo) -> ServiceStatus:
+    pid = read_pid(config.redis_pid_file)
+    if _is_our_redis(config, pid):
+        if _wait_until(
+            lambda: redis_server_info(config.redis_port) is not None, timeout=REDIS_START_TIMEOUT_S
+        ):
+            echo(f"redis: already running (pid {pid}) on {HOST}:{config.redis_port}")
+            return _redis_status(config)
+        raise ServiceStartError(
+            f"redis (pid {pid}) is running but does not answer PING on port {config.redis_port}; "
+            f"see {config.redis_log_file} or run `freshet dev down` and retry"
+        )
+    config.redis_pid_file.unlink(missing_ok=True)
+    if port_is_open(config.redis_port):
+        if redis_server_info(config.redis_port) is not None:
+            echo(f"redis: reusing the server already answering on {HOST}:{config.redis_port}")
+            return _redis_status(config)
+        raise PortTakenError(
+            f"port {config.redis_port} is taken by {_describe_holder(config.redis_port)}, which "
+            "is not a healthy Redis server; stop it or pick another port with --redis-port "
+            "(or FRESHET_DEV_REDIS_PORT)"
+        )
+    redis_server = require_tool("redis-server")
+    config.redis_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    result = subprocess.run(
+        redis_command(config, redis_server), capture_output=True, text=True, check=False,
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise ServiceStartError(
+            f"redis-server exited with {result.returncode}: "
+            f"{(result.stdout + result.stderr).strip()[-1000:]}"
+        )
+    ready = _wait_until(
+        lambda: (
+            redis_server_info(config.redis_port) is not None
+            and _is_our_redis(config, read_pid(config.redis_pid_file))
+        ),
+        timeout=REDIS_START_TIMEOUT_S,
+    )
+    if not ready:
+        tail = "\n".join(tail_lines(config.redis_log_file, 15))
+        raise ServiceStartError(
+            f"redis did not answer on port {config.redis_port} within "
+            f"{REDIS_START_TIMEOUT_S:.0f} s; last log lines:\n{tail}"
+        )
+    echo(
+        f"redis: started (pid {read_pid(config.redis_pid_file)}) on {HOST}:{config.redis_port} "
+        f"in {time.monotonic() - started:.1f} s"
+    )
+    return _redis_status(config)
+
+
+def _redis_status(config: StackConfig) -> ServiceStatus:
+    address = f"{HOST}:{config.redis_port}"
+    pid = read_pid(config.redis_pid_file)
+    info = redis_server_info(config.redis_port)
+    version = str(info["redis_version"]) if info else None
+    if _is_our_redis(config, pid):
+        assert pid is not None
+        return ServiceStatus(
+            name="redis", address=address, state="running", pid=pid, version=version,
+            rss_bytes=rss_bytes(pid), log_file=config.redis_log_file,
+            detail="" if info else "not answering",
+        )  # fmt: skip
+    if info is not None:
+        holder = info.get("process_id")
+        ext_pid = holder if isinstance(holder, int) else None
+        return ServiceStatus(
+            name="redis", address=address, state="external", pid=ext_pid, version=version,
+            rss_bytes=rss_bytes(ext_pid) if ext_pid else None,
+            detail=f"not started from {config.dev_dir}",
+        )  # fmt: skip
+    return ServiceStatus(
+        name="redis", address=address, state="stopped", log_file=config.redis_log_file
+    )
+
+
+# --- stopping ------------------------------------------------------------------------------
+
+
+def _stop_pid(pid: int, marker: str, *, timeout: float) -> Literal["term", "kill", "gone"]:
+    """SIGTERM ``pid`` (if it is still ours), wait for it, SIGKILL after ``timeout``."""
+    if not is_our_process(pid, marker):
+        return "gone"
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if _wait_until(lambda: not is_our_process(pid, marker), timeout=timeout):
+        return "term"
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    _wait_until(lambda: not is_our_process(pid, marker), timeout=10.0)
+    return "kill"
+
+
+# --- the stack -----------------------------------------------------------------------------
+
+
+def up(config: StackConfig, *, echo: Echo = _quiet) -> tuple[ServiceStatus, ServiceStatus]:
+    """Bring Kafka and Redis up (or reuse healthy ones); return their status."""
+    with _locked(config):
+        redis_status = _start_redis(config, echo=echo)
+        kafka_status = _start_kafka(config, echo=echo)
+    return kafka_status, redis_status
+
+
+def status(config: StackConfig) -> tuple[ServiceStatus, ServiceStatus]:
+    """The state of both services, without changing anything."""
+    return _kafka_status(config), _redis_status(config)
+
+
+def down(config: StackConfig, *, echo: Echo = _quiet, timeout: float = STOP_TIMEOUT_S) -> None:
+    """Stop the services this dev dir started (by pid); leave anything else alone."""
+    with _locked(config):
+        targets = [
+            ("kafka", config.kafka_pid_file, _kafka_marker(config), config.kafka_port),
+            ("redis", config.redis_pid_file, _redis_marker(config), config.redis_port),
+        ]
+        for name, pid_file, marker, port in targets:
+            pid = read_pid(pid_file)
+            if pid is None or not is_our_process(pid, marker):
+                pid_file.unlink(missing_ok=True)
+                note = (
+                    " (something else answers on its port: left alone)"
+                    if port_is_open(port)
+                    else ""
+                )
+                echo(f"{name}: not running from {config.dev_dir}{note}")
+                continue
+            started = time.monotonic()
+            how = _stop_pid(pid, marker, timeout=timeout)
+            pid_file.unlink(missing_ok=True)
+            forced = " (SIGKILL after timeout)" if how == "kill" else ""
+            echo(f"{name}: stopped pid {pid} in {time.monotonic() - started:.1f} s{forced}")
