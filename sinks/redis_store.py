@@ -1,0 +1,482 @@
+"""The Redis online store: key layout, newer-wins writer and reader, in one module.
+
+Layout
+------
+One Redis string per ``(view, version, entity)``::
+
+    key   = b"fs:" + view + b":" + version + b":{" + entity + b"}"
+    value = struct ">qq" (as_of ms, source offset; 16 bytes, big-endian int64)
+            + orjson array of the feature values, in the view's feature order
+
+* The version lives in the key, so a new view version starts an empty key space and old
+  versions can be dropped with ``SCAN fs:<view>:<old>:*``.
+* Entities are opaque: the entity is the key's tail after a fixed prefix (view names are
+  checked to hold neither ``:`` nor braces), so no entity can collide with another view's or
+  another entity's key, whatever bytes it holds (``:``, ``{``, ``}``, NUL, non-UTF-8 via
+  ``surrogateescape``).
+* Redis Cluster: the entity is wrapped in a hash tag, so every view of one entity lives in
+  one slot (a multi-view lookup of an entity stays on one node). An entity that itself holds
+  ``}`` only shortens its own tag; the key stays unique. Writes are one single-key script call
+  per row, so batches spanning slots are fine; batch reads use ``MGET`` on a single node and
+  ``mget_nonatomic`` (one ``MGET`` per slot, pipelined per node) on a cluster client.
+* The fixed-width binary header lets the Lua script compare versions with
+  ``struct.unpack`` without decoding the values; orjson keeps values compact (``152.5`` is 5
+  bytes, where msgpack spends 9 on every float64). ``MEMORY USAGE`` per entity for the demo
+  view (6 features) is measured by ``tests/bench/serving/bench_redis_memory.py``.
+
+Writes
+------
+Each row runs one Lua script (``EVALSHA``, loaded once per writer and again after
+``NOSCRIPT``, e.g. after a Redis restart or ``SCRIPT FLUSH``); all rows of a batch go in one
+pipeline, one round trip. The script writes only if ``(as_of, offset)`` of the new row is
+``>=`` the stored one, so replays, retries and concurrent backfills never regress a value and
+rewriting an identical row is a no-op in effect. TTL (``ViewLayout.ttl_seconds``, 0 = none) is
+counted from write time (``SET … PX``); the reader also reports ``expired`` when
+``as_of + ttl < now``, so an old value rewritten by a backfill is never served as fresh. Once a
+key has expired its version is forgotten: an older row written later is accepted (it is itself
+reported expired if older than the TTL).
+
+On ``ConnectionError``/``TimeoutError``/``BusyLoadingError`` the whole batch is re-sent after a
+capped exponential backoff; rows are never dropped (the script is idempotent, so re-sending
+rows that had already landed is harmless). ``write`` returns the number of rows that won;
+after a retry, rows that had landed before the failure count again.
+
+Reads
+-----
+``RedisFeatureReader`` (sync) and ``AsyncRedisFeatureReader`` (``redis.asyncio``, for the
+endpoint) share the key building and decoding; each lookup is one ``MGET`` round trip. Clients
+must be built with ``decode_responses=False`` (``connect`` and ``connect_async`` do so).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, cast
+
+import orjson
+import redis
+import redis.asyncio
+from redis.exceptions import BusyLoadingError, NoScriptError
+
+from sinks.layout import ViewLayout
+from sinks.rows import Row
+
+__all__ = [
+    "AsyncRedisFeatureReader",
+    "FeatureStatus",
+    "Lookup",
+    "RedisFeatureReader",
+    "RedisFeatureWriter",
+    "UnknownFeatureError",
+    "UnknownLayoutError",
+    "connect",
+    "connect_async",
+    "decode_record",
+    "encode_record",
+    "record_key",
+]
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = b"fs:"
+_HEADER = struct.Struct(">qq")  # as_of (epoch ms), source offset
+HEADER_SIZE = _HEADER.size
+
+# KEYS[1] = record key; ARGV[1] = record (header + values); ARGV[2] = TTL in ms, 0 = none.
+# Returns 1 when the row won (was written), 0 when the stored row is newer.
+WRITE_SCRIPT = b"""
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ca, co = struct.unpack('>i8i8', cur)
+  local na, no = struct.unpack('>i8i8', ARGV[1])
+  if na < ca or (na == ca and no < co) then return 0 end
+end
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 1
+"""
+
+# Errors after which a batch is re-sent: the server is (re)starting or unreachable.
+_TRANSIENT: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    BusyLoadingError,
+)
+
+FeatureStatus = Literal["present", "not_found", "expired"]
+
+
+class UnknownLayoutError(KeyError):
+    """A row or lookup names a view the store was not given a layout for."""
+
+    def __init__(self, view: str, known: Sequence[str]) -> None:
+        super().__init__(view)
+        self.view = view
+        self.known = tuple(sorted(known))
+
+    def __str__(self) -> str:
+        return f"unknown view {self.view!r}; known: {', '.join(self.known) or '(none)'}"
+
+
+class UnknownFeatureError(ValueError):
+    """A lookup asks for features the view does not have."""
+
+    def __init__(self, view: str, unknown: Sequence[str], known: Sequence[str]) -> None:
+        self.view = view
+        self.unknown = tuple(unknown)
+        self.known = tuple(known)
+        super().__init__(
+            f"unknown feature(s) {', '.join(map(repr, self.unknown))} of view {view!r}; "
+            f"known: {', '.join(self.known)}"
+        )
+
+
+def _check_layouts(layouts: Mapping[str, ViewLayout]) -> dict[str, ViewLayout]:
+    for name, layout in layouts.items():
+        if name != layout.name:
+            raise ValueError(f"layout registered as {name!r} is named {layout.name!r}")
+        if not name or any(c in name for c in ":{}") or not name.isprintable():
+            raise ValueError(
+                f"view name {name!r} cannot be used in a Redis key: it must be non-empty, "
+                "printable and hold no ':', '{' or '}'"
+            )
+    return dict(layouts)
+
+
+def _entity_bytes(entity: str) -> bytes:
+    # surrogateescape: an entity decoded from arbitrary bytes maps back to the same bytes.
+    return entity.encode("utf-8", "surrogateescape")
+
+
+def _key_prefix(layout: ViewLayout) -> bytes:
+    return KEY_PREFIX + layout.name.encode() + b":" + str(layout.version).encode() + b":{"
+
+
+def record_key(layout: ViewLayout, entity: str) -> bytes:
+    """The Redis key of one entity's record of ``layout``'s view and version."""
+    return _key_prefix(layout) + _entity_bytes(entity) + b"}"
+
+
+def encode_record(as_of: int, offset: int, values: Sequence[Any]) -> bytes:
+    """Header ``(as_of, offset)`` followed by the values as a JSON array."""
+    return _HEADER.pack(as_of, offset) + orjson.dumps(values)
+
+
+def decode_record(raw: bytes) -> tuple[int, int, list[Any]]:
+    """``(as_of, offset, values)`` of a stored record."""
+    as_of, offset = _HEADER.unpack_from(raw)
+    values: list[Any] = orjson.loads(memoryview(raw)[HEADER_SIZE:])
+    return as_of, offset, values
+
+
+# --------------------------------------------------------------------------------------------
+# Writer
+
+
+class _Pipeline(Protocol):
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any: ...
+    def execute(self, raise_on_error: bool = ...) -> list[Any]: ...
+
+
+class _SyncClient(Protocol):
+    def pipeline(self, transaction: bool = ...) -> Any: ...
+    def script_load(self, script: bytes) -> Any: ...
+
+
+class RedisFeatureWriter:
+    """Writes rows newer-wins, one pipelined round trip per batch; see the module docstring.
+
+    ``client`` is a ``redis.Redis`` or ``redis.cluster.RedisCluster`` built by the caller
+    (``connect(url)``); ``layouts`` maps view names to their layouts.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        layouts: Mapping[str, ViewLayout],
+        *,
+        backoff_initial_s: float = 0.05,
+        backoff_max_s: float = 2.0,
+        give_up_after_s: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._client = cast(_SyncClient, client)
+        self._layouts = _check_layouts(layouts)
+        self._prefixes = {name: _key_prefix(lay) for name, lay in self._layouts.items()}
+        self._ttl_ms = {name: lay.ttl_seconds * 1000 for name, lay in self._layouts.items()}
+        self._widths = {name: len(lay.features) for name, lay in self._layouts.items()}
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._give_up_after_s = give_up_after_s
+        self._sleep = sleep
+        self._sha: bytes | None = None
+
+    def _commands(self, rows: Sequence[Row]) -> list[tuple[bytes, bytes, int]]:
+        commands = []
+        for row in rows:
+            prefix = self._prefixes.get(row.view)
+            if prefix is None:
+                raise UnknownLayoutError(row.view, list(self._layouts))
+            if len(row.values) != self._widths[row.view]:
+                raise ValueError(
+                    f"row of view {row.view!r} for entity {row.entity!r} has "
+                    f"{len(row.values)} values; the layout has {self._widths[row.view]} features"
+                )
+            commands.append(
+                (
+                    prefix + _entity_bytes(row.entity) + b"}",
+                    _HEADER.pack(row.as_of, row.offset) + orjson.dumps(row.values),
+                    self._ttl_ms[row.view],
+                )
+            )
+        return commands
+
+    def write(self, rows: Sequence[Row]) -> int:
+        """Write ``rows`` (any views, any order); return how many won against stored rows.
+
+        Blocks, re-sending the batch with capped exponential backoff, while Redis is
+        unreachable or loading; raises only after ``give_up_after_s`` (default: never).
+        """
+        if not rows:
+            return 0
+        commands = self._commands(rows)
+        started = time.monotonic()
+        delay = self._backoff_initial_s
+        attempt = 0
+        while True:
+            try:
+                return self._send(commands)
+            except _TRANSIENT as exc:
+                attempt += 1
+                waited = time.monotonic() - started
+                if self._give_up_after_s is not None and waited >= self._give_up_after_s:
+                    raise
+                log.warning(
+                    "redis write of %d rows failed (attempt %d, %.1fs so far): %s; retry in %.2fs",
+                    len(commands),
+                    attempt,
+                    waited,
+                    type(exc).__name__,
+                    delay,
+                )
+                self._sleep(delay)
+                delay = min(delay * 2, self._backoff_max_s)
+
+    def _send(self, commands: list[tuple[bytes, bytes, int]]) -> int:
+        for _ in range(3):  # NOSCRIPT twice in a row means the server keeps flushing scripts
+            if self._sha is None:
+                self._sha = cast(bytes, self._client.script_load(WRITE_SCRIPT))
+                if isinstance(self._sha, str):
+                    self._sha = self._sha.encode()
+            pipe = cast(_Pipeline, self._client.pipeline(transaction=False))
+            for key, record, ttl_ms in commands:
+                pipe.execute_command("EVALSHA", self._sha, 1, key, record, ttl_ms)
+            results = pipe.execute(raise_on_error=False)
+            if any(isinstance(r, NoScriptError) for r in results):
+                self._sha = None  # Redis restarted or SCRIPT FLUSH: reload, re-send the batch
+                continue
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
+            return sum(cast(list[int], results))
+        raise redis.exceptions.ResponseError("NOSCRIPT persisted after reloading the script")
+
+
+# --------------------------------------------------------------------------------------------
+# Reader
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """One entity's features as served: the JSON shape of DESIGN.md "Interfaces".
+
+    ``found`` is false when Redis holds no record (never written, or TTL elapsed); an
+    ``expired`` record (``as_of + ttl < now``) is found, with null values.
+    """
+
+    view: str
+    entity: str
+    found: bool
+    as_of: int | None
+    age_ms: int | None
+    features: dict[str, Any]
+    status: dict[str, FeatureStatus]
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    layout: ViewLayout
+    entities: tuple[str, ...]
+    keys: list[bytes]
+    names: tuple[str, ...]
+    indices: tuple[int, ...] | None  # None: all features, in order
+
+
+class _ReaderBase:
+    def __init__(
+        self, client: Any, layouts: Mapping[str, ViewLayout], *, clock_ms: Callable[[], int]
+    ) -> None:
+        self._client = client
+        self._layouts = _check_layouts(layouts)
+        self._prefixes = {name: _key_prefix(lay) for name, lay in self._layouts.items()}
+        self._clock_ms = clock_ms
+        # Cluster clients cannot MGET across slots; they split the keys per slot instead.
+        self._mget_name = "mget_nonatomic" if hasattr(client, "mget_nonatomic") else "mget"
+
+    def layout(self, view: str) -> ViewLayout:
+        """The layout of ``view``; raises ``UnknownLayoutError`` naming the known views."""
+        try:
+            return self._layouts[view]
+        except KeyError:
+            raise UnknownLayoutError(view, list(self._layouts)) from None
+
+    def _plan(self, view: str, entities: Sequence[str], features: Sequence[str] | None) -> _Plan:
+        layout = self.layout(view)
+        prefix = self._prefixes[view]
+        keys = [prefix + _entity_bytes(e) + b"}" for e in entities]
+        all_names = layout.feature_names
+        if features is None:
+            return _Plan(layout, tuple(entities), keys, all_names, None)
+        position = {name: i for i, name in enumerate(all_names)}
+        unknown = [f for f in features if f not in position]
+        if unknown:
+            raise UnknownFeatureError(view, unknown, all_names)
+        names = tuple(features)
+        return _Plan(layout, tuple(entities), keys, names, tuple(position[f] for f in names))
+
+    def _decode(self, plan: _Plan, raws: Sequence[bytes | None]) -> list[Lookup]:
+        now = self._clock_ms()
+        view = plan.layout.name
+        ttl_ms = plan.layout.ttl_seconds * 1000
+        names = plan.names
+        indices = plan.indices
+        missing_values = dict.fromkeys(names)
+        not_found: dict[str, FeatureStatus] = dict.fromkeys(names, "not_found")
+        expired: dict[str, FeatureStatus] = dict.fromkeys(names, "expired")
+        present: dict[str, FeatureStatus] = dict.fromkeys(names, "present")
+        out = []
+        for entity, raw in zip(plan.entities, raws, strict=True):
+            if raw is None:
+                out.append(
+                    Lookup(view, entity, False, None, None, missing_values.copy(), not_found.copy())
+                )
+                continue
+            as_of, _offset = _HEADER.unpack_from(raw)
+            if ttl_ms and as_of + ttl_ms < now:
+                out.append(
+                    Lookup(
+                        view,
+                        entity,
+                        True,
+                        as_of,
+                        now - as_of,
+                        missing_values.copy(),
+                        expired.copy(),
+                    )
+                )
+                continue
+            values = orjson.loads(memoryview(raw)[HEADER_SIZE:])
+            if indices is not None:
+                values = [values[i] for i in indices]
+            out.append(
+                Lookup(
+                    view,
+                    entity,
+                    True,
+                    as_of,
+                    now - as_of,
+                    dict(zip(names, values, strict=True)),
+                    present.copy(),
+                )
+            )
+        return out
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class RedisFeatureReader(_ReaderBase):
+    """Reads records with a sync client: one ``MGET`` round trip per call."""
+
+    def __init__(
+        self,
+        client: Any,
+        layouts: Mapping[str, ViewLayout],
+        *,
+        clock_ms: Callable[[], int] = _wall_clock_ms,
+    ) -> None:
+        super().__init__(client, layouts, clock_ms=clock_ms)
+
+    def get_many(
+        self, view: str, entities: Sequence[str], features: Sequence[str] | None = None
+    ) -> list[Lookup]:
+        """Lookups of ``entities`` in request order; unknown entities have ``found=False``."""
+        plan = self._plan(view, entities, features)
+        if not plan.keys:
+            return []
+        raws = getattr(self._client, self._mget_name)(plan.keys)
+        return self._decode(plan, raws)
+
+    def get(self, view: str, entity: str, features: Sequence[str] | None = None) -> Lookup:
+        return self.get_many(view, [entity], features)[0]
+
+
+class AsyncRedisFeatureReader(_ReaderBase):
+    """Reads records with a ``redis.asyncio`` client: one ``MGET`` round trip per call."""
+
+    def __init__(
+        self,
+        client: Any,
+        layouts: Mapping[str, ViewLayout],
+        *,
+        clock_ms: Callable[[], int] = _wall_clock_ms,
+    ) -> None:
+        super().__init__(client, layouts, clock_ms=clock_ms)
+
+    async def get_many(
+        self, view: str, entities: Sequence[str], features: Sequence[str] | None = None
+    ) -> list[Lookup]:
+        """Lookups of ``entities`` in request order; unknown entities have ``found=False``."""
+        plan = self._plan(view, entities, features)
+        if not plan.keys:
+            return []
+        raws = await getattr(self._client, self._mget_name)(plan.keys)
+        return self._decode(plan, raws)
+
+    async def get(self, view: str, entity: str, features: Sequence[str] | None = None) -> Lookup:
+        return (await self.get_many(view, [entity], features))[0]
+
+    async def ping(self) -> bool:
+        return bool(await self._client.ping())
+
+
+# --------------------------------------------------------------------------------------------
+# Connections
+
+_CONNECT_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": 2.0,
+    "socket_timeout": 5.0,
+    "socket_keepalive": True,
+    "health_check_interval": 30,
+    "decode_responses": False,
+}
+
+
+def connect(url: str) -> redis.Redis:
+    """A sync client for ``url`` (``redis://``, ``rediss://``, ``unix://``) with timeouts and
+    health checks. It connects lazily; call ``.ping()`` to fail fast."""
+    return redis.Redis.from_url(url, **_CONNECT_OPTIONS)
+
+
+def connect_async(url: str) -> redis.asyncio.Redis:
+    """The ``redis.asyncio`` counterpart of ``connect``."""
+    return redis.asyncio.Redis.from_url(url, **_CONNECT_OPTIONS)
