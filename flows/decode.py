@@ -1,0 +1,685 @@
+"""Decoding: a batch of Kafka messages of a view's source -> engine events and dead letters.
+
+Input items are what Bytewax's ``KafkaSource`` (``bytewax.connectors.kafka``, ``kop.input``)
+emits: ``KafkaSourceMessage``, a frozen dataclass with the *attributes* ``key``, ``value``,
+``topic``, ``headers``, ``partition``, ``offset`` and ``timestamp`` (a librdkafka
+``(type, ms)`` pair). :class:`RawMessage` is the same shape without Bytewax, e.g. for a plain
+confluent-kafka consumer (:meth:`RawMessage.from_confluent`).
+
+Output: :class:`Decoded` ``(events, dead)``. An event is the plain tuple
+
+    ``(entity: str, event_time_ms: int, fields: tuple, partition, offset, kafka_timestamp_ms)``
+
+with ``fields`` in the order of ``view.input_fields`` (``kafka_timestamp_ms`` is ``-1`` when
+the record has none). A record that cannot be used becomes a
+:class:`~flows.deadletter.DeadLetter` whose error names the field and the problem.
+
+Accepted values
+  * **Entity**: a non-empty string (or an Avro ``int``/``long``, or in JSON an integer,
+    turned into its decimal text).
+  * **Event time**: integer epoch milliseconds — an Avro ``long`` or ``timestamp-millis``
+    (decoded as a plain int: the schema is parsed with time logical types stripped, which
+    also skips building ``datetime`` objects); in JSON an integer, or an ISO-8601 string
+    with a UTC offset (``2024-05-01T12:00:00.250Z``). It must lie in
+    [1973-03-03, 2100-01-01): a smaller number is almost always epoch *seconds*.
+  * **Other input fields** in JSON are checked against the view's Avro schema when it has one:
+    ``int``/``long`` need an integer, ``float``/``double`` a number (integers become floats),
+    ``string`` a string, ``boolean`` a boolean; ``null`` only where the schema allows it; a
+    missing field takes its schema default, else ``None`` if nullable, else is an error.
+    Avro records are typed by construction; a record must also use exactly its bytes
+    (trailing bytes mean it was written with another schema).
+
+Wire formats (Avro): ``schemaless`` (fastavro ``schemaless_writer`` bytes) or ``confluent``
+(magic byte 0 + 4-byte big-endian schema id + the schemaless bytes). The writer schema is
+*not* fetched from a schema registry: records are read with the view's schema, and when
+``schema_ids`` is given a record with another id is refused.
+
+Hot path: one ``schemaless_reader``/``orjson.loads`` per record, then a few type checks; all
+error texts are built on a separate slow path only for bad records.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from io import BytesIO
+from operator import itemgetter
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, Protocol, cast
+
+import orjson
+from fastavro import parse_schema, schemaless_reader
+
+from flows.deadletter import DeadLetter, Headers, Reason
+
+__all__ = [
+    "EVENT_TIME_MAX_MS",
+    "EVENT_TIME_MIN_MS",
+    "AvroDecoder",
+    "DecodeConfigError",
+    "Decoded",
+    "Decoder",
+    "Event",
+    "JsonDecoder",
+    "RawMessage",
+    "SourceMessage",
+    "WireFormat",
+    "decoder_for",
+    "load_schema",
+]
+
+Event = tuple[str, int, tuple[Any, ...], int, int, int]
+WireFormat = Literal["schemaless", "confluent"]
+
+EVENT_TIME_MIN_MS = 100_000_000_000  # 1973-03-03T09:46:40Z; below it is most likely seconds
+EVENT_TIME_MAX_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_TIME_LOGICAL_TYPES = frozenset(
+    {
+        "timestamp-millis",
+        "timestamp-micros",
+        "local-timestamp-millis",
+        "local-timestamp-micros",
+        "time-millis",
+        "time-micros",
+        "date",
+    }
+)
+_NO_DEFAULT = object()
+
+
+class DecodeConfigError(ValueError):
+    """A view's source cannot be decoded as configured (bad schema or field names)."""
+
+
+class SourceMessage(Protocol):
+    """A consumed Kafka record as Bytewax's ``KafkaSourceMessage`` types it."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def topic(self) -> str | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, str | bytes | None]] | None: ...
+    @property
+    def partition(self) -> int | None: ...
+    @property
+    def offset(self) -> int | None: ...
+    @property
+    def timestamp(self) -> tuple[int, int] | None: ...
+
+
+class _Message(Protocol):
+    """A :class:`SourceMessage` as a consumer really fills it: topic, partition, offset set."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, str | bytes | None]] | None: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> tuple[int, int] | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """A :class:`SourceMessage` without Bytewax (tests, benchmarks, plain consumers)."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp: tuple[int, int] | None = None
+    headers: Headers | None = None
+
+    @classmethod
+    def from_confluent(cls, msg: Any) -> RawMessage:
+        """Wrap a ``confluent_kafka.Message`` (whose fields are methods)."""
+        return cls(
+            key=msg.key(),
+            value=msg.value(),
+            topic=msg.topic(),
+            partition=msg.partition(),
+            offset=msg.offset(),
+            timestamp=msg.timestamp(),
+            headers=msg.headers(),
+        )
+
+
+class Decoded(NamedTuple):
+    events: list[Event]
+    dead: list[DeadLetter]
+
+
+class Decoder(Protocol):
+    def decode(self, messages: Sequence[SourceMessage]) -> Decoded: ...
+
+
+# Field kinds a JSON value is checked against (derived from the Avro type).
+_Kind = Literal["int", "float", "str", "bool", "any"]
+_KIND_OF_AVRO = {
+    "int": "int",
+    "long": "int",
+    "float": "float",
+    "double": "float",
+    "string": "str",
+    "enum": "str",
+    "boolean": "bool",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _FieldSpec:
+    name: str
+    kind: _Kind
+    nullable: bool
+    default: Any  # _NO_DEFAULT when the schema has none
+    time_logical_type: str | None
+    missing_ok: bool  # a missing field reads as None (nullable in a known schema)
+
+
+class _Invalid(Exception):
+    """A record refused on the slow path; carries the dead-letter reason and text."""
+
+    def __init__(self, reason: Reason, error: str) -> None:
+        super().__init__(error)
+        self.reason = reason
+        self.error = error
+
+
+def load_schema(path: Path | str) -> dict[str, Any]:
+    """Read an ``.avsc`` file, naming the file in the error if it is not a record schema."""
+    try:
+        schema = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise DecodeConfigError(f"cannot read Avro schema {str(path)!r}: {exc}") from exc
+    if not isinstance(schema, dict) or schema.get("type") != "record":
+        raise DecodeConfigError(f"Avro schema {str(path)!r} must be a record schema")
+    return schema
+
+
+def _field_specs(schema: Mapping[str, Any]) -> dict[str, _FieldSpec]:
+    specs: dict[str, _FieldSpec] = {}
+    for field in schema.get("fields", ()):
+        avro_type = field["type"]
+        nullable = False
+        if isinstance(avro_type, list):
+            branches = [t for t in avro_type if t != "null"]
+            nullable = len(branches) < len(avro_type)
+            avro_type = branches[0] if len(branches) == 1 else "union"
+        logical = None
+        if isinstance(avro_type, dict):
+            logical = avro_type.get("logicalType")
+            avro_type = avro_type["type"]
+        kind = _KIND_OF_AVRO.get(avro_type, "any") if isinstance(avro_type, str) else "any"
+        specs[field["name"]] = _FieldSpec(
+            name=field["name"],
+            kind=kind,  # type: ignore[arg-type]
+            nullable=nullable,
+            default=field.get("default", _NO_DEFAULT),
+            time_logical_type=logical if logical in _TIME_LOGICAL_TYPES else None,
+            missing_ok=nullable,
+        )
+    return specs
+
+
+def _strip_time_logical_types(node: Any) -> Any:
+    """The schema with time logical types removed, so they decode as their plain ints."""
+    if isinstance(node, list):
+        return [_strip_time_logical_types(n) for n in node]
+    if isinstance(node, dict):
+        if node.get("logicalType") in _TIME_LOGICAL_TYPES:
+            return node["type"]
+        return {k: _strip_time_logical_types(v) for k, v in node.items()}
+    return node
+
+
+def _check_fields(
+    specs: Mapping[str, _FieldSpec] | None,
+    *,
+    entity_field: str,
+    time_field: str,
+    input_fields: Sequence[str],
+) -> None:
+    if specs is None:
+        return
+    known = ", ".join(specs)
+    for role, name in [("entity", entity_field), ("event time", time_field)] + [
+        ("input", f) for f in input_fields
+    ]:
+        if name not in specs:
+            raise DecodeConfigError(
+                f"{role} field {name!r} is not in the Avro schema; its fields: {known}"
+            )
+    if specs[entity_field].kind not in ("str", "int"):
+        raise DecodeConfigError(
+            f"entity field {entity_field!r} must be a string or int/long in the schema"
+        )
+    time_spec = specs[time_field]
+    if time_spec.kind != "int" or time_spec.time_logical_type not in (None, "timestamp-millis"):
+        raise DecodeConfigError(
+            f"event time field {time_field!r} must be a long or timestamp-millis in the schema"
+        )
+
+
+def _getter(fields: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """Extract ``fields`` from a dict as a tuple with one C call."""
+    if not fields:
+        return lambda _record: ()
+    if len(fields) == 1:
+        only = fields[0]
+        return lambda record: (record[only],)
+    return itemgetter(*fields)
+
+
+def _kafka_ts(message: _Message) -> int:
+    ts = message.timestamp
+    return ts[1] if ts is not None and ts[0] else -1
+
+
+def _dead(message: _Message, view: str, reason: Reason, error: str) -> DeadLetter:
+    return DeadLetter(
+        reason=reason,
+        error=error,
+        view=view,
+        key=message.key,
+        value=message.value,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        headers=list(message.headers) if message.headers else None,
+    )
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _entity_or_invalid(value: Any, field: str) -> str:
+    if value.__class__ is str:
+        if value:
+            return str(value)
+        raise _Invalid("invalid_value", f"entity field {field!r} is an empty string")
+    if value.__class__ is int:
+        return str(value)
+    if value is None:
+        raise _Invalid("missing_field", f"entity field {field!r} is null")
+    raise _Invalid(
+        "wrong_type", f"entity field {field!r} must be a non-empty string, got {_describe(value)}"
+    )
+
+
+def _time_or_invalid(value: Any, field: str) -> int:
+    if value.__class__ is str:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise _Invalid(
+                "invalid_value",
+                f"event time field {field!r} is not an ISO-8601 time: {value[:60]!r}",
+            ) from None
+        if parsed.tzinfo is None:
+            raise _Invalid(
+                "invalid_value",
+                f"event time field {field!r} has no UTC offset: {value[:60]!r} "
+                "(add 'Z' or '+00:00', or send epoch milliseconds)",
+            )
+        value = (parsed - _EPOCH) // _MS
+    elif value.__class__ is not int:
+        if value is None:
+            raise _Invalid("missing_field", f"event time field {field!r} is null")
+        raise _Invalid(
+            "wrong_type",
+            f"event time field {field!r} must be integer epoch milliseconds, "
+            f"got {_describe(value)}",
+        )
+    if not EVENT_TIME_MIN_MS <= value < EVENT_TIME_MAX_MS:
+        hint = " (epoch seconds? send milliseconds)" if 0 < value < EVENT_TIME_MIN_MS else ""
+        raise _Invalid(
+            "invalid_value",
+            f"event time field {field!r} = {value} is outside "
+            f"[{EVENT_TIME_MIN_MS}, {EVENT_TIME_MAX_MS}) epoch ms{hint}",
+        )
+    return int(value)
+
+
+class AvroDecoder:
+    """Decodes Avro records (schemaless or Confluent wire format) with the view's schema."""
+
+    def __init__(
+        self,
+        schema: Mapping[str, Any],
+        *,
+        view: str,
+        entity_field: str,
+        time_field: str,
+        input_fields: Sequence[str],
+        wire_format: WireFormat = "schemaless",
+        schema_ids: frozenset[int] | None = None,
+    ) -> None:
+        if wire_format not in ("schemaless", "confluent"):
+            raise DecodeConfigError(
+                f"unknown Avro wire format {wire_format!r}; use 'schemaless' or 'confluent'"
+            )
+        specs = _field_specs(schema)
+        _check_fields(
+            specs, entity_field=entity_field, time_field=time_field, input_fields=input_fields
+        )
+        try:
+            self._schema = parse_schema(_strip_time_logical_types(dict(schema)))
+        except Exception as exc:  # fastavro raises several types for bad schemas
+            raise DecodeConfigError(f"invalid Avro schema for view {view!r}: {exc}") from exc
+        self._view = view
+        self._entity_field = entity_field
+        self._time_field = time_field
+        self._fields = _getter(tuple(input_fields))
+        self._skip = 5 if wire_format == "confluent" else 0
+        self._schema_ids = schema_ids
+
+    def decode(self, messages: Sequence[SourceMessage]) -> Decoded:
+        """Decode a batch; never raises for bad records (they become dead letters)."""
+        events: list[Event] = []
+        dead: list[DeadLetter] = []
+        add = events.append
+        read = schemaless_reader
+        schema = self._schema
+        skip = self._skip
+        entity_field = self._entity_field
+        time_field = self._time_field
+        fields = self._fields
+        # Consumers (Bytewax's KafkaSource included) always set topic, partition and offset.
+        for m in cast("Sequence[_Message]", messages):
+            value = m.value
+            try:
+                buf = BytesIO(value)  # type: ignore[arg-type]  # None is refused below
+                if skip:
+                    self._check_header(value)
+                    buf.seek(skip)
+                record: Any = read(buf, schema, None)
+            except _Invalid as exc:
+                dead.append(_dead(m, self._view, exc.reason, exc.error))
+                continue
+            except Exception as exc:  # fastavro raises EOFError, ValueError, IndexError, ...
+                dead.append(_dead(m, self._view, "undecodable", self._undecodable(value, exc)))
+                continue
+            entity = record[entity_field]
+            event_time = record[time_field]
+            if (
+                entity.__class__ is str
+                and entity
+                and event_time.__class__ is int
+                and EVENT_TIME_MIN_MS <= event_time < EVENT_TIME_MAX_MS
+                and buf.tell() == len(value)  # type: ignore[arg-type]
+            ):
+                ts = m.timestamp
+                add(
+                    (
+                        entity,
+                        event_time,
+                        fields(record),
+                        m.partition,
+                        m.offset,
+                        ts[1] if ts is not None and ts[0] else -1,
+                    )
+                )
+                continue
+            try:
+                if buf.tell() != len(value):  # type: ignore[arg-type]
+                    raise _Invalid(
+                        "undecodable",
+                        f"Avro record used {buf.tell()} of {len(value)} bytes "  # type: ignore[arg-type]
+                        "(written with another schema?)",
+                    )
+                add(
+                    (
+                        _entity_or_invalid(entity, entity_field),
+                        _time_or_invalid(event_time, time_field),
+                        fields(record),
+                        m.partition,
+                        m.offset,
+                        _kafka_ts(m),
+                    )
+                )
+            except _Invalid as exc:
+                dead.append(_dead(m, self._view, exc.reason, exc.error))
+        return Decoded(events, dead)
+
+    def _check_header(self, value: bytes | None) -> None:
+        if value is None:
+            return  # refused as undecodable by the caller
+        if len(value) < 5 or value[0] != 0:
+            first = f"0x{value[0]:02x}" if value else "nothing"
+            raise _Invalid(
+                "undecodable",
+                f"not Confluent wire format: starts with {first}, expected magic byte 0x00 "
+                "and a 4-byte schema id",
+            )
+        if self._schema_ids is not None:
+            schema_id = int.from_bytes(value[1:5], "big")
+            if schema_id not in self._schema_ids:
+                raise _Invalid(
+                    "undecodable",
+                    f"schema id {schema_id} is not one of {sorted(self._schema_ids)} "
+                    f"known for view {self._view!r}",
+                )
+
+    def _undecodable(self, value: bytes | None, exc: Exception) -> str:
+        if value is None:
+            return "record has no value (tombstone)"
+        error = f"{type(exc).__name__}: {exc}"[:200]
+        return f"not Avro of view {self._view!r}'s schema ({len(value)} bytes): {error}"
+
+
+class JsonDecoder:
+    """Decodes JSON objects (orjson), checked against the view's Avro schema if it has one."""
+
+    def __init__(
+        self,
+        *,
+        view: str,
+        entity_field: str,
+        time_field: str,
+        input_fields: Sequence[str],
+        schema: Mapping[str, Any] | None = None,
+    ) -> None:
+        specs = _field_specs(schema) if schema is not None else None
+        _check_fields(
+            specs, entity_field=entity_field, time_field=time_field, input_fields=input_fields
+        )
+        self._view = view
+        self._entity_field = entity_field
+        self._time_field = time_field
+        self._input_fields = tuple(input_fields)
+        self._specs = tuple(
+            specs[f]
+            if specs is not None
+            else _FieldSpec(f, "any", True, _NO_DEFAULT, None, missing_ok=False)
+            for f in input_fields
+        )
+        # Fast-path type per field: the exact class a well-formed value has (None: any).
+        fast: dict[_Kind, type | None] = {
+            "int": int,
+            "float": float,
+            "str": str,
+            "bool": bool,
+            "any": None,
+        }
+        self._fast_types = tuple(fast[s.kind] for s in self._specs)
+        self._all_any = all(t is None for t in self._fast_types)
+        self._fields = _getter(self._input_fields)
+
+    def decode(self, messages: Sequence[SourceMessage]) -> Decoded:
+        """Decode a batch; never raises for bad records (they become dead letters)."""
+        events: list[Event] = []
+        dead: list[DeadLetter] = []
+        add = events.append
+        loads = orjson.loads
+        entity_field = self._entity_field
+        time_field = self._time_field
+        fields = self._fields
+        fast_types = self._fast_types
+        all_any = self._all_any
+        for m in cast("Sequence[_Message]", messages):
+            try:
+                record = loads(m.value)  # type: ignore[arg-type]  # None is refused below
+            except Exception as exc:  # orjson.JSONDecodeError, TypeError for None
+                dead.append(_dead(m, self._view, "undecodable", self._undecodable(m.value, exc)))
+                continue
+            if record.__class__ is dict:
+                entity = record.get(entity_field)
+                event_time = record.get(time_field)
+                if (
+                    entity.__class__ is str
+                    and entity
+                    and event_time.__class__ is int
+                    and EVENT_TIME_MIN_MS <= event_time < EVENT_TIME_MAX_MS
+                ):
+                    try:
+                        values = fields(record)
+                    except KeyError:
+                        pass  # a missing field: the slow path applies defaults or refuses
+                    else:
+                        if all_any or all(
+                            t is None or v.__class__ is t
+                            for v, t in zip(values, fast_types, strict=True)
+                        ):
+                            ts = m.timestamp
+                            add(
+                                (
+                                    entity,
+                                    event_time,
+                                    values,
+                                    m.partition,
+                                    m.offset,
+                                    ts[1] if ts is not None and ts[0] else -1,
+                                )
+                            )
+                            continue
+            try:
+                add(self._slow(m, record))
+            except _Invalid as exc:
+                dead.append(_dead(m, self._view, exc.reason, exc.error))
+        return Decoded(events, dead)
+
+    def _slow(self, m: _Message, record: Any) -> Event:
+        """Full validation with error texts, or coercion (int -> float, defaults)."""
+        if not isinstance(record, dict):
+            raise _Invalid(
+                "wrong_type", f"JSON value must be an object, got {type(record).__name__}"
+            )
+        entity = _entity_or_invalid(record.get(self._entity_field), self._entity_field)
+        event_time = _time_or_invalid(record.get(self._time_field), self._time_field)
+        values = tuple(_coerce(record, spec) for spec in self._specs)
+        return (entity, event_time, values, m.partition, m.offset, _kafka_ts(m))
+
+    @staticmethod
+    def _undecodable(value: bytes | None, exc: Exception) -> str:
+        if value is None:
+            return "record has no value (tombstone)"
+        return f"not JSON ({len(value)} bytes): {exc}"[:200]
+
+
+def _coerce(record: Mapping[str, Any], spec: _FieldSpec) -> Any:
+    name = spec.name
+    if name not in record:
+        if spec.default is not _NO_DEFAULT:
+            return spec.default
+        if spec.missing_ok:
+            return None
+        raise _Invalid("missing_field", f"field {name!r} is missing")
+    value = record[name]
+    if value is None:
+        if spec.nullable:
+            return None
+        raise _Invalid("missing_field", f"field {name!r} is null but the schema does not allow it")
+    kind = spec.kind
+    cls = value.__class__
+    if kind == "any":
+        return value
+    if kind == "float":
+        if cls is float:
+            return value
+        if cls is int:
+            return float(value)
+        raise _Invalid("wrong_type", f"field {name!r} must be a number, got {_describe(value)}")
+    if kind == "int":
+        if cls is int:
+            return value
+        raise _Invalid("wrong_type", f"field {name!r} must be an integer, got {_describe(value)}")
+    if kind == "str":
+        if cls is str:
+            return value
+        raise _Invalid("wrong_type", f"field {name!r} must be a string, got {_describe(value)}")
+    if cls is bool:
+        return value
+    raise _Invalid("wrong_type", f"field {name!r} must be a boolean, got {_describe(value)}")
+
+
+class _SourceLike(Protocol):
+    @property
+    def encoding(self) -> str: ...
+    @property
+    def schema_path(self) -> Path | None: ...
+    @property
+    def event_time_field(self) -> str: ...
+
+
+class _EntityLike(Protocol):
+    @property
+    def key(self) -> str: ...
+
+
+class ViewLike(Protocol):
+    """The parts of ``flows.definitions.FeatureView`` a decoder needs."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def source(self) -> _SourceLike: ...
+    @property
+    def entity(self) -> _EntityLike: ...
+    @property
+    def input_fields(self) -> tuple[str, ...]: ...
+
+
+def decoder_for(
+    view: ViewLike,
+    *,
+    wire_format: WireFormat = "schemaless",
+    schema_ids: frozenset[int] | None = None,
+) -> AvroDecoder | JsonDecoder:
+    """The decoder for ``view``'s source (``wire_format`` applies to Avro sources only)."""
+    source = view.source
+    schema = load_schema(source.schema_path) if source.schema_path is not None else None
+    common: dict[str, Any] = {
+        "view": view.name,
+        "entity_field": view.entity.key,
+        "time_field": source.event_time_field,
+        "input_fields": view.input_fields,
+    }
+    if source.encoding == "avro":
+        if schema is None:
+            raise DecodeConfigError(f"view {view.name!r} reads Avro but names no schema file")
+        return AvroDecoder(schema, wire_format=wire_format, schema_ids=schema_ids, **common)
+    if source.encoding == "json":
+        return JsonDecoder(schema=schema, **common)
+    raise DecodeConfigError(
+        f"view {view.name!r} has source encoding {source.encoding!r}; use 'avro' or 'json'"
+    )
