@@ -456,9 +456,17 @@ def redis_server_info(port: int, *, timeout: float = 1.0) -> dict[str, object] |
     if not port_is_open(port, timeout=timeout):
         return None
     import redis  # only when needed
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
+    # No retries: a health check answers now or the service is not healthy (redis-py would
+    # otherwise retry a silent port three times with back-off).
     client = redis.Redis(
-        host=HOST, port=port, socket_timeout=timeout, socket_connect_timeout=timeout
+        host=HOST,
+        port=port,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
     )
     try:
         info: dict[str, object] = client.info("server")

@@ -1,0 +1,201 @@
+"""The dev stack's pure logic: configuration, rendering, jar cache, pid and /proc parsing."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from flows import devstack
+from flows.devstack import StackConfig
+
+TEMPLATE = (devstack.DEPLOY_DIR / "server.properties.template").read_text()
+
+
+def _config(tmp_path: Path, **kwargs: int) -> StackConfig:
+    return StackConfig(dev_dir=tmp_path, **kwargs)
+
+
+def test_config_reads_ports_and_dir_from_the_given_mapping(tmp_path: Path) -> None:
+    config = StackConfig.from_env(
+        {
+            "FRESHET_DEV_DIR": str(tmp_path / "dev"),
+            "FRESHET_DEV_KAFKA_PORT": "19092",
+            "FRESHET_DEV_REDIS_PORT": "16379",
+        }
+    )
+    assert config.dev_dir == (tmp_path / "dev").resolve()
+    assert (config.kafka_port, config.controller_port, config.redis_port) == (19092, 19093, 16379)
+    assert config.kafka_bootstrap == "127.0.0.1:19092"
+    assert config.redis_url == "redis://127.0.0.1:16379/0"
+    assert config.lib_dir == config.dev_dir / "kafka" / "lib"
+
+
+def test_config_defaults_to_the_standard_ports_under_the_repo() -> None:
+    config = StackConfig.from_env({})
+    assert (config.kafka_port, config.controller_port, config.redis_port) == (9092, 9093, 6379)
+    assert config.dev_dir == devstack.REPO_ROOT / ".freshet"
+
+
+def test_explicit_arguments_win_over_the_environment(tmp_path: Path) -> None:
+    config = StackConfig.from_env(
+        {"FRESHET_DEV_KAFKA_PORT": "19092"}, dev_dir=tmp_path, kafka_port=29092, redis_port=26379
+    )
+    assert (config.kafka_port, config.controller_port, config.redis_port) == (29092, 29093, 26379)
+
+
+def test_a_non_numeric_port_variable_is_named_in_the_error() -> None:
+    with pytest.raises(ValueError, match=r"FRESHET_DEV_REDIS_PORT='six'"):
+        StackConfig.from_env({"FRESHET_DEV_REDIS_PORT": "six"})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kafka_port": 0}, "kafka_port 0 is not a TCP port"),
+        ({"redis_port": 70000}, "redis_port 70000 is not a TCP port"),
+        ({"kafka_port": 7000, "redis_port": 7000}, "ports must differ"),
+    ],
+)
+def test_invalid_ports_are_rejected(tmp_path: Path, kwargs: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _config(tmp_path, **kwargs)
+
+
+def test_server_properties_render_the_ports_and_data_dir(tmp_path: Path) -> None:
+    text = devstack.render_template(
+        TEMPLATE, {"kafka_port": 19092, "controller_port": 19093, "data_dir": tmp_path}
+    )
+    lines = dict(
+        line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    assert lines["process.roles"] == "broker,controller"
+    assert lines["listeners"] == "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
+    assert lines["controller.quorum.bootstrap.servers"] == "127.0.0.1:19093"
+    assert lines["log.dirs"] == str(tmp_path)
+    assert lines["auto.create.topics.enable"] == "true"
+    assert lines["num.partitions"] == "3"
+    assert "{" not in text
+
+
+def test_rendering_refuses_missing_and_unused_values() -> None:
+    with pytest.raises(KeyError, match="without a value: \\['data_dir'\\]"):
+        devstack.render_template(TEMPLATE, {"kafka_port": 1, "controller_port": 2})
+    with pytest.raises(KeyError, match="not used by the template: \\['extra'\\]"):
+        devstack.render_template("{a}", {"a": 1, "extra": 2})
+
+
+def test_jar_cache_is_complete_only_with_the_kafka_jar_and_a_matching_pom_stamp(
+    tmp_path: Path,
+) -> None:
+    assert not devstack.jars_complete(tmp_path, "abc")
+    (tmp_path / "kafka_2.13-4.3.1.jar").write_bytes(b"")
+    assert not devstack.jars_complete(tmp_path, "abc")  # no stamp: an interrupted download
+    (tmp_path / ".pom.sha256").write_text("abc\n")
+    assert devstack.jars_complete(tmp_path, "abc")
+    assert not devstack.jars_complete(tmp_path, "def")  # the pom changed
+
+
+def test_jar_version_reads_the_artifact_version_from_the_file_name(tmp_path: Path) -> None:
+    for name in ("kafka-clients-4.3.1.jar", "kafka_2.13-4.3.1.jar", "kafka-raft-4.3.1.jar"):
+        (tmp_path / name).write_bytes(b"")
+    assert devstack.jar_version(tmp_path, "kafka_2.13") == "4.3.1"
+    assert devstack.jar_version(tmp_path, "kafka") is None  # kafka-clients is another artifact
+    assert devstack.jar_version(tmp_path, "redis") is None
+
+
+def test_kafka_runs_with_a_small_heap_and_the_repo_logging_config(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    argv = devstack.kafka_command(config, "/usr/bin/java")
+    assert "-Xmx512m" in argv
+    assert f"-Dlog4j2.configurationFile={devstack.DEPLOY_DIR / 'log4j2.yaml'}" in argv
+    assert argv[-2:] == ["kafka.Kafka", str(config.server_properties)]
+    assert argv[argv.index("-cp") + 1] == f"{config.lib_dir}/*"
+
+
+def test_redis_runs_on_loopback_without_persistence(tmp_path: Path) -> None:
+    argv = devstack.redis_command(_config(tmp_path, redis_port=16379), "redis-server")
+    pairs = dict(zip(argv[1::2], argv[2::2], strict=True))
+    assert pairs["--bind"] == "127.0.0.1"
+    assert pairs["--port"] == "16379"
+    assert pairs["--save"] == ""
+    assert pairs["--appendonly"] == "no"
+    assert pairs["--pidfile"] == str(tmp_path / "redis" / "redis.pid")
+
+
+def test_pid_files_with_garbage_or_missing_read_as_no_pid(tmp_path: Path) -> None:
+    pid_file = tmp_path / "x.pid"
+    assert devstack.read_pid(pid_file) is None
+    pid_file.write_text("not a pid\n")
+    assert devstack.read_pid(pid_file) is None
+    pid_file.write_text("1234\n")
+    assert devstack.read_pid(pid_file) == 1234
+
+
+def test_our_process_is_recognised_by_pid_and_command_line() -> None:
+    me = os.getpid()
+    assert devstack.is_our_process(me, "pytest") or devstack.is_our_process(me, "python")
+    assert not devstack.is_our_process(me, "kafka.Kafka /nowhere/server.properties")
+    assert not devstack.is_our_process(None, "python")
+    assert not devstack.is_our_process(2**22 + 12345, "python")  # above pid_max: no process
+    assert (devstack.rss_bytes(me) or 0) > 1_000_000
+
+
+PROC_NET_TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:2384 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1
+   1: 0100007F:18EB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5151 1
+   2: 0100007F:2384 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 6161 1
+"""
+
+
+def test_listening_sockets_are_found_by_port_in_proc_net_tcp() -> None:
+    assert devstack.parse_listening_inodes(PROC_NET_TCP, 9092) == {"4242"}  # 0x2384
+    assert devstack.parse_listening_inodes(PROC_NET_TCP, 6379) == {"5151"}  # 0x18EB
+    assert devstack.parse_listening_inodes(PROC_NET_TCP, 1234) == set()
+
+
+def test_the_pid_listening_on_a_port_is_found() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert devstack.port_is_open(port)
+        assert devstack.listening_pid(port) == os.getpid()
+    assert not devstack.port_is_open(port)
+
+
+def test_tail_lines_returns_the_last_lines_of_a_big_file(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text("".join(f"line {i}\n" for i in range(100_000)))
+    assert devstack.tail_lines(log, 3) == ["line 99997", "line 99998", "line 99999"]
+    assert devstack.tail_lines(log, 0) == []
+    assert devstack.tail_lines(tmp_path / "missing.log", 5) == []
+
+
+def test_a_missing_tool_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(devstack.MissingToolError, match="apt-get install -y redis-server"):
+        devstack.require_tool("redis-server")
+    with pytest.raises(devstack.MissingToolError, match="apt-get install -y maven"):
+        devstack.require_tool("mvn")
+
+
+def test_a_port_held_by_something_else_is_refused_with_the_port_and_the_override(
+    tmp_path: Path,
+) -> None:
+    # A plain TCP listener: open, but neither Kafka nor Redis.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        config = StackConfig(
+            dev_dir=tmp_path, redis_port=port, kafka_port=port + 1 if port < 65000 else 1025
+        )
+        with pytest.raises(
+            devstack.PortTakenError,
+            match=rf"port {port} is taken by pid {os.getpid()}.*--redis-port",
+        ):
+            devstack.up(config)
