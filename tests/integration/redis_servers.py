@@ -1,0 +1,107 @@
+"""Private ``redis-server`` processes for tests that restart Redis or need a cluster.
+
+The shared stack's Redis must not be restarted under other tests, so those tests start their
+own throwaway servers on free loopback ports here.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+__all__ = ["RedisProcess", "free_port", "start_cluster"]
+
+_START_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisProcess:
+    """One ``redis-server`` on 127.0.0.1:``port`` with no persistence; ``start``/``stop``."""
+
+    def __init__(self, port: int, workdir: Path, *, cluster: bool = False) -> None:
+        self.port = port
+        self.workdir = workdir
+        self.cluster = cluster
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = [
+            "redis-server",
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.workdir),
+        ]  # fmt: skip
+        if self.cluster:
+            # The bus port defaults to port + 10000, past 65535 for high free ports: pick one.
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            args += ["--cluster-port", str(free_port())]
+        self._proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.workdir
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline or self._proc.poll() is not None:
+                        raise RuntimeError(
+                            f"redis-server on port {self.port} did not start"
+                        ) from None
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(timeout=_START_TIMEOUT_S)
+            self._proc = None
+
+
+def start_cluster(workdir: Path, nodes: int = 3) -> list[RedisProcess]:
+    """A ``nodes``-primary Redis Cluster, all slots assigned; stop each process when done."""
+    procs = [RedisProcess(free_port(), workdir / f"node{i}", cluster=True) for i in range(nodes)]
+    try:
+        for proc in procs:
+            proc.start()
+        subprocess.run(
+            ["redis-cli", "--cluster", "create"]
+            + [f"127.0.0.1:{p.port}" for p in procs]
+            + ["--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        for proc in procs:
+            client = redis.Redis(port=proc.port)
+            while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"cluster node {proc.port} never reached cluster_state:ok")
+                time.sleep(0.05)
+            client.close()
+    except BaseException:
+        for proc in procs:
+            proc.stop()
+        raise
+    return procs
