@@ -1,0 +1,374 @@
+"""The offline feature log: append-only, immutable Parquet segments, and their reader.
+
+Layout (one directory per view, one per UTC date of ``as_of``)::
+
+    <root>/<view>/date=YYYY-MM-DD/<writer>-<seq>.parquet     committed segment (never changed)
+    <root>/<view>/date=YYYY-MM-DD/.<writer>-<seq>.parquet.tmp  being written (renamed when done)
+
+Columns: ``entity`` (string), ``as_of`` (timestamp ms, UTC), one column per feature with its
+``ViewLayout`` type (int64 | float64 | string), ``partition`` (int32) and ``offset`` (int64) of
+the source event, ``written_at`` (timestamp ms, UTC: when the segment was committed). Rows
+within a segment are sorted by ``(entity, as_of, offset)``; zstd compression.
+
+Writing. :class:`ParquetLogWriter` buffers rows in memory and *commits* them — one segment per
+date present, written to the temporary name, fsynced, renamed — when ``max_rows`` rows are
+buffered (a segment never holds more), when the oldest buffered row is ``max_age_s`` old
+(checked on every :meth:`~ParquetLogWriter.write` and by
+:meth:`~ParquetLogWriter.roll_if_due`), and on :meth:`~ParquetLogWriter.snapshot` and
+:meth:`~ParquetLogWriter.close`. Each commit takes the next sequence number ``seq`` of the
+writer, so segment names are deterministic: ``<writer>-<seq:010d>.parquet``.
+
+Exactly once, two ways (both always on):
+
+1. **Resume state (Bytewax recovery).** :meth:`~ParquetLogWriter.snapshot` commits the buffer
+   and returns :class:`WriterState` ``(next_seq)``; everything before it is durable. A writer
+   built with that state deletes its own segments with ``seq >= next_seq`` (committed after the
+   snapshot; the replay that follows a resume writes those rows again) and its leftover
+   ``.tmp`` files. Used as the snapshot of a ``FixedPartitionedSink`` partition whose name is the
+   ``writer_id``, no row is ever on disk twice. So rows stay durable, the buffer is committed at
+   every snapshot: with recovery, segments roll at least once per snapshot interval. (Segments
+   committed by a run that crashed before its *first* snapshot look like an earlier run's to
+   a writer starting with no state; the reader's dedupe covers them. ``WriterState(0)``
+   removes all of a writer's segments: use it only if the writer id is private to the
+   recovery store.)
+2. **Reader dedupe.** :func:`read_log` keeps one row per ``(entity, as_of, partition, offset)``.
+   Rows are a deterministic function of each entity's events (DESIGN "Determinism"), so a row
+   written twice — by an at-least-once sink, a restart without recovery that re-reads the topic,
+   or a backfill over a range already logged — is the same row, and the reader shows it once.
+
+A writer started without resume state continues after its highest existing ``seq`` and never
+overwrites a segment. One writer id must have one live writer at a time (give each
+sink partition / process its own id). ``.tmp`` files are never read; a crashed writer's are
+removed when a writer with the same id starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from sinks.layout import ViewLayout
+from sinks.rows import Row
+
+__all__ = [
+    "DEDUPE_KEY",
+    "ParquetLogError",
+    "ParquetLogWriter",
+    "WriterState",
+    "log_schema",
+    "read_log",
+    "segment_paths",
+]
+
+DEDUPE_KEY = ("entity", "as_of", "partition", "offset")
+_SORT_KEY = [("entity", "ascending"), ("as_of", "ascending"), ("offset", "ascending")]
+_DAY_MS = 86_400_000
+_TS = pa.timestamp("ms", tz="UTC")
+_ARROW_TYPES = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string()}
+_WRITER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_SEGMENT = re.compile(r"^(?P<writer>.+)-(?P<seq>\d{10})\.parquet$")
+_PARTITIONING = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
+
+
+class ParquetLogError(ValueError):
+    """Rows or settings the offline log cannot take; the message names the bad value."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriterState:
+    """A writer's resume state: the sequence number its next segment will get."""
+
+    next_seq: int
+
+
+def log_schema(layout: ViewLayout) -> pa.Schema:
+    """The Arrow schema of ``layout``'s segments."""
+    fields = [pa.field("entity", pa.string(), nullable=False), pa.field("as_of", _TS, False)]
+    fields += [pa.field(f.name, _ARROW_TYPES[f.type]) for f in layout.features]
+    fields += [
+        pa.field("partition", pa.int32(), nullable=False),
+        pa.field("offset", pa.int64(), nullable=False),
+        pa.field("written_at", _TS, nullable=False),
+    ]
+    return pa.schema(
+        fields,
+        metadata={"freshet.view": layout.name, "freshet.view.version": str(layout.version)},
+    )
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ParquetLogWriter:
+    """Appends one view's rows to the log as immutable segments (see the module docstring).
+
+    The constructor prepares the view directory and, given ``resume_state``, removes what was
+    committed after that state was taken; it fails fast if ``root`` is not writable.
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        layout: ViewLayout,
+        *,
+        max_rows: int = 100_000,
+        max_age_s: float = 60.0,
+        writer_id: str = "w0",
+        resume_state: WriterState | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock_ms: Callable[[], int] = _wall_clock_ms,
+    ) -> None:
+        if not isinstance(max_rows, int) or max_rows < 1:
+            raise ParquetLogError(f"max_rows={max_rows!r} must be an int >= 1")
+        if not max_age_s > 0:
+            raise ParquetLogError(f"max_age_s={max_age_s!r} must be > 0 seconds")
+        if not _WRITER_ID.match(writer_id):
+            raise ParquetLogError(
+                f"writer_id={writer_id!r} must be 1-100 of [A-Za-z0-9_.-], not starting with . or -"
+            )
+        self._dir = Path(root) / layout.name
+        self._layout = layout
+        self._schema = log_schema(layout)
+        self._types = [_ARROW_TYPES[f.type] for f in layout.features]
+        self._max_rows = max_rows
+        self._max_age_s = max_age_s
+        self._writer_id = writer_id
+        self._clock = clock
+        self._wall_clock_ms = wall_clock_ms
+        self._buffer: list[Row] = []
+        self._first_at = 0.0
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._next_seq = self._recover(resume_state)
+
+    @property
+    def buffered(self) -> int:
+        """Rows written but not yet committed to a segment."""
+        return len(self._buffer)
+
+    def write(self, rows: Sequence[Row]) -> list[Path]:
+        """Buffer ``rows``; commit segments that are due. Returns the segments committed."""
+        if not rows:
+            return self.roll_if_due()
+        name = self._layout.name
+        if any(r.view != name for r in rows):
+            other = next(r.view for r in rows if r.view != name)
+            raise ParquetLogError(f"row of view {other!r} given to the log writer of {name!r}")
+        if not self._buffer:
+            self._first_at = self._clock()
+        self._buffer.extend(rows)
+        committed: list[Path] = []
+        while len(self._buffer) >= self._max_rows:
+            chunk, self._buffer = self._buffer[: self._max_rows], self._buffer[self._max_rows :]
+            committed += self._commit(chunk)
+            self._first_at = self._clock()
+        return committed + self.roll_if_due()
+
+    def roll_if_due(self) -> list[Path]:
+        """Commit the buffer if its oldest row is ``max_age_s`` old (call on a timer)."""
+        if self._buffer and self._clock() - self._first_at >= self._max_age_s:
+            return self.roll()
+        return []
+
+    def roll(self) -> list[Path]:
+        """Commit whatever is buffered now."""
+        chunk, self._buffer = self._buffer, []
+        return self._commit(chunk) if chunk else []
+
+    def _commit(self, rows: list[Row]) -> list[Path]:
+        """Write ``rows`` as segments; on failure they stay buffered (nothing is dropped)."""
+        try:
+            return self._commit_segments(rows)
+        except BaseException:
+            self._buffer[:0] = rows
+            raise
+
+    def snapshot(self) -> WriterState:
+        """Commit the buffer and return the state to resume from (Bytewax sink snapshot)."""
+        self.roll()
+        return WriterState(self._next_seq)
+
+    def close(self) -> list[Path]:
+        """Commit the buffer (end of input); the writer can still be used afterwards."""
+        return self.roll()
+
+    def _recover(self, state: WriterState | None) -> int:
+        """Remove this writer's leftovers; return the next sequence number."""
+        highest = -1
+        for date_dir in self._dir.glob("date=*"):
+            for path in date_dir.iterdir():
+                name = path.name
+                if name.startswith(f".{self._writer_id}-") and name.endswith(".tmp"):
+                    path.unlink(missing_ok=True)  # a crashed commit of this writer
+                    continue
+                match = _SEGMENT.match(name)
+                if match is None or match["writer"] != self._writer_id:
+                    continue
+                seq = int(match["seq"])
+                if state is not None and seq >= state.next_seq:
+                    path.unlink()  # committed after the snapshot: the replay writes it again
+                else:
+                    highest = max(highest, seq)
+        if state is not None:
+            return state.next_seq
+        return highest + 1
+
+    def _commit_segments(self, rows: list[Row]) -> list[Path]:
+        table = self._table(rows)
+        seq = self._next_seq
+        self._next_seq += 1
+        days = pc.divide(table["as_of"].cast(pa.int64()), _DAY_MS)
+        unique_days = sorted(pc.unique(days).to_pylist())
+        paths = []
+        for day in unique_days:
+            part = table if len(unique_days) == 1 else table.filter(pc.equal(days, day))
+            paths.append(self._write_segment(part.sort_by(_SORT_KEY), day, seq))
+        return paths
+
+    def _table(self, rows: list[Row]) -> pa.Table:
+        n = len(rows)
+        columns: list[pa.Array] = [
+            pa.array([r.entity for r in rows], pa.string()),
+            pa.array([r.as_of for r in rows], _TS),
+        ]
+        features = self._layout.features
+        if features:
+            transposed = list(zip(*[r.values for r in rows], strict=True))
+            if len(transposed) != len(features):
+                raise ParquetLogError(
+                    f"rows of view {self._layout.name!r} have {len(transposed)} values; "
+                    f"its features are {', '.join(self._layout.feature_names)}"
+                )
+            for column, values, arrow_type in zip(features, transposed, self._types, strict=True):
+                try:
+                    # Infer, then cast safely: pa.array(values, pa.int64()) would silently
+                    # truncate 1.5 to 1.
+                    columns.append(pa.array(values).cast(arrow_type, safe=True))
+                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                    raise ParquetLogError(
+                        f"feature {column.name!r} of view {self._layout.name!r} is "
+                        f"{column.type}; a row holds a value that is not: {exc}"
+                    ) from exc
+        columns += [
+            pa.array([r.partition for r in rows], pa.int32()),
+            pa.array([r.offset for r in rows], pa.int64()),
+            pa.array([self._wall_clock_ms()] * n, _TS),
+        ]
+        return pa.Table.from_arrays(columns, schema=self._schema)
+
+    def _write_segment(self, table: pa.Table, day: int, seq: int) -> Path:
+        date = datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%d")
+        date_dir = self._dir / f"date={date}"
+        date_dir.mkdir(exist_ok=True)
+        name = f"{self._writer_id}-{seq:010d}.parquet"
+        tmp = date_dir / f".{name}.tmp"
+        final = date_dir / name
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f, compression="zstd")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(date_dir)
+        return final
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def segment_paths(root: Path | str, view: str) -> list[Path]:
+    """The committed segments of ``view``, in name order (temporary files excluded)."""
+    return sorted(
+        path
+        for path in (Path(root) / view).glob("date=*/*.parquet")
+        if not path.name.startswith(".")
+    )
+
+
+def read_log(
+    root: Path | str,
+    view: str,
+    *,
+    columns: Sequence[str] | None = None,
+    filter: Any = None,  # pyarrow.dataset calls it so too
+    sort: bool = False,
+    dedupe: bool = True,
+    layout: ViewLayout | None = None,
+) -> pa.Table:
+    """Read ``view``'s log: each row once, optionally sorted by ``(entity, as_of, offset)``.
+
+    ``filter`` is a ``pyarrow.compute`` expression over the columns and the ``date`` partition
+    (a string ``YYYY-MM-DD``), e.g. ``(pc.field("date") >= "2024-05-01") & (pc.field("as_of") <
+    pa.scalar(ms, pa.timestamp("ms", "UTC")))``; it prunes directories and row groups.
+    ``layout`` fixes the schema (segments of older versions lacking a column read as nulls, and
+    an empty log has the full schema); without it the schema comes from the segments.
+    ``dedupe=False`` skips the duplicate check (rows written twice then show twice).
+    """
+    paths = segment_paths(root, view)
+    schema = log_schema(layout) if layout is not None else None
+    if not paths:
+        empty = schema if schema is not None else _base_schema()
+        return _select(empty.empty_table(), columns)
+    dataset = ds.dataset(
+        [str(p) for p in paths],
+        format="parquet",
+        partitioning=_PARTITIONING,
+        partition_base_dir=str(Path(root) / view),
+        schema=schema.append(pa.field("date", pa.string())) if schema is not None else None,
+    )
+    wanted = list(columns) if columns is not None else list(dataset.schema.names)
+    if columns is None and "date" in wanted:
+        wanted.remove("date")
+    unknown = [c for c in wanted if c not in dataset.schema.names]
+    if unknown:
+        raise ParquetLogError(
+            f"unknown column(s) {', '.join(map(repr, unknown))} in the log of {view!r}; "
+            f"columns: {', '.join(dataset.schema.names)}"
+        )
+    needed = list(wanted)
+    for key in (*DEDUPE_KEY, "entity", "as_of", "offset") if dedupe or sort else ():
+        if key not in needed:
+            needed.append(key)
+    table = dataset.to_table(columns=needed, filter=filter)
+    if dedupe:
+        table = _dedupe(table)
+    if sort:
+        table = table.sort_by(_SORT_KEY)
+    return table.select(wanted)
+
+
+def _base_schema() -> pa.Schema:
+    return log_schema(ViewLayout(name="", version=1, entity="", features=(), ttl_seconds=0))
+
+
+def _select(table: pa.Table, columns: Sequence[str] | None) -> pa.Table:
+    return table if columns is None else table.select(list(columns))
+
+
+def _dedupe(table: pa.Table) -> pa.Table:
+    """Keep the first row of each ``DEDUPE_KEY``; a no-op (no copy) when there are no copies."""
+    if table.num_rows < 2:
+        return table
+    indexed = table.select(list(DEDUPE_KEY)).append_column(
+        "_row", pa.array(range(table.num_rows), pa.int64())
+    )
+    first = indexed.group_by(list(DEDUPE_KEY), use_threads=False).aggregate([("_row", "min")])
+    if first.num_rows == table.num_rows:
+        return table
+    rows = first["_row_min"]
+    return table.take(rows.take(pc.sort_indices(rows)))
