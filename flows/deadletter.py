@@ -2,8 +2,8 @@
 
 A :class:`DeadLetter` carries the original key and value bytes of a Kafka record with why it
 was refused. :class:`DeadLetterProducer` sends them to the view's dead-letter topic
-(``FeatureView.dead_letter_topic``; a view without one only counts its bad records) with these
-headers, after the record's own headers:
+(:func:`dead_letter_topic`: ``FeatureView.dead_letter_topic``, else ``<source topic>.dlq``) with
+these headers, after the record's own headers:
 
 ==========================  ===========================================================
 ``freshet.error``           the error text, e.g. ``field 'amount' must be a number, got str``
@@ -46,6 +46,7 @@ __all__ = [
     "DeadLetterProducer",
     "Headers",
     "Reason",
+    "dead_letter_topic",
     "late_letter",
 ]
 
@@ -119,6 +120,13 @@ class ViewLike(Protocol):
     def entity(self) -> _Entity: ...
     @property
     def input_fields(self) -> tuple[str, ...]: ...
+    @property
+    def dead_letter_topic(self) -> str | None: ...
+
+
+def dead_letter_topic(view: ViewLike) -> str:
+    """The view's dead-letter topic: its own setting, else ``<source topic>.dlq``."""
+    return view.dead_letter_topic or f"{view.source.topic}.dlq"
 
 
 def late_letter(
