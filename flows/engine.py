@@ -1,0 +1,923 @@
+"""The tiled sliding-window engine: per-entity state in, rows out. Pure Python, no Bytewax.
+
+Implements ``../shared/DESIGN.md``, section "Window semantics", exactly:
+
+* **Tiles.** Each windowed feature has a window ``W`` and hop ``h`` (``W`` a multiple of ``h``);
+  tile ``k`` holds the events with ``k*h <= t < (k+1)*h`` (epoch-aligned). Features sharing
+  ``(W, h)`` share tiles. The value as of ``T`` aggregates the events with event time in
+  ``[floor_h(T - W), T]``, i.e. tiles ``T//h - W/h .. T//h``.
+* **Clock.** Per entity, ``watermark = max event time - L``; only :meth:`ViewEngine.advance`
+  moves it further with the wall clock (``+ now - wall time when the max was seen``). An event
+  with ``t < watermark`` is late: :meth:`ViewEngine.apply` returns ``None`` and leaves the state
+  untouched.
+* **Rows.** One row per accepted event (``as_of`` = the entity's max event time, the value as of
+  then) and one per expiry boundary ``B = tile_start + h + W`` of a non-empty tile, as of ``B``,
+  emitted once the watermark passes ``B`` (``B < watermark``), in increasing ``B``, before the
+  event's own row. Boundaries shared by several tiles give one row. ``flush`` emits every
+  boundary ``<= until`` (a bounded replay's end).
+* **Determinism.** Rows depend only on the entity's on-time event sequence, never on when
+  ``advance`` runs (the same rows come out; only their order around event rows may differ).
+  Events newer than the watermark wait in a small sorted *pending* list and are folded into
+  tiles in event-time order once the watermark reaches them, so a tile only ever holds events
+  the remaining expiry rows need; float sums are kept as exact integers (scaled by
+  2**1074) so they do not depend on the order of additions. An event row carries the event's
+  partition/offset; an expiry row at ``B`` carries those of the last-arrived event with
+  ``t <= B`` (the highest offset among them), which orders it after every event row with the
+  same ``as_of`` under the ``(as_of, offset)`` tie-break.
+
+Cost per event does not grow with ``W/h``: counts and sums are running totals (tiles are
+subtracted when they expire), min/max use a monotonic queue of tile extremes, exact distinct
+counts a value -> number-of-tiles map; sketches (HLL beyond the exact limit, KLL) merge the
+complete tiles into a cached partial and merge only the open tile per row.
+
+The state of one entity, :class:`EntityState`, is plain lists, tuples, dicts and sets (sketches
+in serial form when pickled), so it pickles small into Bytewax recovery snapshots.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import insort_right
+from collections.abc import Callable, Sequence
+from operator import itemgetter
+from typing import Any
+
+from flows.aggregations import (
+    EXACT_DISTINCT_LIMIT,
+    Aggregator,
+    Distinct,
+    Quantiles,
+    aggregator_for,
+    exact_float,
+    exact_to_float,
+)
+from flows.definitions import Aggregation, Feature, FeatureView
+from sinks.rows import Row
+
+__all__ = ["EntityState", "ViewEngine", "wall_clock_ms"]
+
+_NEVER = -(1 << 62)  # "minus infinity" for event times and watermarks, still an int
+_new_row = tuple.__new__
+_by_time = itemgetter(0)
+
+Clock = Callable[[], int]
+# A pending event: (event time, fields, partition, offset).
+_Pending = tuple[int, tuple[Any, ...], int, int]
+
+
+def wall_clock_ms() -> int:
+    """The wall clock in epoch milliseconds (the engine's default clock)."""
+    return time.time_ns() // 1_000_000
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+class EntityState:
+    """One entity's window state for one view (opaque to callers; picklable and compact).
+
+    ``max_t``/``wm``: max event time and watermark (ms); ``wall``: wall time when ``max_t`` was
+    seen; ``part``/``off``: source position of the last applied event; ``fpart``/``foff``: that
+    of the highest-offset event folded into the tiles; ``nb``: the next expiry boundary among
+    the tiles (None: none); ``pending``: ``(t, fields, partition, offset)`` of the events newer
+    than the watermark, not yet in tiles, sorted by ``t`` (ties in arrival order); ``groups``:
+    one state per window group; ``life``: the lifetime features' partials.
+    """
+
+    __slots__ = (
+        "foff", "fpart", "groups", "life", "max_t", "nb", "off", "part", "pending", "wall", "wm",
+    )  # fmt: skip
+
+    def __init__(self, groups: list[list[Any]], life: list[Any]) -> None:
+        self.max_t = _NEVER
+        self.wall = 0
+        self.wm = _NEVER
+        self.part = -1
+        self.off = -1
+        self.fpart = -1
+        self.foff = -1
+        self.nb: int | None = None
+        self.pending: list[_Pending] = []
+        self.groups = groups
+        self.life = life
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (
+            self.max_t, self.wall, self.wm, self.part, self.off, self.fpart, self.foff, self.nb,
+            self.pending, self.groups, self.life,
+        )  # fmt: skip
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        (
+            self.max_t, self.wall, self.wm, self.part, self.off, self.fpart, self.foff, self.nb,
+            self.pending, self.groups, self.life,
+        ) = state  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EntityState):
+            return NotImplemented
+        return self.__getstate__() == other.__getstate__()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"EntityState(max_t={self.max_t}, wm={self.wm}, next_boundary={self.nb}, "
+            f"pending={len(self.pending)}, tiles={[len(g[0]) for g in self.groups]})"
+        )
+
+
+# --- window columns that are not running totals -------------------------------------------
+#
+# A column owns one slot in every tile (``tile[self.tcol]``) and one slot in the group state
+# (``gs[self.gcol]``). Group state layout: gs[0] = tiles (oldest first), gs[1] = running totals
+# [count, sum_1, ...], gs[2:] = column states. Tile layout: [k, count, sum_1, ..., col_1, ...].
+
+
+class _Column:
+    __slots__ = ("field", "gcol", "tcol")
+
+    def __init__(self, field: int, tcol: int, gcol: int) -> None:
+        self.field = field  # index into the event's fields tuple
+        self.tcol = tcol
+        self.gcol = gcol
+
+    def new_state(self) -> Any:
+        raise NotImplementedError
+
+    def new_tile(self, gs: list[Any]) -> Any:
+        raise NotImplementedError
+
+    def add(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+        """Fold ``v`` into ``tile``, which is the newest tile."""
+        raise NotImplementedError
+
+    def add_old(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+        """Fold ``v`` into ``tile``, an older tile (rare: an out-of-order event)."""
+        raise NotImplementedError
+
+    def drop(self, gs: list[Any], dropped: list[list[Any]]) -> None:
+        """``dropped`` (the oldest tiles) have left the window for good."""
+        raise NotImplementedError
+
+    def value(
+        self, gs: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
+    ) -> Any:
+        """The window value over tiles ``k >= c`` (the first ``shadow`` tiles are older than
+        ``c``) plus the ``extra`` pending values."""
+        raise NotImplementedError
+
+
+class _MaxColumn(_Column):
+    """Window max: a monotonic queue of ``(k, tile max)`` with strictly decreasing values."""
+
+    __slots__ = ()
+
+    def new_state(self) -> list[tuple[int, Any]]:
+        return []
+
+    def new_tile(self, gs: list[Any]) -> Any:
+        return None
+
+    def add(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+        col = self.tcol
+        current = tile[col]
+        if current is None or v > current:
+            tile[col] = v
+            queue = gs[self.gcol]
+            while queue and queue[-1][1] <= v:
+                queue.pop()
+            queue.append((tile[0], v))
+
+    def add_old(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+        col = self.tcol
+        if tile[col] is None or v > tile[col]:
+            tile[col] = v
+            self._rebuild(gs)
+
+    def _rebuild(self, gs: list[Any]) -> None:
+        col = self.tcol
+        queue: list[tuple[int, Any]] = []
+        best = None
+        for tile in reversed(gs[0]):
+            v = tile[col]
+            if v is not None and (best is None or v > best):
+                best = v
+                queue.append((tile[0], v))
+        queue.reverse()
+        gs[self.gcol] = queue
+
+    def drop(self, gs: list[Any], dropped: list[list[Any]]) -> None:
+        queue = gs[self.gcol]
+        last = dropped[-1][0]
+        i = 0
+        while i < len(queue) and queue[i][0] <= last:
+            i += 1
+        if i:
+            del queue[:i]
+
+    def value(
+        self, gs: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
+    ) -> Any:
+        best = None
+        for k, v in gs[self.gcol]:
+            if k >= c:
+                best = v
+                break
+        if extra:
+            for v in extra:
+                if best is None or v > best:
+                    best = v
+        return best
+
+
+class _MinColumn(_MaxColumn):
+    """Window min: a monotonic queue of ``(k, tile min)`` with strictly increasing values."""
+
+    __slots__ = ()
+
+    def add(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+        col = self.tcol
+        current = tile[col]
+        if current is None or v < current:
+            tile[col] = v
+            queue = gs[self.gcol]
+            while queue and queue[-1][1] >= v:
+                queue.pop()
+            queue.append((tile[0], v))
+
+    def add_old(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+        col = self.tcol
+        if tile[col] is None or v < tile[col]:
+            tile[col] = v
+            self._rebuild(gs)
+
+    def _rebuild(self, gs: list[Any]) -> None:
+        col = self.tcol
+        queue: list[tuple[int, Any]] = []
+        best = None
+        for tile in reversed(gs[0]):
+            v = tile[col]
+            if v is not None and (best is None or v < best):
+                best = v
+                queue.append((tile[0], v))
+        queue.reverse()
+        gs[self.gcol] = queue
+
+    def value(
+        self, gs: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
+    ) -> Any:
+        best = None
+        for k, v in gs[self.gcol]:
+            if k >= c:
+                best = v
+                break
+        if extra:
+            for v in extra:
+                if best is None or v < best:
+                    best = v
+        return best
+
+
+class _SketchColumn(_Column):
+    """A sketch per tile and a cached merge of the complete tiles (all but the newest).
+
+    Group state slot: ``None`` (no cache) or ``[c, k_newest, merged partial]``, the merge of
+    the tiles ``c <= k < k_newest``. A new tile folds the previous newest tile into the cache
+    (one merge); expiry and out-of-order changes to complete tiles rebuild it.
+    """
+
+    __slots__ = ("agg",)
+
+    def __init__(self, field: int, tcol: int, gcol: int, agg: Aggregator[Any]) -> None:
+        super().__init__(field, tcol, gcol)
+        self.agg = agg
+
+    def new_state(self) -> Any:
+        return None
+
+    def new_tile(self, gs: list[Any]) -> Any:
+        return self.agg.empty()
+
+    def add(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+        tile[self.tcol].add(v)
+
+    def add_old(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+        tile[self.tcol].add(v)
+        gs[self.gcol] = None
+
+    def drop(self, gs: list[Any], dropped: list[list[Any]]) -> None:
+        gs[self.gcol] = None
+
+    def merged(self, gs: list[Any], c: int) -> Any:
+        """A fresh partial: the merge of every tile ``k >= c`` (the caller may mutate it)."""
+        tiles = gs[0]
+        col = self.tcol
+        agg = self.agg
+        newest = tiles[-1]
+        cache = gs[self.gcol]
+        if cache is None or cache[0] != c or cache[1] > newest[0]:
+            partial = agg.empty()
+            for tile in tiles[:-1]:
+                if tile[0] >= c:
+                    partial = agg.merge(partial, tile[col])
+            cache = gs[self.gcol] = [c, newest[0], partial]
+        elif cache[1] < newest[0]:
+            # Tiles created since the cache was built: fold the ones now complete.
+            for tile in tiles[:-1]:
+                if tile[0] >= cache[1]:
+                    cache[2] = agg.merge(cache[2], tile[col])
+            cache[1] = newest[0]
+        result = cache[2].copy()
+        if newest[0] >= c:
+            result = agg.merge(result, newest[col])
+        return result
+
+    def value(
+        self, gs: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
+    ) -> Any:
+        agg = self.agg
+        partial = self.merged(gs, c) if gs[0] else agg.empty()
+        if extra:
+            for v in extra:
+                partial = agg.add(partial, 0, v)
+        return arg(partial)
+
+
+class _DistinctColumn(_SketchColumn):
+    """Exact distinct count while the window holds at most ``EXACT_DISTINCT_LIMIT`` values.
+
+    Exact mode: each tile holds a set, the group state a dict value -> number of tiles holding
+    it, so the count is ``len(dict)`` and expiry costs O(values of the expired tile). Beyond the
+    limit the column switches to sketch mode (tiles hold :class:`Distinct` partials merged as in
+    :class:`_SketchColumn`) until the window is empty again.
+    """
+
+    __slots__ = ()
+
+    def new_state(self) -> Any:
+        return {}
+
+    def new_tile(self, gs: list[Any]) -> Any:
+        return set() if type(gs[self.gcol]) is dict else Distinct()
+
+    def add(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+        counts = gs[self.gcol]
+        if type(counts) is dict:
+            values = tile[self.tcol]
+            if v not in values:
+                values.add(v)
+                counts[v] = counts.get(v, 0) + 1
+                if len(counts) > EXACT_DISTINCT_LIMIT:
+                    self._to_sketch(gs)
+        else:
+            tile[self.tcol].add(v)
+
+    def add_old(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+        if type(gs[self.gcol]) is dict:
+            self.add(gs, tile, v)
+        else:
+            super().add_old(gs, tile, v)
+
+    def _to_sketch(self, gs: list[Any]) -> None:
+        col = self.tcol
+        for tile in gs[0]:
+            tile[col] = Distinct(tile[col])
+        gs[self.gcol] = None
+
+    def drop(self, gs: list[Any], dropped: list[list[Any]]) -> None:
+        counts = gs[self.gcol]
+        if type(counts) is dict:
+            col = self.tcol
+            for tile in dropped:
+                for v in tile[col]:
+                    n = counts[v] - 1
+                    if n:
+                        counts[v] = n
+                    else:
+                        del counts[v]
+        elif gs[0]:
+            gs[self.gcol] = None
+        else:
+            gs[self.gcol] = {}  # the window is empty: back to exact mode
+
+    def value(
+        self, gs: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
+    ) -> Any:
+        counts = gs[self.gcol]
+        if type(counts) is not dict:
+            partial = self.merged(gs, c)
+            if extra:
+                for v in extra:
+                    partial.add(v)
+            return partial.estimate()
+        n = len(counts)
+        if shadow:
+            # Values held only by tiles older than c do not count.
+            col = self.tcol
+            seen: dict[Any, int] = {}
+            for tile in gs[0][:shadow]:
+                for v in tile[col]:
+                    seen[v] = seen.get(v, 0) + 1
+            gone = {v for v, m in seen.items() if counts[v] == m}
+            n -= len(gone)
+            if extra:
+                n += len({v for v in extra if v not in counts or v in gone})
+        elif extra:
+            n += len({v for v in extra if v not in counts})
+        return n
+
+
+# --- window groups and lifetime features ------------------------------------------------------
+
+_COUNT, _SUM, _MEAN, _COLUMN = range(4)
+
+
+class _WindowGroup:
+    """The features sharing one ``(W, h)``: their tiles, running totals and columns."""
+
+    __slots__ = (
+        "columns", "h", "n", "outputs", "sum_fields", "sum_from_exact", "sum_to_exact", "w",
+        "zero_sums",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        window_ms: int,
+        hop_ms: int,
+        features: list[tuple[int, Feature]],
+        view: FeatureView,
+    ) -> None:
+        self.w = window_ms
+        self.h = hop_ms
+        self.n = window_ms // hop_ms
+        inputs = view.input_fields
+        types = view.source.field_types
+        sum_fields: list[int] = []
+        column_keys: list[tuple[Aggregation, int]] = []
+        for _, feature in features:
+            if feature.agg in (Aggregation.SUM, Aggregation.MEAN):
+                index = inputs.index(feature.field)
+                if index not in sum_fields:
+                    sum_fields.append(index)
+            elif feature.agg is not Aggregation.COUNT:
+                key = (feature.agg, inputs.index(feature.field))
+                if key not in column_keys:
+                    column_keys.append(key)
+        self.sum_fields = tuple(sum_fields)
+        is_float = [types[inputs[i]] == "float64" for i in sum_fields]
+        self.sum_to_exact = tuple(exact_float if f else _identity for f in is_float)
+        self.sum_from_exact = tuple(exact_to_float if f else _identity for f in is_float)
+        self.zero_sums = [0] * len(sum_fields)
+        first_column = 2 + len(sum_fields)
+        columns: list[_Column] = []
+        for j, (agg, field) in enumerate(column_keys):
+            tcol, gcol = first_column + j, 2 + j
+            if agg is Aggregation.MAX:
+                columns.append(_MaxColumn(field, tcol, gcol))
+            elif agg is Aggregation.MIN:
+                columns.append(_MinColumn(field, tcol, gcol))
+            elif agg is Aggregation.DISTINCT_COUNT:
+                columns.append(_DistinctColumn(field, tcol, gcol, aggregator_for(agg)))
+            else:  # approx_percentile: a KLL per tile; the quantile is chosen per feature
+                columns.append(_SketchColumn(field, tcol, gcol, _QUANTILES))
+        self.columns = tuple(columns)
+        outputs: list[tuple[int, int, int, Any]] = []
+        for position, feature in features:
+            if feature.agg is Aggregation.COUNT:
+                outputs.append((position, _COUNT, 0, None))
+            elif feature.agg in (Aggregation.SUM, Aggregation.MEAN):
+                kind = _SUM if feature.agg is Aggregation.SUM else _MEAN
+                index = sum_fields.index(inputs.index(feature.field))
+                outputs.append((position, kind, index, None))
+            else:
+                key = (feature.agg, inputs.index(feature.field))
+                arg = None
+                if feature.agg is Aggregation.APPROX_PERCENTILE:
+                    arg = _quantile_of(feature.quantile)
+                outputs.append((position, _COLUMN, column_keys.index(key), arg))
+        self.outputs = tuple(outputs)
+
+    def new_state(self) -> list[Any]:
+        return [[], [0, *self.zero_sums], *(c.new_state() for c in self.columns)]
+
+    def boundary(self, k: int) -> int:
+        """The expiry boundary of tile ``k``: ``tile_start + h + W``."""
+        return (k + 1) * self.h + self.w
+
+    def next_boundary(self, gs: list[Any]) -> int | None:
+        tiles = gs[0]
+        return (tiles[0][0] + 1) * self.h + self.w if tiles else None
+
+    def _new_tile(self, gs: list[Any], k: int) -> list[Any]:
+        return [k, 0, *self.zero_sums, *(c.new_tile(gs) for c in self.columns)]
+
+    def fold(self, gs: list[Any], t: int, fields: tuple[Any, ...]) -> int | None:
+        """Add one event to its tile; returns the group's new oldest boundary if it changed."""
+        k = t // self.h
+        tiles = gs[0]
+        result = None
+        if tiles:
+            tile = tiles[-1]
+            if tile[0] != k:
+                if tile[0] > k:
+                    return self._fold_old(gs, k, fields)
+                tile = self._new_tile(gs, k)
+                tiles.append(tile)
+        else:
+            tile = self._new_tile(gs, k)
+            tiles.append(tile)
+            result = (k + 1) * self.h + self.w
+        totals = gs[1]
+        tile[1] += 1
+        totals[0] += 1
+        i = 2
+        for index, to_exact in zip(self.sum_fields, self.sum_to_exact, strict=True):
+            v = to_exact(fields[index])
+            tile[i] += v
+            totals[i - 1] += v
+            i += 1
+        for column in self.columns:
+            column.add(gs, tile, fields[column.field])
+        return result
+
+    def _fold_old(self, gs: list[Any], k: int, fields: tuple[Any, ...]) -> int | None:
+        tiles = gs[0]
+        i = len(tiles) - 1
+        while i >= 0 and tiles[i][0] > k:
+            i -= 1
+        result = None
+        if i >= 0 and tiles[i][0] == k:
+            tile = tiles[i]
+        else:
+            tile = self._new_tile(gs, k)
+            tiles.insert(i + 1, tile)
+            if i < 0:
+                result = (k + 1) * self.h + self.w
+        totals = gs[1]
+        tile[1] += 1
+        totals[0] += 1
+        j = 2
+        for index, to_exact in zip(self.sum_fields, self.sum_to_exact, strict=True):
+            v = to_exact(fields[index])
+            tile[j] += v
+            totals[j - 1] += v
+            j += 1
+        for column in self.columns:
+            column.add_old(gs, tile, fields[column.field])
+        return result
+
+    def expire(self, gs: list[Any], boundary: int) -> None:
+        """Drop the tiles whose expiry boundary is ``<= boundary``."""
+        c = (boundary - self.w) // self.h
+        tiles = gs[0]
+        n = 0
+        for tile in tiles:
+            if tile[0] >= c:
+                break
+            n += 1
+        if not n:
+            return
+        dropped = tiles[:n]
+        del tiles[:n]
+        totals = gs[1]
+        if tiles:
+            for tile in dropped:
+                for i in range(len(totals)):
+                    totals[i] -= tile[i + 1]
+        else:
+            gs[1] = [0, *self.zero_sums]
+        for column in self.columns:
+            column.drop(gs, dropped)
+
+    def values(
+        self,
+        gs: list[Any],
+        as_of: int,
+        pending: list[_Pending] | None,
+        out: list[Any],
+    ) -> None:
+        """Write this group's feature values as of ``as_of`` into ``out``.
+
+        ``pending`` (event rows only) are events newer than every tile's contents, all inside
+        the window as of ``as_of``; tiles older than the window (``shadow``) exist only between
+        their boundary passing ``as_of`` and the watermark passing it.
+        """
+        c = as_of // self.h - self.n
+        tiles = gs[0]
+        totals = gs[1]
+        count = totals[0]
+        sums = totals[1:]
+        shadow = 0
+        if tiles and tiles[0][0] < c:
+            for tile in tiles:
+                if tile[0] >= c:
+                    break
+                shadow += 1
+                count -= tile[1]
+                for i in range(len(sums)):
+                    sums[i] -= tile[i + 2]
+        if pending:
+            count += len(pending)
+            for i, (index, to_exact) in enumerate(
+                zip(self.sum_fields, self.sum_to_exact, strict=True)
+            ):
+                for event in pending:
+                    sums[i] += to_exact(event[1][index])
+        floats: list[Any] | None = None
+        for position, kind, index, arg in self.outputs:
+            if kind == _COUNT:
+                out[position] = count
+            elif kind == _COLUMN:
+                column = self.columns[index]
+                extra = [e[1][column.field] for e in pending] if pending else None
+                out[position] = column.value(gs, c, shadow, extra, arg)
+            else:
+                if floats is None:
+                    floats = [
+                        convert(s) for convert, s in zip(self.sum_from_exact, sums, strict=True)
+                    ]
+                if kind == _SUM:
+                    out[position] = floats[index]
+                else:
+                    out[position] = floats[index] / count if count else None
+
+
+def _quantile_of(q: float | None) -> Callable[[Quantiles], float | None]:
+    assert q is not None
+    return lambda partial: partial.quantile(q)
+
+
+class _QuantilesAggregator(Aggregator[Quantiles]):
+    """KLL partials for window tiles (the quantile is applied per feature by the column)."""
+
+    __slots__ = ()
+
+    def empty(self) -> Quantiles:
+        return Quantiles()
+
+    def add(self, p: Quantiles, t: int, v: Any) -> Quantiles:
+        p.add(v)
+        return p
+
+    def merge(self, p: Quantiles, q: Quantiles) -> Quantiles:
+        p.merge(q)
+        return p
+
+
+_QUANTILES = _QuantilesAggregator()
+
+
+class _Lifetime:
+    """Features without a window: one partial each, never expiring."""
+
+    __slots__ = ("aggs", "fields", "positions")
+
+    def __init__(self, features: list[tuple[int, Feature]], view: FeatureView) -> None:
+        inputs = view.input_fields
+        types = view.source.field_types
+        self.positions = tuple(p for p, _ in features)
+        self.fields = tuple(
+            -1 if f.field is None else inputs.index(f.field) for _, f in features
+        )
+        self.aggs = tuple(
+            aggregator_for(
+                f.agg, f.quantile, float_sum=f.field is not None and types[f.field] == "float64"
+            )
+            for _, f in features
+        )
+
+    def new_state(self) -> list[Any]:
+        return [agg.empty() for agg in self.aggs]
+
+    def fold(self, life: list[Any], t: int, fields: tuple[Any, ...]) -> None:
+        for i, (agg, index) in enumerate(zip(self.aggs, self.fields, strict=True)):
+            life[i] = agg.add(life[i], t, fields[index] if index >= 0 else None)
+
+    def values(
+        self,
+        life: list[Any],
+        pending: list[_Pending] | None,
+        out: list[Any],
+    ) -> None:
+        for i, (agg, index, position) in enumerate(
+            zip(self.aggs, self.fields, self.positions, strict=True)
+        ):
+            if pending:
+                extra = [(e[0], e[1][index] if index >= 0 else None) for e in pending]
+                out[position] = agg.peek(life[i], extra)
+            else:
+                out[position] = agg.result(life[i])
+
+
+# --- the engine -------------------------------------------------------------------------------
+
+
+class ViewEngine:
+    """Turns one view's per-entity event sequences into rows (see the module docstring).
+
+    The caller keeps one :class:`EntityState` per entity (``new_state()``) and passes it back
+    on every call; the engine keeps no per-entity data of its own. ``clock`` gives the wall time
+    in epoch ms recorded when an entity's max event time advances (inject one in tests).
+    """
+
+    def __init__(self, view: FeatureView, *, clock: Clock = wall_clock_ms) -> None:
+        self.view = view
+        self._name = view.name
+        self._lateness = view.allowed_lateness_seconds * 1000
+        self._clock = clock
+        self._width = len(view.features)
+        by_window: dict[tuple[int, int], list[tuple[int, Feature]]] = {}
+        lifetime: list[tuple[int, Feature]] = []
+        for position, feature in enumerate(view.features):
+            if feature.window_seconds is None:
+                lifetime.append((position, feature))
+            else:
+                assert feature.hop_seconds is not None
+                key = (feature.window_seconds * 1000, feature.hop_seconds * 1000)
+                by_window.setdefault(key, []).append((position, feature))
+        self._groups = tuple(
+            _WindowGroup(w, h, features, view) for (w, h), features in by_window.items()
+        )
+        self._lifetime = _Lifetime(lifetime, view) if lifetime else None
+        # Lifetime partials other than `last` would be lost if a drained state were dropped.
+        self._droppable = all(f.agg is Aggregation.LAST for _, f in lifetime)
+        windows = [f.window_seconds for f in view.features if f.window_seconds is not None]
+        if windows and view.allowed_lateness_seconds > min(windows):
+            raise ValueError(
+                f"view {view.name!r}: allowed_lateness_seconds={view.allowed_lateness_seconds} "
+                f"exceeds its shortest window ({min(windows)} s); lateness must fit in a window"
+            )
+
+    def new_state(self) -> EntityState:
+        """The state of an entity with no events yet."""
+        life = self._lifetime.new_state() if self._lifetime is not None else []
+        return EntityState([g.new_state() for g in self._groups], life)
+
+    # -- public operations ---------------------------------------------------------------------
+
+    def apply(
+        self,
+        state: EntityState,
+        entity: str,
+        event_time_ms: int,
+        fields: tuple[Any, ...],
+        partition: int,
+        offset: int,
+    ) -> list[Row] | None:
+        """Apply one event; returns its rows (expiry rows first), or None if it is late.
+
+        ``fields`` are the event's values of ``view.input_fields``, in that order.
+        """
+        t = event_time_ms
+        st = state
+        if t < st.wm:
+            return None
+        if t > st.max_t:
+            st.max_t = t
+            st.wall = self._clock()
+            wm = t - self._lateness
+            if wm > st.wm:
+                st.wm = wm
+        wm = st.wm
+        rows: list[Row] = []
+        nb = st.nb
+        if nb is not None and nb < wm:
+            self._expire(st, entity, rows)
+        elif st.pending and st.pending[0][0] <= wm:
+            self._fold_pending(st, wm)
+        if t <= wm:
+            self._fold(st, t, fields, partition, offset)
+        else:
+            insort_right(st.pending, (t, fields, partition, offset), key=_by_time)
+        st.part = partition
+        st.off = offset
+        rows.append(self._row(st, entity, st.max_t, st.pending))
+        return rows
+
+    def advance(self, state: EntityState, entity: str, now_ms: int) -> list[Row]:
+        """Move the watermark with the wall clock; returns the expiry rows it passes."""
+        st = state
+        if st.max_t == _NEVER:
+            return []
+        wm = st.max_t - self._lateness + (now_ms - st.wall)
+        if wm <= st.wm:
+            return []
+        st.wm = wm
+        rows: list[Row] = []
+        if st.nb is not None and st.nb < wm:
+            self._expire(st, entity, rows)
+        elif st.pending and st.pending[0][0] <= wm:
+            self._fold_pending(st, wm)
+        return rows
+
+    def next_expiry(self, state: EntityState) -> int | None:
+        """The wall time (epoch ms) at which :meth:`advance` will next emit a row, or None."""
+        st = state
+        boundary = self._next_boundary(st)
+        if boundary is None:
+            return None
+        # advance emits once max_t - L + (now - wall) > boundary.
+        return boundary - st.max_t + self._lateness + st.wall + 1
+
+    def flush(self, state: EntityState, entity: str, until_ms: int) -> list[Row]:
+        """A bounded replay's end: emit every boundary ``<= until_ms``; later events before it
+        are then late."""
+        st = state
+        if st.max_t == _NEVER:
+            return []
+        if until_ms + 1 > st.wm:
+            st.wm = until_ms + 1
+        rows: list[Row] = []
+        self._expire(st, entity, rows)
+        return rows
+
+    def is_drained(self, state: EntityState) -> bool:
+        """True when dropping the state changes no future row of an on-time event: every
+        window is empty, nothing is pending and the lifetime features are only ``last``."""
+        if not self._droppable or state.pending or state.max_t == _NEVER:
+            return False
+        return all(not gs[0] for gs in state.groups)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _fold(
+        self, st: EntityState, t: int, fields: tuple[Any, ...], partition: int, offset: int
+    ) -> None:
+        if offset >= st.foff:
+            st.foff = offset
+            st.fpart = partition
+        nb = st.nb
+        for group, gs in zip(self._groups, st.groups, strict=True):
+            boundary = group.fold(gs, t, fields)
+            if boundary is not None and (nb is None or boundary < nb):
+                nb = boundary
+        st.nb = nb
+        if self._lifetime is not None:
+            self._lifetime.fold(st.life, t, fields)
+
+    def _fold_pending(self, st: EntityState, limit: int) -> None:
+        """Fold the pending events with ``t <= limit`` into the tiles, in event-time order."""
+        pending = st.pending
+        n = 0
+        for t, fields, partition, offset in pending:
+            if t > limit:
+                break
+            self._fold(st, t, fields, partition, offset)
+            n += 1
+        del pending[:n]
+
+    def _next_boundary(self, st: EntityState) -> int | None:
+        nb = st.nb
+        for t, *_ in st.pending:  # pending events will create tiles when folded
+            for group in self._groups:
+                boundary = group.boundary(t // group.h)
+                if nb is None or boundary < nb:
+                    nb = boundary
+        return nb
+
+    def _expire(self, st: EntityState, entity: str, rows: list[Row]) -> None:
+        """Emit every boundary below the watermark, folding pending events as it passes them."""
+        wm = st.wm
+        while True:
+            nb = st.nb
+            pending = st.pending
+            if pending:
+                limit = wm if nb is None or nb > wm else nb
+                if pending[0][0] <= limit:
+                    self._fold_pending(st, limit)
+                    nb = st.nb
+            if nb is None or nb >= wm:
+                return
+            for group, gs in zip(self._groups, st.groups, strict=True):
+                group.expire(gs, nb)
+            st.nb = self._min_boundary(st)
+            rows.append(self._row(st, entity, nb, None))
+
+    def _min_boundary(self, st: EntityState) -> int | None:
+        nb = None
+        for group, gs in zip(self._groups, st.groups, strict=True):
+            tiles = gs[0]
+            if tiles:
+                boundary = (tiles[0][0] + 1) * group.h + group.w
+                if nb is None or boundary < nb:
+                    nb = boundary
+        return nb
+
+    def _row(
+        self,
+        st: EntityState,
+        entity: str,
+        as_of: int,
+        pending: list[_Pending] | None,
+    ) -> Row:
+        """The row as of ``as_of``: an event row (with ``pending``) or an expiry row."""
+        out: list[Any] = [None] * self._width
+        for group, gs in zip(self._groups, st.groups, strict=True):
+            group.values(gs, as_of, pending, out)
+        if self._lifetime is not None:
+            self._lifetime.values(st.life, pending, out)
+        if pending is None:
+            return _new_row(Row, (self._name, entity, as_of, tuple(out), st.fpart, st.foff))
+        return _new_row(Row, (self._name, entity, as_of, tuple(out), st.part, st.off))
