@@ -590,6 +590,13 @@ def _start_kafka(config: StackConfig, *, echo: Echo) -> ServiceStatus:
     pid = read_pid(config.kafka_pid_file)
     if is_our_process(pid, marker):
         assert pid is not None
+        running = _configured_ports(config.server_properties)
+        wanted = (config.kafka_port, config.controller_port)
+        if running is not None and running != wanted:
+            raise DevStackError(
+                f"kafka from {config.dev_dir} is running (pid {pid}) on ports {running}, not "
+                f"{wanted}; run `freshet dev down` first to move it"
+            )
         if _wait_until(
             lambda: kafka_cluster_id(config.kafka_bootstrap, timeout=1.0) is not None,
             timeout=KAFKA_START_TIMEOUT_S,
@@ -664,6 +671,28 @@ def _start_kafka(config: StackConfig, *, echo: Echo) -> ServiceStatus:
     return _kafka_status(config)
 
 
+def parse_listener_ports(properties: str) -> tuple[int, int] | None:
+    """(PLAINTEXT port, CONTROLLER port) from the ``listeners=`` line of server.properties."""
+    for line in properties.splitlines():
+        if line.startswith("listeners="):
+            ports = {
+                name: int(address.rsplit(":", 1)[1])
+                for name, _, address in (
+                    item.partition("://") for item in line.split("=", 1)[1].split(",")
+                )
+            }
+            if "PLAINTEXT" in ports and "CONTROLLER" in ports:
+                return ports["PLAINTEXT"], ports["CONTROLLER"]
+    return None
+
+
+def _configured_ports(server_properties: Path) -> tuple[int, int] | None:
+    try:
+        return parse_listener_ports(server_properties.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _spawn_detached(argv: Sequence[str], out_file: Path) -> int:
     """Start ``argv`` in its own session, detached from us, and return its pid.
 
@@ -710,22 +739,33 @@ def _kafka_status(config: StackConfig) -> ServiceStatus:
 # --- Redis ---------------------------------------------------------------------------------
 
 
-def _redis_marker(config: StackConfig) -> str:
-    # A daemonized redis-server's argv is rewritten to "redis-server 127.0.0.1:<port>".
-    return f"{HOST}:{config.redis_port}"
+_REDIS_MARKER = "redis-server"
 
 
-def _is_our_redis(config: StackConfig, pid: int | None) -> bool:
-    if not is_our_process(pid, _redis_marker(config)):
-        return False
-    assert pid is not None
-    argv = process_cmdline(pid) or []
-    return any("redis-server" in part for part in argv)
+def redis_argv_port(argv: Sequence[str]) -> int | None:
+    """The port in a daemonized redis-server's rewritten argv (``redis-server 127.0.0.1:6379``)."""
+    for part in argv:
+        _, sep, port = part.rpartition(":")
+        if sep and port.isdigit():
+            return int(port)
+    return None
+
+
+def _is_our_redis(pid: int | None) -> bool:
+    # The pid comes from our dev dir's pid file; the program name guards against a reused pid.
+    return is_our_process(pid, _REDIS_MARKER)
 
 
 def _start_redis(config: StackConfig, *, echo: Echo) -> ServiceStatus:
     pid = read_pid(config.redis_pid_file)
-    if _is_our_redis(config, pid):
+    if _is_our_redis(pid):
+        assert pid is not None
+        running_port = redis_argv_port(process_cmdline(pid) or [])
+        if running_port is not None and running_port != config.redis_port:
+            raise DevStackError(
+                f"redis from {config.dev_dir} is running (pid {pid}) on port {running_port}, "
+                f"not {config.redis_port}; run `freshet dev down` first to move it"
+            )
         if _wait_until(
             lambda: redis_server_info(config.redis_port) is not None, timeout=REDIS_START_TIMEOUT_S
         ):
@@ -760,7 +800,7 @@ def _start_redis(config: StackConfig, *, echo: Echo) -> ServiceStatus:
     ready = _wait_until(
         lambda: (
             redis_server_info(config.redis_port) is not None
-            and _is_our_redis(config, read_pid(config.redis_pid_file))
+            and _is_our_redis(read_pid(config.redis_pid_file))
         ),
         timeout=REDIS_START_TIMEOUT_S,
     )
@@ -782,7 +822,7 @@ def _redis_status(config: StackConfig) -> ServiceStatus:
     pid = read_pid(config.redis_pid_file)
     info = redis_server_info(config.redis_port)
     version = str(info["redis_version"]) if info else None
-    if _is_our_redis(config, pid):
+    if _is_our_redis(pid):
         assert pid is not None
         return ServiceStatus(
             name="redis", address=address, state="running", pid=pid, version=version,
@@ -790,7 +830,8 @@ def _redis_status(config: StackConfig) -> ServiceStatus:
             detail="" if info else "not answering",
         )  # fmt: skip
     if info is not None:
-        holder = info.get("process_id")
+        # The listening process (Redis itself, or e.g. docker-proxy); INFO's pid as a fallback.
+        holder = listening_pid(config.redis_port) or info.get("process_id")
         ext_pid = holder if isinstance(holder, int) else None
         return ServiceStatus(
             name="redis", address=address, state="external", pid=ext_pid, version=version,
@@ -840,7 +881,7 @@ def down(config: StackConfig, *, echo: Echo = _quiet, timeout: float = STOP_TIME
     with _locked(config):
         targets = [
             ("kafka", config.kafka_pid_file, _kafka_marker(config), config.kafka_port),
-            ("redis", config.redis_pid_file, _redis_marker(config), config.redis_port),
+            ("redis", config.redis_pid_file, _REDIS_MARKER, config.redis_port),
         ]
         for name, pid_file, marker, port in targets:
             pid = read_pid(pid_file)

@@ -199,3 +199,19 @@ def test_a_port_held_by_something_else_is_refused_with_the_port_and_the_override
             match=rf"port {port} is taken by pid {os.getpid()}.*--redis-port",
         ):
             devstack.up(config)
+
+
+def test_the_running_brokers_ports_are_read_back_from_its_server_properties(
+    tmp_path: Path,
+) -> None:
+    text = devstack.render_template(
+        TEMPLATE, {"kafka_port": 19092, "controller_port": 19093, "data_dir": tmp_path}
+    )
+    assert devstack.parse_listener_ports(text) == (19092, 19093)
+    assert devstack.parse_listener_ports("# nothing here\n") is None
+
+
+def test_a_daemonized_redis_port_is_read_from_its_rewritten_argv() -> None:
+    assert devstack.redis_argv_port(["redis-server 127.0.0.1:16379"]) == 16379
+    assert devstack.redis_argv_port(["redis-server", "*:6379"]) == 6379
+    assert devstack.redis_argv_port(["redis-server"]) is None
