@@ -88,5 +88,4 @@ demo: up
 	fi
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check .
-	$(BIN)/mypy
+	@rc=0; $(BIN)/ruff check . || rc=$$?; $(BIN)/mypy || rc=$$?; exit $$rc
