@@ -41,11 +41,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def dev_stack() -> devstack.StackConfig:
     """The running local stack (started here if it is not up yet)."""
     config = devstack.StackConfig.from_env(os.environ)
+    problem = None
     try:
         devstack.up(config)
     except devstack.DevStackError as exc:
+        problem = str(exc)
+    if problem is not None:  # failed outside the except block: no chained traceback noise
         pytest.fail(
-            f"the local Kafka + Redis stack is not available ({config.dev_dir}): {exc}",
+            f"the local Kafka + Redis stack is not available ({config.dev_dir}): {problem}",
             pytrace=False,
         )
     return config
