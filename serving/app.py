@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
@@ -50,7 +51,7 @@ from sinks.redis_store import (
 )
 from sinks.settings import Settings
 
-__all__ = ["MAX_BATCH", "MAX_BODY_BYTES", "FeatureApp", "create_app"]
+__all__ = ["MAX_BATCH", "MAX_BODY_BYTES", "FeatureApp", "app_from_env", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -389,4 +390,11 @@ def create_app(
         redis_client=RedisLink(settings.redis_url),
         api_keys=ApiKeys.parse(settings.api_keys),
         multiprocess_dir=multiprocess_dir,
+    )
+
+
+def app_from_env() -> FeatureApp:
+    """The app ``freshet serve`` runs (a uvicorn factory): settings from the environment."""
+    return create_app(
+        Settings.from_env(), multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     )

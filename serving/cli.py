@@ -1,0 +1,160 @@
+"""``freshet serve`` (the lookup endpoint) and ``freshet get`` (one entity's features).
+
+``freshet get`` reads Redis directly (``FRESHET_REDIS_URL``) with the same reader as the
+endpoint, so it works as soon as a flow has written, without a server; ``--url`` sends the
+lookup through a running endpoint instead (and ``--api-key`` authenticates there).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any
+
+import click
+import orjson
+
+from sinks.settings import Settings
+
+__all__ = ["get", "serve"]
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--workers", "-w", default=1, show_default=True, type=click.IntRange(1), help="Processes."
+)
+@click.option("--access-log/--no-access-log", default=False, show_default=True)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
+def serve(host: str, port: int, workers: int, access_log: bool, log_level: str) -> None:
+    """Serve feature lookups over HTTP (uvicorn, uvloop, httptools).
+
+    GET /v1/features/VIEW/ENTITY[?features=a,b], POST /v1/features/VIEW with
+    {"entities": [...], "features": [...]} (at most 1,000 entities), GET /v1/views, /healthz,
+    /readyz, /metrics, /openapi.json. Reads FRESHET_REDIS_URL and FRESHET_API_KEYS
+    ("key1:view_a,view_b;key2:*"; unset: no auth).
+    """
+    import uvicorn
+
+    from serving.auth import ApiKeys
+
+    settings = Settings.from_env()
+    try:
+        ApiKeys.parse(settings.api_keys)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="FRESHET_API_KEYS") from exc
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Workers are separate processes: share metric values through files so /metrics on
+        # any worker reports them all. Set before the workers start (they inherit it).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="freshet-metrics-")
+    click.echo(f"freshet serve: http://{host}:{port}  ({workers} worker(s))", err=True)
+    uvicorn.run(
+        "serving.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=access_log,
+        log_level=log_level,
+        lifespan="on",
+    )
+
+
+@click.command()
+@click.argument("view")
+@click.argument("entity")
+@click.option("--features", "-f", help="Comma-separated subset of the view's features.")
+@click.option("--json", "as_json", is_flag=True, help="Print the lookup as JSON.")
+@click.option("--url", help="Ask a running endpoint (e.g. http://127.0.0.1:8000), not Redis.")
+@click.option("--api-key", help="API key for --url.")
+def get(
+    view: str,
+    entity: str,
+    features: str | None,
+    as_json: bool,
+    url: str | None,
+    api_key: str | None,
+) -> None:
+    """Show ENTITY's current features in VIEW (read from Redis, or from --url)."""
+    names = [f for f in features.split(",") if f] if features else None
+    lookup = (
+        _via_http(url, api_key, view, entity, names) if url else _via_redis(view, entity, names)
+    )
+    if as_json:
+        click.echo(orjson.dumps(lookup, option=orjson.OPT_INDENT_2).decode())
+    else:
+        _print_table(lookup)
+
+
+def _via_redis(view: str, entity: str, names: list[str] | None) -> dict[str, Any]:
+    import redis
+
+    from flows.registry import UnknownViewError, get_view
+    from sinks.redis_store import RedisFeatureReader, UnknownFeatureError, connect
+
+    try:
+        layout = get_view(view).layout()
+    except UnknownViewError as exc:
+        raise click.BadParameter(str(exc), param_hint="VIEW") from None
+    settings = Settings.from_env()
+    client = connect(settings.redis_url)
+    try:
+        lookup = RedisFeatureReader(client, {view: layout}).get(view, entity, names)
+    except UnknownFeatureError as exc:
+        raise click.BadParameter(str(exc), param_hint="--features") from None
+    except redis.RedisError as exc:
+        raise click.ClickException(f"Redis at FRESHET_REDIS_URL is unavailable: {exc}") from exc
+    finally:
+        client.close()
+    result: dict[str, Any] = orjson.loads(orjson.dumps(lookup))
+    return result
+
+
+def _via_http(
+    url: str, api_key: str | None, view: str, entity: str, names: list[str] | None
+) -> dict[str, Any]:
+    from serving.client import Client, ServingError
+
+    with Client(url, api_key=api_key) as client:
+        try:
+            return client.get(view, entity, names)
+        except ServingError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+def _print_table(lookup: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    title = f"[bold]{lookup['view']}[/] / [bold]{lookup['entity']}[/]"
+    if lookup["found"]:
+        as_of = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(lookup["as_of"] / 1000))
+        caption = (
+            f"as of {as_of}.{lookup['as_of'] % 1000:03d} UTC, age {lookup['age_ms'] / 1000:.1f} s"
+        )
+    else:
+        caption = "[yellow]not found[/]"
+    table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
+    table.add_column("feature")
+    table.add_column("value", justify="right")
+    table.add_column("status")
+    colors = {"present": "green", "not_found": "yellow", "expired": "red"}
+    for name, value in lookup["features"].items():
+        status = lookup["status"][name]
+        if value is None:
+            shown = "-"
+        elif isinstance(value, float):
+            shown = f"{value:.6f}".rstrip("0").rstrip(".")
+        else:
+            shown = str(value)
+        table.add_row(name, shown, f"[{colors.get(status, 'white')}]{status}[/]")
+    Console().print(table)

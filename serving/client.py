@@ -1,0 +1,109 @@
+"""A small Python client of the lookup endpoint::
+
+    from serving import Client
+
+    with Client("http://127.0.0.1:8000") as client:
+        client.get("card_txn", "card_42")["features"]["txn_count_5m"]
+        client.get_many("card_txn", ["card_1", "card_2"], features=["amount_sum_1h"])
+
+Results are the endpoint's JSON (DESIGN.md "Interfaces"): dicts with ``view``, ``entity``,
+``found``, ``as_of``, ``age_ms``, ``features`` and ``status``. Errors raise
+:class:`ServingError` carrying the HTTP status, the error code and the server's message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+
+__all__ = ["Client", "ServingError"]
+
+# The endpoint's batch limit (serving.app.MAX_BATCH); larger get_many calls are split.
+_MAX_BATCH = 1_000
+
+
+class ServingError(RuntimeError):
+    """The endpoint answered with an error status (or could not be reached: status 0)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class Client:
+    """Synchronous client; ``transport`` lets tests pass an ``httpx`` transport."""
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float = 5.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def get(self, view: str, entity: str, features: Sequence[str] | None = None) -> dict[str, Any]:
+        """One entity's lookup (``found`` is false for an unknown entity)."""
+        params = {"features": ",".join(features)} if features else None
+        path = f"/v1/features/{quote(view, safe='')}/{quote(entity, safe='')}"
+        result: dict[str, Any] = self._request("GET", path, params=params)
+        return result
+
+    def get_many(
+        self, view: str, entities: Sequence[str], features: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Lookups of ``entities`` in order; one request per 1,000 entities."""
+        results: list[dict[str, Any]] = []
+        path = f"/v1/features/{quote(view, safe='')}"
+        for start in range(0, len(entities), _MAX_BATCH):
+            body: dict[str, Any] = {"entities": list(entities[start : start + _MAX_BATCH])}
+            if features is not None:
+                body["features"] = list(features)
+            results.extend(self._request("POST", path, content=orjson.dumps(body))["results"])
+        return results
+
+    def views(self) -> list[dict[str, Any]]:
+        """The registered views (as ``freshet views --json``)."""
+        result: list[dict[str, Any]] = self._request("GET", "/v1/views")
+        return result
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        if "content" in kwargs:
+            kwargs["headers"] = {"content-type": "application/json"}
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ServingError(0, "unreachable", f"{self._http.base_url}: {exc}") from exc
+        if response.status_code != 200:
+            try:
+                error = orjson.loads(response.content)
+                code, message = str(error["error"]), str(error["message"])
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                code, message = "http_error", response.text[:200]
+            raise ServingError(response.status_code, code, message)
+        return orjson.loads(response.content)
