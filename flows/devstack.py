@@ -23,18 +23,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import os
 import re
-import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from flows import processes
 
 __all__ = [
     "DEFAULT_CONTROLLER_PORT",
@@ -49,7 +47,6 @@ __all__ = [
     "down",
     "ensure_jars",
     "kafka_cluster_id",
-    "listening_pid",
     "redis_server_info",
     "render_template",
     "status",
@@ -327,100 +324,6 @@ def redis_command(config: StackConfig, redis_server: str) -> list[str]:
     ]  # fmt: skip
 
 
-def read_pid(pid_file: Path) -> int | None:
-    try:
-        return int(pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def process_cmdline(pid: int) -> list[str] | None:
-    """The argv of a live (non-zombie) process, or None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # The state letter follows the parenthesised command name; zombies are already dead.
-    if stat.rsplit(")", 1)[-1].split()[0] in {"Z", "X"} or not raw:
-        return None
-    return [part.decode(errors="replace") for part in raw.rstrip(b"\0").split(b"\0")]
-
-
-def is_our_process(pid: int | None, marker: str) -> bool:
-    """True when ``pid`` is alive and its command line contains ``marker``."""
-    if pid is None:
-        return False
-    argv = process_cmdline(pid)
-    return argv is not None and any(marker in part for part in argv)
-
-
-def rss_bytes(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return None
-
-
-def port_is_open(port: int, *, host: str = HOST, timeout: float = 0.5) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
-        return True
-    return False
-
-
-def parse_listening_inodes(proc_net_tcp: str, port: int) -> set[str]:
-    """Socket inodes listening on ``port`` in the text of /proc/net/tcp or /proc/net/tcp6."""
-    inodes: set[str] = set()
-    for line in proc_net_tcp.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) < 10:
-            continue
-        local, state, inode = fields[1], fields[3], fields[9]
-        if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-            inodes.add(inode)
-    return inodes
-
-
-def listening_pid(port: int) -> int | None:
-    """The pid of the process listening on TCP ``port`` (Linux /proc; None when unknown)."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            inodes |= parse_listening_inodes(Path(table).read_text(), port)
-    if not inodes:
-        return None
-    targets = {f"socket:[{inode}]" for inode in inodes}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            for fd in (proc / "fd").iterdir():
-                with contextlib.suppress(OSError):
-                    if os.readlink(fd) in targets:
-                        return int(proc.name)
-    return None
-
-
-def tail_lines(path: Path, count: int) -> list[str]:
-    """The last ``count`` lines of a text file (empty when it does not exist)."""
-    if count <= 0 or not path.is_file():
-        return []
-    with path.open("rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        size = handle.tell()
-        block = 64 * 1024
-        data = b""
-        while size > 0 and data.count(b"\n") <= count:
-            step = min(block, size)
-            size -= step
-            handle.seek(size)
-            data = handle.read(step) + data
-    return data.decode(errors="replace").splitlines()[-count:]
-
-
 def require_tool(name: str) -> str:
     """The path of ``name`` on PATH, or a MissingToolError saying what to install."""
     path = shutil.which(name)
@@ -435,7 +338,7 @@ def require_tool(name: str) -> str:
 def kafka_cluster_id(bootstrap: str, *, timeout: float = 3.0) -> str | None:
     """The cluster id when a Kafka broker answers a metadata request, else None."""
     host, _, port = bootstrap.rpartition(":")
-    if not port_is_open(int(port), host=host, timeout=min(timeout, 1.0)):
+    if not processes.port_is_open(int(port), host=host, timeout=min(timeout, 1.0)):
         return None
     from confluent_kafka.admin import AdminClient  # heavy import, only when needed
 
@@ -453,7 +356,7 @@ def kafka_cluster_id(bootstrap: str, *, timeout: float = 3.0) -> str | None:
 
 def redis_server_info(port: int, *, timeout: float = 1.0) -> dict[str, object] | None:
     """Redis's INFO server section when a Redis answers on ``port``, else None."""
-    if not port_is_open(port, timeout=timeout):
+    if not processes.port_is_open(port, timeout=timeout):
         return None
     import redis  # only when needed
     from redis.backoff import NoBackoff
@@ -529,27 +432,6 @@ def _locked(config: StackConfig) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _wait_until(
-    check: Callable[[], bool], *, timeout: float, alive: Callable[[], bool] = lambda: True
-) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        if not alive():
-            return False
-        time.sleep(0.2)
-    return check()
-
-
-def _describe_holder(port: int) -> str:
-    pid = listening_pid(port)
-    if pid is None:
-        return "an unknown process"
-    argv = process_cmdline(pid) or ["?"]
-    return f"pid {pid} ({shlex.join(argv)[:120]})"
-
-
 # --- Kafka ---------------------------------------------------------------------------------
 
 
@@ -587,8 +469,8 @@ def _format_storage(config: StackConfig, java: str, *, echo: Echo) -> None:
 
 def _start_kafka(config: StackConfig, *, echo: Echo) -> ServiceStatus:
     marker = _kafka_marker(config)
-    pid = read_pid(config.kafka_pid_file)
-    if is_our_process(pid, marker):
+    pid = processes.read_pid(config.kafka_pid_file)
+    if processes.is_our_process(pid, marker):
         assert pid is not None
         running = _configured_ports(config.server_properties)
         wanted = (config.kafka_port, config.controller_port)
@@ -597,10 +479,10 @@ def _start_kafka(config: StackConfig, *, echo: Echo) -> ServiceStatus:
                 f"kafka from {config.dev_dir} is running (pid {pid}) on ports {running}, not "
                 f"{wanted}; run `freshet dev down` first to move it"
             )
-        if _wait_until(
+        if processes.wait_until(
             lambda: kafka_cluster_id(config.kafka_bootstrap, timeout=1.0) is not None,
             timeout=KAFKA_START_TIMEOUT_S,
-            alive=lambda: is_our_process(pid, marker),
+            alive=lambda: processes.is_our_process(pid, marker),
         ):
             echo(f"kafka: already running (pid {pid}) on {config.kafka_bootstrap}")
             return _kafka_status(config)
@@ -609,20 +491,21 @@ def _start_kafka(config: StackConfig, *, echo: Echo) -> ServiceStatus:
             f"see {config.log_file('kafka')} or run `freshet dev down` and retry"
         )
     config.kafka_pid_file.unlink(missing_ok=True)
-    if port_is_open(config.kafka_port):
+    if processes.port_is_open(config.kafka_port):
         if kafka_cluster_id(config.kafka_bootstrap) is not None:
             echo(f"kafka: reusing the broker already answering on {config.kafka_bootstrap}")
             return _kafka_status(config)
         raise PortTakenError(
-            f"port {config.kafka_port} is taken by {_describe_holder(config.kafka_port)}, which "
-            "is not a healthy Kafka broker; stop it or pick another port with --kafka-port "
+            f"port {config.kafka_port} is taken by "
+            f"{processes.describe_port_holder(config.kafka_port)}, which is not a healthy Kafka "
+            "broker; stop it or pick another port with --kafka-port "
             "(or FRESHET_DEV_KAFKA_PORT)"
         )
-    if port_is_open(config.controller_port):
+    if processes.port_is_open(config.controller_port):
         raise PortTakenError(
             f"the Kafka controller port {config.controller_port} is taken by "
-            f"{_describe_holder(config.controller_port)}; pick another with --controller-port "
-            "(or FRESHET_DEV_CONTROLLER_PORT)"
+            f"{processes.describe_port_holder(config.controller_port)}; pick another with "
+            "--controller-port (or FRESHET_DEV_CONTROLLER_PORT)"
         )
 
     java = require_tool("java")
@@ -642,19 +525,19 @@ def _start_kafka(config: StackConfig, *, echo: Echo) -> ServiceStatus:
     _format_storage(config, java, echo=echo)
 
     started = time.monotonic()
-    pid = _spawn_detached(kafka_command(config, java), config.kafka_log_dir / "kafka.out")
+    pid = processes.spawn_detached(kafka_command(config, java), config.kafka_log_dir / "kafka.out")
     config.kafka_pid_file.write_text(f"{pid}\n")
-    ready = _wait_until(
+    ready = processes.wait_until(
         lambda: kafka_cluster_id(config.kafka_bootstrap, timeout=1.0) is not None,
         timeout=KAFKA_START_TIMEOUT_S,
-        alive=lambda: is_our_process(pid, marker),
+        alive=lambda: processes.is_our_process(pid, marker),
     )
     if not ready:
-        _stop_pid(pid, marker, timeout=STOP_TIMEOUT_S)
+        processes.stop_pid(pid, marker, timeout=STOP_TIMEOUT_S)
         config.kafka_pid_file.unlink(missing_ok=True)
         tail = "\n".join(
-            tail_lines(config.log_file("kafka"), 15)
-            + tail_lines(config.kafka_log_dir / "kafka.out", 15)
+            processes.tail_lines(config.log_file("kafka"), 15)
+            + processes.tail_lines(config.kafka_log_dir / "kafka.out", 15)
         )
         raise ServiceStartError(
             f"kafka did not answer on {config.kafka_bootstrap} within "
@@ -693,41 +576,24 @@ def _configured_ports(server_properties: Path) -> tuple[int, int] | None:
         return None
 
 
-def _spawn_detached(argv: Sequence[str], out_file: Path) -> int:
-    """Start ``argv`` in its own session, detached from us, and return its pid.
-
-    A shell starts it in the background and exits at once, so no Popen object outlives this
-    call (pytest would flag it as a leaked resource) and the process survives our exit.
-    """
-    script = f"exec {shlex.join(argv)} </dev/null >>{shlex.quote(str(out_file))} 2>&1 & echo $!"
-    result = subprocess.run(
-        ["/bin/sh", "-c", script],
-        capture_output=True,
-        text=True,
-        check=True,
-        start_new_session=True,
-    )
-    return int(result.stdout.strip())
-
-
 def _kafka_status(config: StackConfig) -> ServiceStatus:
-    pid = read_pid(config.kafka_pid_file)
+    pid = processes.read_pid(config.kafka_pid_file)
     version = jar_version(config.lib_dir, "kafka_2.13")
     log_file = config.log_file("kafka")
-    if is_our_process(pid, _kafka_marker(config)):
+    if processes.is_our_process(pid, _kafka_marker(config)):
         assert pid is not None
         healthy = kafka_cluster_id(config.kafka_bootstrap) is not None
         return ServiceStatus(
             name="kafka", address=config.kafka_bootstrap, state="running", pid=pid,
-            version=version, rss_bytes=rss_bytes(pid), log_file=log_file,
+            version=version, rss_bytes=processes.rss_bytes(pid), log_file=log_file,
             detail="" if healthy else "not answering yet",
         )  # fmt: skip
     cluster_id = kafka_cluster_id(config.kafka_bootstrap)
     if cluster_id is not None:
-        holder = listening_pid(config.kafka_port)
+        holder = processes.listening_pid(config.kafka_port)
         return ServiceStatus(
             name="kafka", address=config.kafka_bootstrap, state="external", pid=holder,
-            rss_bytes=rss_bytes(holder) if holder else None,
+            rss_bytes=processes.rss_bytes(holder) if holder else None,
             detail=f"cluster {cluster_id}, not started from {config.dev_dir}",
         )  # fmt: skip
     return ServiceStatus(
@@ -753,20 +619,20 @@ def redis_argv_port(argv: Sequence[str]) -> int | None:
 
 def _is_our_redis(pid: int | None) -> bool:
     # The pid comes from our dev dir's pid file; the program name guards against a reused pid.
-    return is_our_process(pid, _REDIS_MARKER)
+    return processes.is_our_process(pid, _REDIS_MARKER)
 
 
 def _start_redis(config: StackConfig, *, echo: Echo) -> ServiceStatus:
-    pid = read_pid(config.redis_pid_file)
+    pid = processes.read_pid(config.redis_pid_file)
     if _is_our_redis(pid):
         assert pid is not None
-        running_port = redis_argv_port(process_cmdline(pid) or [])
+        running_port = redis_argv_port(processes.process_cmdline(pid) or [])
         if running_port is not None and running_port != config.redis_port:
             raise DevStackError(
                 f"redis from {config.dev_dir} is running (pid {pid}) on port {running_port}, "
                 f"not {config.redis_port}; run `freshet dev down` first to move it"
             )
-        if _wait_until(
+        if processes.wait_until(
             lambda: redis_server_info(config.redis_port) is not None, timeout=REDIS_START_TIMEOUT_S
         ):
             echo(f"redis: already running (pid {pid}) on {HOST}:{config.redis_port}")
@@ -776,13 +642,14 @@ def _start_redis(config: StackConfig, *, echo: Echo) -> ServiceStatus:
             f"see {config.redis_log_file} or run `freshet dev down` and retry"
         )
     config.redis_pid_file.unlink(missing_ok=True)
-    if port_is_open(config.redis_port):
+    if processes.port_is_open(config.redis_port):
         if redis_server_info(config.redis_port) is not None:
             echo(f"redis: reusing the server already answering on {HOST}:{config.redis_port}")
             return _redis_status(config)
         raise PortTakenError(
-            f"port {config.redis_port} is taken by {_describe_holder(config.redis_port)}, which "
-            "is not a healthy Redis server; stop it or pick another port with --redis-port "
+            f"port {config.redis_port} is taken by "
+            f"{processes.describe_port_holder(config.redis_port)}, which is not a healthy Redis "
+            "server; stop it or pick another port with --redis-port "
             "(or FRESHET_DEV_REDIS_PORT)"
         )
     redis_server = require_tool("redis-server")
@@ -797,45 +664,44 @@ def _start_redis(config: StackConfig, *, echo: Echo) -> ServiceStatus:
             f"redis-server exited with {result.returncode}: "
             f"{(result.stdout + result.stderr).strip()[-1000:]}"
         )
-    ready = _wait_until(
+    ready = processes.wait_until(
         lambda: (
             redis_server_info(config.redis_port) is not None
-            and _is_our_redis(read_pid(config.redis_pid_file))
+            and _is_our_redis(processes.read_pid(config.redis_pid_file))
         ),
         timeout=REDIS_START_TIMEOUT_S,
     )
     if not ready:
-        tail = "\n".join(tail_lines(config.redis_log_file, 15))
+        tail = "\n".join(processes.tail_lines(config.redis_log_file, 15))
         raise ServiceStartError(
             f"redis did not answer on port {config.redis_port} within "
             f"{REDIS_START_TIMEOUT_S:.0f} s; last log lines:\n{tail}"
         )
-    echo(
-        f"redis: started (pid {read_pid(config.redis_pid_file)}) on {HOST}:{config.redis_port} "
-        f"in {time.monotonic() - started:.1f} s"
-    )
+    pid = processes.read_pid(config.redis_pid_file)
+    elapsed = time.monotonic() - started
+    echo(f"redis: started (pid {pid}) on {HOST}:{config.redis_port} in {elapsed:.1f} s")
     return _redis_status(config)
 
 
 def _redis_status(config: StackConfig) -> ServiceStatus:
     address = f"{HOST}:{config.redis_port}"
-    pid = read_pid(config.redis_pid_file)
+    pid = processes.read_pid(config.redis_pid_file)
     info = redis_server_info(config.redis_port)
     version = str(info["redis_version"]) if info else None
     if _is_our_redis(pid):
         assert pid is not None
         return ServiceStatus(
             name="redis", address=address, state="running", pid=pid, version=version,
-            rss_bytes=rss_bytes(pid), log_file=config.redis_log_file,
+            rss_bytes=processes.rss_bytes(pid), log_file=config.redis_log_file,
             detail="" if info else "not answering",
         )  # fmt: skip
     if info is not None:
         # The listening process (Redis itself, or e.g. docker-proxy); INFO's pid as a fallback.
-        holder = listening_pid(config.redis_port) or info.get("process_id")
+        holder = processes.listening_pid(config.redis_port) or info.get("process_id")
         ext_pid = holder if isinstance(holder, int) else None
         return ServiceStatus(
             name="redis", address=address, state="external", pid=ext_pid, version=version,
-            rss_bytes=rss_bytes(ext_pid) if ext_pid else None,
+            rss_bytes=processes.rss_bytes(ext_pid) if ext_pid else None,
             detail=f"not started from {config.dev_dir}",
         )  # fmt: skip
     return ServiceStatus(
@@ -844,20 +710,6 @@ def _redis_status(config: StackConfig) -> ServiceStatus:
 
 
 # --- stopping ------------------------------------------------------------------------------
-
-
-def _stop_pid(pid: int, marker: str, *, timeout: float) -> Literal["term", "kill", "gone"]:
-    """SIGTERM ``pid`` (if it is still ours), wait for it, SIGKILL after ``timeout``."""
-    if not is_our_process(pid, marker):
-        return "gone"
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    if _wait_until(lambda: not is_our_process(pid, marker), timeout=timeout):
-        return "term"
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    _wait_until(lambda: not is_our_process(pid, marker), timeout=10.0)
-    return "kill"
 
 
 # --- the stack -----------------------------------------------------------------------------
@@ -884,18 +736,18 @@ def down(config: StackConfig, *, echo: Echo = _quiet, timeout: float = STOP_TIME
             ("redis", config.redis_pid_file, _REDIS_MARKER, config.redis_port),
         ]
         for name, pid_file, marker, port in targets:
-            pid = read_pid(pid_file)
-            if pid is None or not is_our_process(pid, marker):
+            pid = processes.read_pid(pid_file)
+            if pid is None or not processes.is_our_process(pid, marker):
                 pid_file.unlink(missing_ok=True)
                 note = (
                     " (something else answers on its port: left alone)"
-                    if port_is_open(port)
+                    if processes.port_is_open(port)
                     else ""
                 )
                 echo(f"{name}: not running from {config.dev_dir}{note}")
                 continue
             started = time.monotonic()
-            how = _stop_pid(pid, marker, timeout=timeout)
+            how = processes.stop_pid(pid, marker, timeout=timeout)
             pid_file.unlink(missing_ok=True)
             forced = " (SIGKILL after timeout)" if how == "kill" else ""
             echo(f"{name}: stopped pid {pid} in {time.monotonic() - started:.1f} s{forced}")

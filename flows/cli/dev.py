@@ -12,7 +12,7 @@ from typing import Any
 import click
 import orjson
 
-from flows import devstack
+from flows import devstack, processes
 
 __all__ = ["dev"]
 
@@ -157,7 +157,7 @@ def logs(*, config: devstack.StackConfig, service: str | None, lines: int, follo
         if not path.is_file():
             click.echo(f"{name}: no log yet at {path}", err=True)
             continue
-        for line in devstack.tail_lines(path, lines):
+        for line in processes.tail_lines(path, lines):
             click.echo(f"{name} | {line}" if prefix else line)
     if follow:
         _follow(files, prefix=prefix)

@@ -15,7 +15,7 @@ from pathlib import Path
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from flows import devstack
+from flows import devstack, processes
 
 MESSAGES = 10_000
 KEYS = 200
@@ -161,8 +161,8 @@ def test_dev_up_twice_keeps_one_broker_and_one_redis(
         assert result.returncode == 0, result.stdout + result.stderr
     after = _status_pids(env)
     assert after == before
-    assert after["kafka"] == devstack.listening_pid(dev_stack.kafka_port)
-    assert after["redis"] == devstack.listening_pid(dev_stack.redis_port)
+    assert after["kafka"] == processes.listening_pid(dev_stack.kafka_port)
+    assert after["redis"] == processes.listening_pid(dev_stack.redis_port)
 
 
 def _free_port() -> int:
@@ -200,12 +200,12 @@ def test_a_second_stack_starts_logs_is_reused_and_stops_completely(
 
         again = devstack.up(config)
         assert (again[0].pid, again[1].pid) == (kafka.pid, redis_status.pid)
-        assert devstack.listening_pid(kafka_port) == kafka.pid
+        assert processes.listening_pid(kafka_port) == kafka.pid
     finally:
         devstack.down(config, timeout=30)
 
-    assert devstack.process_cmdline(kafka.pid) is None
-    assert devstack.process_cmdline(redis_status.pid) is None
-    assert not devstack.port_is_open(config.kafka_port)
-    assert not devstack.port_is_open(config.redis_port)
+    assert processes.process_cmdline(kafka.pid) is None
+    assert processes.process_cmdline(redis_status.pid) is None
+    assert not processes.port_is_open(config.kafka_port)
+    assert not processes.port_is_open(config.redis_port)
     assert [s.state for s in devstack.status(config)] == ["stopped", "stopped"]

@@ -1,0 +1,58 @@
+"""Local processes through pid files and /proc: liveness, memory, listeners, log tails."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from flows import processes
+
+PROC_NET_TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:2384 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1
+   1: 0100007F:18EB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5151 1
+   2: 0100007F:2384 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 6161 1
+"""
+
+
+def test_pid_files_with_garbage_or_missing_read_as_no_pid(tmp_path: Path) -> None:
+    pid_file = tmp_path / "x.pid"
+    assert processes.read_pid(pid_file) is None
+    pid_file.write_text("not a pid\n")
+    assert processes.read_pid(pid_file) is None
+    pid_file.write_text("1234\n")
+    assert processes.read_pid(pid_file) == 1234
+
+
+def test_our_process_is_recognised_by_pid_and_command_line() -> None:
+    me = os.getpid()
+    assert processes.is_our_process(me, "pytest") or processes.is_our_process(me, "python")
+    assert not processes.is_our_process(me, "kafka.Kafka /nowhere/server.properties")
+    assert not processes.is_our_process(None, "python")
+    assert not processes.is_our_process(2**22 + 12345, "python")  # above pid_max: no process
+    assert (processes.rss_bytes(me) or 0) > 1_000_000
+
+
+def test_listening_sockets_are_found_by_port_in_proc_net_tcp() -> None:
+    assert processes.parse_listening_inodes(PROC_NET_TCP, 9092) == {"4242"}  # 0x2384
+    assert processes.parse_listening_inodes(PROC_NET_TCP, 6379) == {"5151"}  # 0x18EB
+    assert processes.parse_listening_inodes(PROC_NET_TCP, 1234) == set()
+
+
+def test_the_pid_listening_on_a_port_is_found() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert processes.port_is_open(port)
+        assert processes.listening_pid(port) == os.getpid()
+    assert not processes.port_is_open(port)
+
+
+def test_tail_lines_returns_the_last_lines_of_a_big_file(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text("".join(f"line {i}\n" for i in range(100_000)))
+    assert processes.tail_lines(log, 3) == ["line 99997", "line 99998", "line 99999"]
+    assert processes.tail_lines(log, 0) == []
+    assert processes.tail_lines(tmp_path / "missing.log", 5) == []
