@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 from flows import processes
@@ -56,3 +57,34 @@ def test_tail_lines_returns_the_last_lines_of_a_big_file(tmp_path: Path) -> None
     assert processes.tail_lines(log, 3) == ["line 99997", "line 99998", "line 99999"]
     assert processes.tail_lines(log, 0) == []
     assert processes.tail_lines(tmp_path / "missing.log", 5) == []
+
+
+def test_a_zombie_counts_as_gone() -> None:
+    import subprocess
+    import time
+
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while processes.process_cmdline(child.pid) is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # Exited but not reaped yet: still in the process table, yet not alive.
+    assert Path(f"/proc/{child.pid}").exists()
+    assert processes.process_cmdline(child.pid) is None
+    child.wait()
+
+
+def test_a_detached_process_outlives_its_starter_and_stops_by_pid(tmp_path: Path) -> None:
+    marker = str(tmp_path / "marker")
+    out = tmp_path / "out.log"
+    pid = processes.spawn_detached(
+        [sys.executable, "-c", "import time; time.sleep(60)", marker], out
+    )
+    try:
+        assert processes.is_our_process(pid, marker)
+        assert os.getsid(pid) != os.getsid(0)  # its own session: Ctrl-C here does not reach it
+        assert processes.stop_pid(pid, marker, timeout=10) == "term"
+        assert not processes.is_our_process(pid, marker)
+        assert processes.stop_pid(pid, marker, timeout=10) == "gone"
+    finally:
+        if processes.is_our_process(pid, marker):
+            os.kill(pid, 9)
