@@ -134,6 +134,7 @@ def late_letter(
     event: tuple[str, int, tuple[Any, ...], int, int, int],
     *,
     watermark_ms: int,
+    topic: str | None = None,
     key: bytes | None = None,
     value: bytes | None = None,
 ) -> DeadLetter:
@@ -142,6 +143,7 @@ def late_letter(
     ``event`` is a ``flows.decode`` event ``(entity, event_time_ms, fields, partition, offset,
     kafka_timestamp_ms)``. Without the raw ``value``, the event is re-encoded as JSON (entity,
     event time and input fields) and marked with ``freshet.value.encoding: decoded-json``.
+    ``topic`` is the topic the event was read from, if not the view's own source topic.
     """
     entity, event_time_ms, fields, partition, offset, _ = event
     headers: Headers | None = None
@@ -161,7 +163,7 @@ def late_letter(
         view=view.name,
         key=key,
         value=value,
-        topic=view.source.topic,
+        topic=topic if topic is not None else view.source.topic,
         partition=partition,
         offset=offset,
         headers=headers,
@@ -217,6 +219,8 @@ class DeadLetterProducer:
         Blocks while librdkafka's queue is full (at most ``max_block_s`` per record).
         Raises :class:`DeadLetterError` if an earlier record failed delivery.
         """
+        from confluent_kafka import KafkaException
+
         producer = self._require()
         self._raise_failures()
         sent = 0
@@ -240,6 +244,11 @@ class DeadLetterProducer:
                             f"{self._max_block_s:g} s; is Kafka reachable?"
                         ) from None
                     producer.poll(0.05)
+                except KafkaException as exc:  # e.g. larger than message.max.bytes
+                    raise DeadLetterError(
+                        f"Kafka refused the dead letter of {letter.topic}[{letter.partition}]@"
+                        f"{letter.offset} for {topic!r}: {exc}"
+                    ) from exc
             sent += 1
         producer.poll(0)
         return sent
