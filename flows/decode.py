@@ -68,6 +68,7 @@ __all__ = [
     "WireFormat",
     "decoder_for",
     "load_schema",
+    "strip_time_logical_types",
 ]
 
 Event = tuple[str, int, tuple[Any, ...], int, int, int]
@@ -237,14 +238,14 @@ def _field_specs(schema: Mapping[str, Any]) -> dict[str, _FieldSpec]:
     return specs
 
 
-def _strip_time_logical_types(node: Any) -> Any:
+def strip_time_logical_types(node: Any) -> Any:
     """The schema with time logical types removed, so they decode as their plain ints."""
     if isinstance(node, list):
-        return [_strip_time_logical_types(n) for n in node]
+        return [strip_time_logical_types(n) for n in node]
     if isinstance(node, dict):
         if node.get("logicalType") in _TIME_LOGICAL_TYPES:
             return node["type"]
-        return {k: _strip_time_logical_types(v) for k, v in node.items()}
+        return {k: strip_time_logical_types(v) for k, v in node.items()}
     return node
 
 
@@ -383,7 +384,7 @@ class AvroDecoder:
             specs, entity_field=entity_field, time_field=time_field, input_fields=input_fields
         )
         try:
-            self._schema = parse_schema(_strip_time_logical_types(dict(schema)))
+            self._schema = parse_schema(strip_time_logical_types(dict(schema)))
         except Exception as exc:  # fastavro raises several types for bad schemas
             raise DecodeConfigError(f"invalid Avro schema for view {view!r}: {exc}") from exc
         self._view = view
@@ -523,6 +524,8 @@ class JsonDecoder:
         }
         self._fast_types = tuple(fast[s.kind] for s in self._specs)
         self._all_any = all(t is None for t in self._fast_types)
+        # With every field's type known, one C-level compare checks them all.
+        self._exact_types = None if None in self._fast_types else self._fast_types
         self._fields = _getter(self._input_fields)
 
     def decode(self, messages: Sequence[SourceMessage]) -> Decoded:
@@ -535,6 +538,7 @@ class JsonDecoder:
         time_field = self._time_field
         fields = self._fields
         fast_types = self._fast_types
+        exact_types = self._exact_types
         all_any = self._all_any
         for m in cast("Sequence[_Message]", messages):
             try:
@@ -556,9 +560,14 @@ class JsonDecoder:
                     except KeyError:
                         pass  # a missing field: the slow path applies defaults or refuses
                     else:
-                        if all_any or all(
-                            t is None or v.__class__ is t
-                            for v, t in zip(values, fast_types, strict=True)
+                        if (
+                            tuple(map(type, values)) == exact_types
+                            if exact_types is not None
+                            else all_any
+                            or all(
+                                t is None or v.__class__ is t
+                                for v, t in zip(values, fast_types, strict=True)
+                            )
                         ):
                             ts = m.timestamp
                             add(
