@@ -230,17 +230,12 @@ class FeatureApp:
                 "too_large",
                 f"{len(entities)} entities in one request; the maximum is {self._max_batch}",
             )
-        keys: list[str] = []
         for index, entity in enumerate(entities):
-            if isinstance(entity, str):
-                keys.append(entity)
-            elif isinstance(entity, int) and not isinstance(entity, bool):
-                keys.append(str(entity))
-            else:
+            if not isinstance(entity, str):
                 raise HttpError(
                     422,
                     "invalid_request",
-                    f"entities[{index}] is {entity!r}; entities are strings (or integers)",
+                    f"entities[{index}] is {entity!r}; entities are strings",
                 )
         features = request.get("features")
         if features is not None and (
@@ -251,7 +246,7 @@ class FeatureApp:
             raise HttpError(
                 422, "invalid_request", '"features" must be a non-empty list of feature names'
             )
-        return keys, features
+        return entities, features
 
     async def _lookup(
         self, view: str, entities: Sequence[str], features: Sequence[str] | None

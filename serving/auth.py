@@ -97,13 +97,16 @@ class ApiKeys:
 
 def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     """The key an ASGI request presents: ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``
-    (UTF-8 bytes, compared with the UTF-8 encoding of the configured keys)."""
+    (UTF-8 bytes, compared with the UTF-8 encoding of the configured keys). Credentials in
+    both headers (or twice) are refused rather than guessing which one counts."""
+    found: list[bytes] = []
     for name, value in headers:
         name = name.lower()
         if name == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            if scheme.lower() == b"bearer" and token.strip():
-                return token.strip()
-        elif name == b"x-api-key" and value.strip():
-            return value.strip()
-    return None
+            scheme, _, token = value.strip().partition(b" ")
+            found.append(token.strip() if scheme.lower() == b"bearer" else b"")
+        elif name == b"x-api-key":
+            found.append(value.strip())
+    if len(found) > 1:
+        raise Unauthorized("send the API key once: Authorization: Bearer KEY or X-API-Key: KEY")
+    return found[0] if found else None

@@ -243,11 +243,12 @@ def _schemas(max_batch: int, feature_names: Sequence[str]) -> dict[str, Any]:
         "BatchRequest": {
             "type": "object",
             "required": ["entities"],
+            "additionalProperties": False,
             "properties": {
                 "entities": {
                     "type": "array",
                     "maxItems": max_batch,
-                    "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+                    "items": {"type": "string"},
                 },
                 "features": {
                     "type": "array",

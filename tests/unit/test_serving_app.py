@@ -150,13 +150,6 @@ def test_batch_returns_one_lookup_per_entity_in_request_order() -> None:
     assert store.calls == 1  # one Redis round trip for the whole batch
 
 
-def test_integer_entities_are_looked_up_as_their_decimal_text() -> None:
-    store = _store({"42": VALUES}, _now_ms())
-    body = _call(_app(store), "POST", "/v1/features/card_txn", json={"entities": [42]}).json()
-    assert body["results"][0]["entity"] == "42"
-    assert body["results"][0]["found"] is True
-
-
 def test_batches_over_the_maximum_are_413() -> None:
     response = _call(
         _app(),
@@ -184,6 +177,7 @@ def test_bodies_over_the_byte_limit_are_413() -> None:
         (b'{"entities": "a"}', 422, '"entities" must be a list'),
         (b'{"entities": ["a", null]}', 422, "entities[1] is None"),
         (b'{"entities": [true]}', 422, "entities[0] is True"),
+        (b'{"entities": [42]}', 422, "entities[0] is 42; entities are strings"),
         (b'{"entities": ["a"], "features": []}', 422, '"features" must be a non-empty list'),
         (b'{"entities": ["a"], "features": "txn_count_5m"}', 422, '"features" must be'),
     ],

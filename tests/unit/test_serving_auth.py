@@ -55,7 +55,7 @@ def test_keys_do_not_appear_in_reprs() -> None:
         ([(b"authorization", b"Bearer k1")], b"k1"),
         ([(b"Authorization", b"bearer  k1 ")], b"k1"),
         ([(b"x-api-key", b"k2")], b"k2"),
-        ([(b"authorization", b"Basic abc")], None),
+        ([(b"authorization", b"Basic abc")], b""),  # present but no bearer token: invalid
         ([], None),
     ],
 )
@@ -63,3 +63,8 @@ def test_the_key_comes_from_a_bearer_token_or_x_api_key(
     headers: list[tuple[bytes, bytes]], expected: bytes | None
 ) -> None:
     assert presented_key(headers) == expected
+
+
+def test_keys_in_two_headers_are_refused_rather_than_picking_one() -> None:
+    with pytest.raises(Unauthorized, match="send the API key once"):
+        presented_key([(b"authorization", b"Bearer k_all"), (b"x-api-key", b"junk")])
