@@ -1,9 +1,12 @@
 """The offline feature log: append-only, immutable Parquet segments, and their reader.
 
-Layout (one directory per view, one per UTC date of ``as_of``)::
+Layout (one directory per view version, one per UTC date of ``as_of``)::
 
     <root>/<view>/date=YYYY-MM-DD/<writer>-<seq>.parquet     committed segment (never changed)
     <root>/<view>/date=YYYY-MM-DD/.<writer>-<seq>.parquet.tmp  being written (renamed when done)
+
+``<view>`` is the view's name for version 1 and ``<name>.v<N>`` for version N >= 2
+(:func:`log_dir`), so a new version of a view starts a log of its own beside the old one.
 
 Columns: ``entity`` (string), ``as_of`` (timestamp ms, UTC), one column per feature with its
 ``ViewLayout`` type (int64 | float64 | string), ``partition`` (int32) and ``offset`` (int64) of
@@ -66,6 +69,7 @@ __all__ = [
     "ParquetLogError",
     "ParquetLogWriter",
     "WriterState",
+    "log_dir",
     "log_schema",
     "read_log",
     "segment_paths",
@@ -138,10 +142,29 @@ class ParquetLogWriter:
             raise ParquetLogError(
                 f"writer_id={writer_id!r} must be 1-100 of [A-Za-z0-9_.-], not starting with . or -"
             )
-        self._dir = Path(root) / layout.name
+        self._dir = log_dir(root, layout.name, layout.version)
         self._layout = layout
         self._schema = log_schema(layout)
         self._types = [_ARROW_TYPES[f.type] for f in layout.features]
+        # A Row as pyarrow converts it in one call; int64 values go through float64 (_table).
+        self._row_type = pa.struct(
+            [
+                ("view", pa.string()),
+                ("entity", pa.string()),
+                ("as_of", pa.int64()),
+                (
+                    "values",
+                    pa.struct(
+                        [
+                            (f"v{i}", pa.float64() if t == pa.int64() else t)
+                            for i, t in enumerate(self._types)
+                        ]
+                    ),
+                ),
+                ("partition", pa.int32()),
+                ("offset", pa.int64()),
+            ]
+        )
         self._max_rows = max_rows
         self._max_age_s = max_age_s
         self._writer_id = writer_id
@@ -237,35 +260,56 @@ class ParquetLogWriter:
         return paths
 
     def _table(self, rows: list[Row]) -> pa.Table:
-        n = len(rows)
-        columns: list[pa.Array] = [
-            pa.array([r.entity for r in rows], pa.string()),
-            pa.array([r.as_of for r in rows], _TS),
-        ]
-        features = self._layout.features
-        if features:
-            transposed = list(zip(*[r.values for r in rows], strict=True))
-            if len(transposed) != len(features):
-                raise ParquetLogError(
-                    f"rows of view {self._layout.name!r} have {len(transposed)} values; "
-                    f"its features are {', '.join(self._layout.feature_names)}"
-                )
-            for column, values, arrow_type in zip(features, transposed, self._types, strict=True):
-                try:
-                    # Infer, then cast safely: pa.array(values, pa.int64()) would silently
-                    # truncate 1.5 to 1.
-                    columns.append(pa.array(values).cast(arrow_type, safe=True))
-                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-                    raise ParquetLogError(
-                        f"feature {column.name!r} of view {self._layout.name!r} is "
-                        f"{column.type}; a row holds a value that is not: {exc}"
-                    ) from exc
-        columns += [
-            pa.array([r.partition for r in rows], pa.int32()),
-            pa.array([r.offset for r in rows], pa.int64()),
-            pa.array([self._wall_clock_ms()] * n, _TS),
+        """Rows -> columns in one pyarrow call (Rows are tuples: a struct array of them).
+
+        int64 features are read as float64 and cast back safely: pyarrow would silently
+        truncate a float 1.5 given for an int64 column, the safe cast refuses it (int64
+        feature values must therefore stay within ±2**53, ample for counts).
+        """
+        try:
+            struct = pa.array(rows, self._row_type)
+            values = struct.field("values")
+            features = [
+                values.field(i).cast(arrow_type, safe=True)
+                for i, arrow_type in enumerate(self._types)
+            ]
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            self._explain_bad_rows(rows)
+            raise
+        columns = [
+            struct.field("entity"),
+            struct.field("as_of").cast(_TS),
+            *features,
+            struct.field("partition"),
+            struct.field("offset"),
+            pa.array([self._wall_clock_ms()] * len(rows), _TS),
         ]
         return pa.Table.from_arrays(columns, schema=self._schema)
+
+    def _explain_bad_rows(self, rows: list[Row]) -> None:
+        """Raise a :class:`ParquetLogError` naming the feature that does not fit (slow path)."""
+        features = self._layout.features
+        for r in rows:
+            if not isinstance(r.values, tuple) or len(r.values) != len(features):
+                raise ParquetLogError(
+                    f"rows of view {self._layout.name!r} have {len(r.values)} values; "
+                    f"its features are {', '.join(self._layout.feature_names)}"
+                )
+        transposed = list(zip(*[r.values for r in rows], strict=True))
+        for column, column_values, arrow_type in zip(
+            features, transposed, self._types, strict=True
+        ):
+            try:
+                pa.array(column_values).cast(arrow_type, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                raise ParquetLogError(
+                    f"feature {column.name!r} of view {self._layout.name!r} is "
+                    f"{column.type}; a row holds a value that is not: {exc}"
+                ) from exc
+        raise ParquetLogError(
+            f"rows of view {self._layout.name!r} do not fit its log schema "
+            "(entity a string, as_of/offset int64, partition int32)"
+        )
 
     def _write_segment(self, table: pa.Table, day: int, seq: int) -> Path:
         date = datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%d")
@@ -291,11 +335,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def segment_paths(root: Path | str, view: str) -> list[Path]:
-    """The committed segments of ``view``, in name order (temporary files excluded)."""
+def log_dir(root: Path | str, view: str, version: int = 1) -> Path:
+    """The directory of a view version's log: ``<root>/<view>`` for version 1 (the layout
+    before versions had their own logs), ``<root>/<view>.v<version>`` for later versions."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ParquetLogError(f"version={version!r} of view {view!r} must be an int >= 1")
+    return Path(root) / (view if version == 1 else f"{view}.v{version}")
+
+
+def segment_paths(root: Path | str, view: str, version: int = 1) -> list[Path]:
+    """The committed segments of ``view``'s ``version``, in name order (temporary files
+    excluded)."""
     return sorted(
         path
-        for path in (Path(root) / view).glob("date=*/*.parquet")
+        for path in log_dir(root, view, version).glob("date=*/*.parquet")
         if not path.name.startswith(".")
     )
 
@@ -309,6 +362,7 @@ def read_log(
     sort: bool = False,
     dedupe: bool = True,
     layout: ViewLayout | None = None,
+    version: int = 1,
 ) -> pa.Table:
     """Read ``view``'s log: each row once, optionally sorted by ``(entity, as_of, offset)``.
 
@@ -318,8 +372,10 @@ def read_log(
     ``layout`` fixes the schema (segments of older versions lacking a column read as nulls, and
     an empty log has the full schema); without it the schema comes from the segments.
     ``dedupe=False`` skips the duplicate check (rows written twice then show twice).
+    ``version`` picks the view version's log (:func:`log_dir`); it is not taken from
+    ``layout``, which may describe a newer schema to read older segments with.
     """
-    paths = segment_paths(root, view)
+    paths = segment_paths(root, view, version)
     schema = log_schema(layout) if layout is not None else None
     if not paths:
         empty = schema if schema is not None else _base_schema()
@@ -328,7 +384,7 @@ def read_log(
         [str(p) for p in paths],
         format="parquet",
         partitioning=_PARTITIONING,
-        partition_base_dir=str(Path(root) / view),
+        partition_base_dir=str(log_dir(root, view, version)),
         schema=schema.append(pa.field("date", pa.string())) if schema is not None else None,
     )
     wanted = list(columns) if columns is not None else list(dataset.schema.names)
