@@ -1,0 +1,437 @@
+"""``freshet run VIEW [VIEW…]``: run the streaming flow of one or more views.
+
+One process with ``-w`` worker threads, ``-p N`` local processes (this command spawns and
+supervises them), or one process of a cluster you start yourself (``-i ID -a ADDRESSES``,
+e.g. one per pod). With ``--recovery-dir`` the flow snapshots its Kafka offsets, engine state
+and Parquet writers every ``--snapshot-interval`` seconds and resumes from the last snapshot
+after a crash; the directory is initialised on first use.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+from flows.definitions import FeatureView
+from flows.registry import UnknownViewError, get_view
+
+__all__ = ["parse_start", "run"]
+
+log = logging.getLogger("freshet.run")
+
+_DEFAULT_METRICS_PORT = 9108
+_RECOVERY_INIT_TIMEOUT_S = 60.0
+# This interpreter running the ``freshet`` console script, whatever PATH says.
+_FRESHET = (sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())")
+
+
+def parse_start(value: str) -> str | int:
+    """``earliest``, ``latest``, integer epoch milliseconds, or an ISO-8601 time with offset."""
+    text = value.strip()
+    if text in ("earliest", "latest"):
+        return text
+    if text.isdigit():
+        return int(text)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a start position; use earliest, latest, epoch milliseconds or "
+            "an ISO-8601 time such as 2024-05-01T12:00:00Z"
+        ) from None
+    if parsed.tzinfo is None:
+        raise click.BadParameter(f"{value!r} has no UTC offset; add 'Z' or '+00:00'")
+    return int(parsed.astimezone(UTC).timestamp() * 1000)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    """In a child: get SIGKILL when the supervising ``freshet run -p`` process dies."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _supervise(processes: int, argv: Sequence[str]) -> int:
+    """Run ``processes`` copies of this command as one cluster; the first failure stops all."""
+    addresses = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(processes))
+    children = [
+        subprocess.Popen(
+            [*_FRESHET, "run", *argv, "-i", str(i), "-a", addresses],
+            preexec_fn=_die_with_parent,
+        )
+        for i in range(processes)
+    ]
+
+    def forward(signum: int, _frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while True:
+        codes = [child.poll() for child in children]
+        failed = [c for c in codes if c not in (None, 0)]
+        if failed or all(c == 0 for c in codes):
+            break
+        time.sleep(0.2)
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return next((c for c in (ch.returncode for ch in children) if c), 0)
+
+
+def _init_recovery(directory: Path, partitions: int, *, create: bool) -> None:
+    """Create Bytewax's recovery partitions in ``directory`` unless it already has them."""
+    from bytewax.recovery import init_db_dir
+
+    directory.mkdir(parents=True, exist_ok=True)
+    if not create:
+        deadline = time.monotonic() + _RECOVERY_INIT_TIMEOUT_S
+        while not any(directory.glob("part-*.sqlite3")):
+            if time.monotonic() > deadline:
+                raise click.ClickException(
+                    f"recovery dir {str(directory)!r} has no partitions after "
+                    f"{_RECOVERY_INIT_TIMEOUT_S:g} s; process 0 creates them"
+                )
+            time.sleep(0.2)
+        return
+    with open(directory / ".freshet-init.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not any(directory.glob("part-*.sqlite3")):
+            init_db_dir(directory, partitions)  # type: ignore[no-untyped-call]
+            log.info("initialised %d recovery partitions in %s", partitions, directory)
+
+
+_CLOCK_FILE_PERIOD_S = 1.0
+
+
+def _resume_clock(directory: Path, process_id: int, snapshot_interval_s: int) -> int:
+    """Keep the flow's clock across restarts; returns its offset from real time (ms).
+
+    Every process rewrites ``<recovery dir>/freshet-clock-<id>`` with the flow time once a
+    second. On restart the flow clock continues from the newest such time minus one snapshot
+    interval (about where the snapshot being resumed was taken), so the downtime does not count
+    as idle time of the entities (see ``flows.pipeline.flow_clock``).
+    """
+    last = []
+    for path in directory.glob("freshet-clock-*"):
+        try:
+            last.append(int(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    now = time.time_ns() // 1_000_000
+    offset = max(0, now - (max(last) - snapshot_interval_s * 1000)) if last else 0
+    mine = directory / f"freshet-clock-{process_id}"
+
+    def beat() -> None:
+        tmp = mine.with_suffix(".tmp")
+        while True:
+            tmp.write_text(str(time.time_ns() // 1_000_000 - offset))
+            tmp.replace(mine)
+            time.sleep(_CLOCK_FILE_PERIOD_S)
+
+    threading.Thread(target=beat, name="freshet-clock", daemon=True).start()
+    if offset:
+        log.info("resuming the flow clock %.1f s behind real time", offset / 1000)
+    return offset
+
+
+def _views(names: Sequence[str]) -> list[FeatureView]:
+    try:
+        return [get_view(name) for name in names]
+    except UnknownViewError as exc:
+        raise click.BadParameter(str(exc), param_hint="VIEW") from None
+
+
+def _ensure_topics(config: Mapping[str, Any], topics: dict[str, int]) -> None:
+    """Create missing topics (``name -> partitions``); existing ones are left alone."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
+
+    admin = AdminClient(dict(config))
+    existing = admin.list_topics(timeout=15).topics
+    missing = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
+    if not missing:
+        return
+    for topic, future in admin.create_topics(missing, operation_timeout=15).items():
+        try:
+            future.result(timeout=30)
+            log.info("created topic %s", topic)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise click.ClickException(f"cannot create topic {topic!r}: {exc}") from exc
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("view_names", metavar="VIEW [VIEW…]", nargs=-1, required=True)
+@click.option(
+    "-w",
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker threads per process (they share the GIL: prefer -p).",
+)
+@click.option(
+    "-p",
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Local processes forming one cluster (spawned and supervised here).",
+)
+@click.option(
+    "-i",
+    "--process-id",
+    type=click.IntRange(0),
+    default=None,
+    envvar="BYTEWAX_PROCESS_ID",
+    help="This process's index in a cluster you start.",
+)
+@click.option(
+    "-a",
+    "--addresses",
+    default=None,
+    envvar="BYTEWAX_ADDRESSES",
+    help='Every cluster process as "host:port;host:port" (with -i).',
+)
+@click.option(
+    "--recovery-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Snapshot state here and resume from it after a crash.",
+)
+@click.option(
+    "--snapshot-interval",
+    type=click.IntRange(1),
+    default=10,
+    show_default=True,
+    help="Seconds between snapshots (the epoch length; also when segments roll).",
+)
+@click.option(
+    "--from",
+    "start",
+    default="earliest",
+    show_default=True,
+    help="First start only: earliest, latest, epoch ms or ISO-8601 time.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=_DEFAULT_METRICS_PORT,
+    show_default=True,
+    help="Serve /metrics here (process i uses port+i; 0: off).",
+)
+@click.option(
+    "--metrics-host", default="0.0.0.0", show_default=True, help="Interface of the /metrics server."
+)
+@click.option(
+    "--shards",
+    type=click.IntRange(1, 65536),
+    default=256,
+    show_default=True,
+    help="Engine state shards per view (fixed for the life of a recovery dir).",
+)
+@click.option(
+    "--topic",
+    default=None,
+    help="Read this topic instead of the view's source topic (one view only).",
+)
+@click.option(
+    "--dead-letter-topic",
+    default=None,
+    help="Send dead letters here instead of the view's dead-letter topic (one view).",
+)
+@click.option(
+    "--late-to-dlq/--no-late-to-dlq",
+    default=True,
+    show_default=True,
+    help="Send late events to the dead-letter topic (always counted).",
+)
+@click.option(
+    "--stop-at-end",
+    is_flag=True,
+    help="Exit once the end of every partition is reached (tests, catch-up jobs).",
+)
+@click.option(
+    "--segment-rows",
+    type=click.IntRange(1),
+    default=100_000,
+    show_default=True,
+    help="Roll Parquet segments at this many rows.",
+)
+@click.option(
+    "--segment-age",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Roll Parquet segments at this age in seconds (and at every snapshot).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="Kafka records per poll.",
+)
+def run(
+    view_names: tuple[str, ...],
+    workers: int,
+    processes: int,
+    process_id: int | None,
+    addresses: str | None,
+    recovery_dir: Path | None,
+    snapshot_interval: int,
+    start: str,
+    metrics_port: int,
+    metrics_host: str,
+    shards: int,
+    topic: str | None,
+    dead_letter_topic: str | None,
+    late_to_dlq: bool,
+    stop_at_end: bool,
+    segment_rows: int,
+    segment_age: float,
+    batch_size: int,
+) -> None:
+    """Consume VIEW's source topic and keep Redis and the offline log current.
+
+    Settings come from FRESHET_KAFKA_BOOTSTRAP, FRESHET_REDIS_URL and FRESHET_OFFLINE_DIR.
+    """
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    views = _views(view_names)
+    start_at = parse_start(start)
+    if (topic or dead_letter_topic) and len(views) != 1:
+        raise click.UsageError("--topic and --dead-letter-topic need exactly one VIEW")
+    if processes > 1 and process_id is not None:
+        raise click.UsageError("use either -p (local processes) or -i/-a (your own cluster)")
+    if process_id is not None and not addresses:
+        raise click.UsageError("-i needs -a with the addresses of every process")
+
+    from sinks.settings import Settings
+
+    settings = Settings.from_env()
+    cluster = addresses.split(";") if addresses else None
+    total_workers = workers * (len(cluster) if cluster else processes)
+    if processes > 1:
+        argv = _child_argv(click.get_current_context())
+        if recovery_dir is not None:
+            _init_recovery(recovery_dir, total_workers, create=True)
+        _ensure_dead_letter_topics(settings, views, dead_letter_topic)
+        sys.exit(_supervise(processes, argv))
+
+    clock_offset_ms = 0
+    if recovery_dir is not None:
+        _init_recovery(recovery_dir, total_workers, create=not process_id)
+        clock_offset_ms = _resume_clock(recovery_dir, process_id or 0, snapshot_interval)
+    if not process_id:
+        _ensure_dead_letter_topics(settings, views, dead_letter_topic)
+
+    from bytewax.recovery import RecoveryConfig
+    from bytewax.run import cli_main
+
+    from flows.connectors import KafkaIO
+    from flows.metrics import serve_metrics
+    from flows.pipeline import FlowOptions, build_flow
+
+    if metrics_port:
+        serve_metrics(metrics_port + (process_id or 0), metrics_host)
+    io = KafkaIO(
+        settings=settings,
+        start=start_at,  # type: ignore[arg-type]  # parse_start returns the StartAt values
+        tail=not stop_at_end,
+        kafka_batch_size=batch_size,
+        parquet_partitions=total_workers,
+        parquet_max_rows=segment_rows,
+        parquet_max_age_s=segment_age,
+        topics={views[0].name: topic} if topic else {},
+        dead_letter_topics={views[0].name: dead_letter_topic} if dead_letter_topic else {},
+    )
+    options = FlowOptions(
+        shards=shards,
+        persist_state=recovery_dir is not None,
+        late_to_dead_letters=late_to_dlq,
+        clock_offset_ms=clock_offset_ms,
+    )
+    flow = build_flow(views, io, options)
+    log.info(
+        "running %s: %d worker(s) in process %s of %s, from %s, recovery %s",
+        ", ".join(view_names),
+        workers,
+        process_id or 0,
+        len(cluster) if cluster else 1,
+        start,
+        recovery_dir or "off",
+    )
+    cli_main(  # type: ignore[no-untyped-call]
+        flow,
+        workers_per_process=workers,
+        process_id=process_id,
+        addresses=cluster,
+        epoch_interval=timedelta(seconds=snapshot_interval),
+        recovery_config=(
+            RecoveryConfig(str(recovery_dir))  # type: ignore[no-untyped-call]
+            if recovery_dir
+            else None
+        ),
+    )
+
+
+def _child_argv(ctx: click.Context) -> list[str]:
+    """This invocation's arguments for one child process (everything but -p)."""
+    params = dict(ctx.params)
+    argv: list[str] = list(params.pop("view_names"))
+    params.pop("processes")
+    for param in ctx.command.params:
+        if param.name not in params or not isinstance(param, click.Option):
+            continue
+        value = params[param.name]
+        if value is None:
+            continue
+        if param.is_flag and param.secondary_opts:
+            argv.append(param.opts[0] if value else param.secondary_opts[0])
+        elif param.is_flag:
+            if value:
+                argv.append(param.opts[0])
+        else:
+            argv += [param.opts[-1], str(value)]
+    return argv
+
+
+def _ensure_dead_letter_topics(
+    settings: Any, views: Sequence[FeatureView], override: str | None
+) -> None:
+    from flows.deadletter import dead_letter_topic
+
+    topics = {override or dead_letter_topic(v): 1 for v in views}
+    _ensure_topics(settings.kafka_client_config(), topics)

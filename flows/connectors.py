@@ -1,0 +1,316 @@
+"""Bytewax sources and sinks of the streaming flow, and :class:`KafkaIO` that hands them out.
+
+* :class:`StartingKafkaSource` — Bytewax's ``KafkaSource`` whose *first* start position is
+  ``earliest``, ``latest`` or a time (``offsets_for_times``), resolved per partition to an
+  absolute offset so a recovery snapshot taken before any record arrived still means "here";
+  a resumed partition always continues from its snapshot.
+* :class:`RedisSink` — per worker, one pipelined newer-wins write per batch
+  (``sinks.redis_store.RedisFeatureWriter``, which retries with backoff and never drops rows),
+  then records write latency and freshness (Kafka timestamp -> write done).
+* :class:`ParquetSink` — a ``FixedPartitionedSink``: each partition is a
+  ``sinks.parquet_log.ParquetLogWriter`` whose writer id is the partition name and whose
+  resume state is the writer's ``WriterState``; the writer commits its buffer at every snapshot,
+  so after a crash + resume no row is lost and none is on disk twice.
+* :class:`DeadLetterSink` — per worker, ``flows.deadletter.DeadLetterProducer``; flushes each
+  batch before returning, so a dead letter is on the broker before the epoch that produced it
+  can be snapshotted (at-least-once, never lost).
+
+Connections are made in ``build``/``build_part`` (on the worker) and fail fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bytewax.connectors.kafka import KafkaSource
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+from flows import metrics
+from flows.deadletter import DeadLetter, DeadLetterProducer, dead_letter_topic
+from flows.definitions import FeatureView
+from flows.pipeline import Changes, StartAt
+from sinks.parquet_log import ParquetLogWriter, WriterState
+from sinks.redis_store import RedisFeatureWriter, connect
+from sinks.rows import Row
+from sinks.settings import Settings
+
+__all__ = [
+    "DeadLetterSink",
+    "KafkaIO",
+    "ParquetSink",
+    "RedisSink",
+    "SourceError",
+    "StartingKafkaSource",
+]
+
+log = logging.getLogger(__name__)
+
+_METADATA_TIMEOUT_S = 15.0
+
+
+class SourceError(RuntimeError):
+    """The start position of a topic could not be resolved (broker down, unknown topic)."""
+
+
+class StartingKafkaSource(KafkaSource):
+    """``KafkaSource`` with a first-start position of ``earliest``, ``latest`` or epoch ms."""
+
+    def __init__(
+        self,
+        config: Mapping[str, str],
+        topics: list[str],
+        *,
+        start: StartAt = "earliest",
+        tail: bool = True,
+        batch_size: int = 1000,
+    ) -> None:
+        config = dict(config)
+        brokers = config.pop("bootstrap.servers").split(",")
+        super().__init__(
+            brokers,
+            topics,
+            tail=tail,
+            starting_offset=OFFSET_BEGINNING,
+            add_config=config,
+            batch_size=batch_size,
+            raise_on_errors=True,
+        )
+        self._client_config = {"bootstrap.servers": ",".join(brokers), **config}
+        self._start = start
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> Any:
+        if resume_state is None and self._start != "earliest":
+            resume_state = self._first_offset(for_part)
+        return super().build_part(step_id, for_part, resume_state)
+
+    def _first_offset(self, for_part: str) -> int:
+        idx, topic = for_part.split("-", 1)
+        tp = TopicPartition(topic, int(idx))
+        consumer = Consumer(
+            {
+                **self._client_config,
+                "group.id": "freshet-offset-lookup",
+                "enable.auto.commit": "false",
+            }
+        )
+        try:
+            _, high = consumer.get_watermark_offsets(tp, timeout=_METADATA_TIMEOUT_S)
+            if self._start == "latest":
+                return int(high)
+            tp.offset = int(self._start)
+            (found,) = consumer.offsets_for_times([tp], timeout=_METADATA_TIMEOUT_S)
+            # -1: no record at or after the time yet -> start at the end.
+            return int(found.offset) if found.offset >= 0 else int(high)
+        except KafkaException as exc:
+            raise SourceError(
+                f"cannot resolve the start offset of {topic}[{idx}] ({self._start!r}): {exc}"
+            ) from exc
+        finally:
+            consumer.close()
+
+
+class _RedisPartition(StatelessSinkPartition[tuple[str, Changes]]):
+    def __init__(self, view: str, writer: RedisFeatureWriter, client: Any) -> None:
+        self._view = view
+        self._writer = writer
+        self._client = client
+        self._latency = metrics.REDIS_WRITE_SECONDS
+        self._freshness = metrics.FRESHNESS_SECONDS
+
+    def write_batch(self, items: list[tuple[str, Changes]]) -> None:
+        # Rows of an entity come in order (as_of never decreases), so its last row is its newest:
+        # write only that one. Freshness counts every row, coalesced ones included.
+        latest: dict[str, Row] = {}
+        kafka_ts: list[int] = []
+        for _, changes in items:
+            for row in changes.rows:
+                latest[row.entity] = row
+            kafka_ts.extend(changes.kafka_ts)
+        if not latest:
+            return
+        started = time.perf_counter()
+        self._writer.write(list(latest.values()))
+        done = time.perf_counter()
+        self._latency.observe(self._view, done - started)
+        now_ms = time.time_ns() / 1e6
+        self._freshness.observe_many(
+            self._view, [(now_ms - ts) / 1000 for ts in kafka_ts if ts >= 0]
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+
+@dataclass(frozen=True)
+class RedisSink(DynamicSink[tuple[str, Changes]]):
+    """Writes each worker's rows of one view to Redis (see the module docstring)."""
+
+    url: str
+    view: FeatureView
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
+        client = connect(self.url)
+        client.ping()  # fail fast on a wrong URL; later outages are retried by the writer
+        layout = self.view.layout()
+        writer = RedisFeatureWriter(client, {layout.name: layout})
+        return _RedisPartition(self.view.name, writer, client)
+
+
+class _ParquetPartition(StatefulSinkPartition[list[Row], WriterState]):
+    def __init__(self, view: str, writer: ParquetLogWriter) -> None:
+        self._view = view
+        self._writer = writer
+        self._segments = metrics.SEGMENTS_WRITTEN.labels(view=view)
+
+    def write_batch(self, values: list[list[Row]]) -> None:
+        rows = [row for batch in values for row in batch]
+        started = time.perf_counter()
+        committed = self._writer.write(rows)
+        metrics.PARQUET_WRITE_SECONDS.observe(self._view, time.perf_counter() - started)
+        if committed:
+            self._segments.inc(len(committed))
+
+    def snapshot(self) -> WriterState:
+        started = time.perf_counter()
+        before = self._writer.buffered
+        state = self._writer.snapshot()
+        if before:
+            metrics.PARQUET_WRITE_SECONDS.observe(self._view, time.perf_counter() - started)
+            self._segments.inc()
+        return state
+
+    def close(self) -> None:
+        if self._writer.close():
+            self._segments.inc()
+
+
+@dataclass(frozen=True)
+class ParquetSink(FixedPartitionedSink[list[Row], WriterState]):
+    """One view's offline log, in ``partitions`` writers named ``<prefix>p<i>``."""
+
+    root: Path
+    view: FeatureView
+    partitions: int = 1
+    max_rows: int = 100_000
+    max_age_s: float = 60.0
+    prefix: str = ""
+
+    def list_parts(self) -> list[str]:
+        width = len(str(self.partitions - 1))
+        return [f"{self.prefix}p{i:0{width}d}" for i in range(self.partitions)]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: WriterState | None
+    ) -> _ParquetPartition:
+        writer = ParquetLogWriter(
+            self.root,
+            self.view.layout(),
+            max_rows=self.max_rows,
+            max_age_s=self.max_age_s,
+            writer_id=for_part,
+            resume_state=resume_state,
+        )
+        return _ParquetPartition(self.view.name, writer)
+
+
+class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
+    def __init__(self, topic: str, producer: DeadLetterProducer) -> None:
+        self._topic = topic
+        self._producer = producer
+
+    def write_batch(self, items: list[DeadLetter]) -> None:
+        self._producer.send(self._topic, items)
+        self._producer.flush()
+
+    def close(self) -> None:
+        self._producer.close()
+
+
+class _CountingPartition(StatelessSinkPartition[DeadLetter]):
+    """A view without a dead-letter topic: bad records are only counted."""
+
+    def write_batch(self, items: list[DeadLetter]) -> None:
+        for letter in items:
+            _count_dead_letter(letter.view, letter.reason)
+
+
+def _count_dead_letter(view: str, reason: str) -> None:
+    metrics.DEAD_LETTERS.labels(view=view, reason=reason).inc()
+
+
+@dataclass(frozen=True)
+class DeadLetterSink(DynamicSink[DeadLetter]):
+    """Sends one view's dead letters to ``topic`` (counting each delivered one); with no
+    topic, only counts them."""
+
+    config: Mapping[str, str]
+    topic: str | None
+
+    def build(
+        self, step_id: str, worker_index: int, worker_count: int
+    ) -> StatelessSinkPartition[DeadLetter]:
+        if self.topic is None:
+            return _CountingPartition()
+        producer = DeadLetterProducer(self.config, on_delivered=_count_dead_letter).build()
+        return _DeadLetterPartition(self.topic, producer)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaIO:
+    """The production :class:`flows.pipeline.FlowIO`: Kafka in, Redis + Parquet + DLQ out.
+
+    ``topics`` overrides a view's source topic (by view name); ``dead_letter_topics`` its
+    dead-letter topic. ``tail=False`` stops at the end of every partition (tests, benchmarks).
+    """
+
+    settings: Settings
+    start: StartAt = "earliest"
+    tail: bool = True
+    kafka_batch_size: int = 1000
+    parquet_partitions: int = 1
+    parquet_max_rows: int = 100_000
+    parquet_max_age_s: float = 60.0
+    topics: Mapping[str, str] = field(default_factory=dict)
+    dead_letter_topics: Mapping[str, str] = field(default_factory=dict)
+
+    def topic(self, view: FeatureView) -> str:
+        return self.topics.get(view.name, view.source.topic)
+
+    def dead_letter_topic(self, view: FeatureView) -> str:
+        """The override, else the view's own (default ``<source topic>.dlq``)."""
+        return self.dead_letter_topics.get(view.name) or dead_letter_topic(view)
+
+    def source(self, view: FeatureView) -> StartingKafkaSource:
+        return StartingKafkaSource(
+            self.settings.kafka_client_config(),
+            [self.topic(view)],
+            start=self.start,
+            tail=self.tail,
+            batch_size=self.kafka_batch_size,
+        )
+
+    def online_sink(self, view: FeatureView) -> RedisSink:
+        return RedisSink(self.settings.redis_url, view)
+
+    def offline_sink(self, view: FeatureView) -> ParquetSink:
+        return ParquetSink(
+            self.settings.offline_dir,
+            view,
+            partitions=self.parquet_partitions,
+            max_rows=self.parquet_max_rows,
+            max_age_s=self.parquet_max_age_s,
+        )
+
+    def dead_letter_sink(self, view: FeatureView) -> DeadLetterSink:
+        return DeadLetterSink(self.settings.kafka_client_config(), self.dead_letter_topic(view))
