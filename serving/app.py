@@ -27,7 +27,6 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 from urllib.parse import parse_qs, unquote, unquote_to_bytes
@@ -259,14 +258,15 @@ class FeatureApp:
             raise HttpError(422, "invalid_request", str(exc)) from None
         hits = misses = expired = 0
         ages: list[float] = []
+        names = list(lookups[0]["features"]) if lookups else []
         for lookup in lookups:
-            if not lookup.found:
+            if not lookup["found"]:
                 misses += 1
-            elif "expired" in lookup.status.values():
+            elif lookup["features"] and lookup["status"][names[0]] == "expired":
                 expired += 1
             else:
                 hits += 1
-                ages.append((lookup.age_ms or 0) / 1000)
+                ages.append((lookup["age_ms"] or 0) / 1000)
         self.metrics.lookups_done(view, hits, misses, expired, ages)
         return lookups
 
@@ -351,11 +351,12 @@ def _dumps(payload: Any) -> bytes:
 
 
 def _printable(payload: Any) -> Any:
-    if isinstance(payload, Lookup):
-        shown = payload.entity.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        return replace(payload, entity=shown)
     if isinstance(payload, dict):
-        return {k: _printable(v) for k, v in payload.items()}
+        shown = {k: _printable(v) for k, v in payload.items()}
+        entity = shown.get("entity")
+        if isinstance(entity, str) and "features" in shown:
+            shown["entity"] = entity.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return shown
     if isinstance(payload, list):
         return [_printable(v) for v in payload]
     return payload

@@ -115,8 +115,7 @@ def _via_redis(view: str, entity: str, names: list[str] | None) -> dict[str, Any
         raise click.ClickException(f"Redis at FRESHET_REDIS_URL is unavailable: {exc}") from exc
     finally:
         client.close()
-    result: dict[str, Any] = orjson.loads(orjson.dumps(lookup))
-    return result
+    return dict(lookup)
 
 
 def _via_http(

@@ -10,11 +10,13 @@ parsed by hiredis, resolve the futures in order (Redis answers a connection in c
 
 Connection handling: connects lazily (``socket_connect_timeout``), authenticates and selects
 the database from the URL (``redis://[user:password@]host:port/db``, ``rediss://`` for TLS,
-``unix:///path?db=N``). A connection error, a reply timeout (``socket_timeout``: the link is
-then presumed dead) or a loop change (a test client's new event loop) drops the connection and
-fails every waiting request with ``redis.exceptions.ConnectionError``/``TimeoutError``; the next
-request reconnects. Cluster deployments use ``redis.asyncio.RedisCluster`` instead (its
-``mget_nonatomic`` is what the feature reader calls).
+``unix:///path?db=N``). A connection error, a stall (requests waiting and no reply for
+``socket_timeout``: the link is presumed dead; one watchdog timer per connection checks this,
+so timeouts cost nothing per request) or a loop change (a test client's new event loop) drops
+the connection and fails every waiting request with ``redis.exceptions.ConnectionError`` /
+``TimeoutError``; the next request reconnects. Cluster deployments use
+``redis.asyncio.RedisCluster`` instead (its ``mget_nonatomic`` is what the feature reader
+calls).
 """
 
 from __future__ import annotations
@@ -34,33 +36,72 @@ __all__ = ["RedisLink"]
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    """Replies resolve queued futures in order; a watchdog fails them all when Redis makes
+    no progress for ``timeout`` seconds (cheaper than a timeout context per request)."""
+
+    def __init__(self, timeout: float) -> None:
         self.reader = hiredis.Reader()
         self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
+        self.timeout = timeout
+        self.progress_at = 0.0  # loop time of the last reply, or of the first queued request
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def send(self, loop: asyncio.AbstractEventLoop, packed: bytes) -> asyncio.Future[Any]:
+        if self.lost is not None:
+            raise self.lost
+        waiter = loop.create_future()
+        if not self.waiters:
+            self.progress_at = loop.time()
+            if self._watchdog is None:
+                self._watchdog = loop.call_later(self.timeout, self._watch, loop)
+        self.waiters.append(waiter)
+        assert self.transport is not None
+        self.transport.write(packed)
+        return waiter
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._watchdog = None
+        if not self.waiters:
+            return
+        stalled = loop.time() - self.progress_at
+        if stalled >= self.timeout:
+            self.fail(RedisTimeoutError(f"no reply from Redis within {self.timeout}s"))
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._watchdog = loop.call_later(self.timeout - stalled, self._watch, loop)
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
         waiters = self.waiters
         reader.feed(data)
+        got = False
         while (reply := reader.gets()) is not False:
+            got = True
             waiter = waiters.popleft()
-            if waiter.done():  # its request timed out or was cancelled
+            if waiter.done():  # cancelled by its request
                 continue
             if isinstance(reply, hiredis.ReplyError):
                 waiter.set_exception(ResponseError(str(reply)))
             else:
                 waiter.set_result(reply)
+        if got and self.transport is not None:
+            self.progress_at = asyncio.get_running_loop().time()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed by server'}"))
 
     def fail(self, error: Exception) -> None:
-        self.lost = error
+        if self.lost is None:
+            self.lost = error
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
@@ -124,25 +165,7 @@ class RedisLink:
         loop = asyncio.get_running_loop()
         if protocol is None or protocol.lost is not None or self._loop is not loop:
             protocol = await self._reconnect(loop)
-        waiter = loop.create_future()
-        protocol.waiters.append(waiter)
-        assert protocol.transport is not None
-        protocol.transport.write(hiredis.pack_command(args))  # type: ignore[arg-type]  # stub: 1-tuple
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await waiter
-        except TimeoutError:
-            # No reply in time: presume the link dead and fail everyone queued behind it.
-            error = RedisTimeoutError(f"no reply from Redis within {self._timeout}s")
-            self._drop(protocol, error)
-            raise error from None
-
-    def _drop(self, protocol: _Protocol, error: Exception) -> None:
-        protocol.fail(error)
-        if protocol.transport is not None:
-            protocol.transport.close()
-        if self._protocol is protocol:
-            self._protocol = None
+        return await protocol.send(loop, hiredis.pack_command(args))  # type: ignore[arg-type]
 
     async def _reconnect(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
         if self._protocol is not None and self._loop is not loop:
@@ -174,13 +197,16 @@ class RedisLink:
         return protocol
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
+        def make() -> _Protocol:
+            return _Protocol(self._timeout)
+
         async with asyncio.timeout(self._connect_timeout):
             if self._scheme == "unix":
-                _, protocol = await loop.create_unix_connection(_Protocol, self._path)
+                _, protocol = await loop.create_unix_connection(make, self._path)
             else:
                 context = ssl.create_default_context() if self._scheme == "rediss" else None
                 _, protocol = await loop.create_connection(
-                    _Protocol, self._host, self._port, ssl=context
+                    make, self._host, self._port, ssl=context
                 )
         setup: list[tuple[bytes, ...]] = []
         if self._password is not None:
@@ -188,15 +214,11 @@ class RedisLink:
             setup.append((b"AUTH", user, self._password.encode()))
         if self._db:
             setup.append((b"SELECT", str(self._db).encode()))
-        assert protocol.transport is not None
         for command in setup:
-            waiter = loop.create_future()
-            protocol.waiters.append(waiter)
-            protocol.transport.write(hiredis.pack_command(command))  # type: ignore[arg-type]
-            async with asyncio.timeout(self._timeout):
-                try:
-                    await waiter
-                except ResponseError:
-                    protocol.transport.close()
-                    raise
+            try:
+                await protocol.send(loop, hiredis.pack_command(command))  # type: ignore[arg-type]
+            except ResponseError:
+                assert protocol.transport is not None
+                protocol.transport.close()
+                raise
         return protocol

@@ -58,9 +58,9 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, Protocol, TypedDict, cast
 
 import orjson
 import redis
@@ -86,6 +86,7 @@ __all__ = [
     "decode_record",
     "encode_record",
     "record_key",
+    "scan_entities",
 ]
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,17 @@ def _key_prefix(layout: ViewLayout) -> bytes:
 def record_key(layout: ViewLayout, entity: str) -> bytes:
     """The Redis key of one entity's record of ``layout``'s view and version."""
     return _key_prefix(layout) + _entity_bytes(entity) + b"}"
+
+
+def scan_entities(client: Any, layout: ViewLayout, *, count: int = 1000) -> Iterator[str]:
+    """The entities holding a record of ``layout``'s view and version, by ``SCAN`` (every
+    node of a cluster client). Like ``SCAN``, it may yield an entity more than once."""
+    prefix = _key_prefix(layout)
+    pattern = b"".join(b"\\" + bytes([c]) if c in b"*?[]\\" else bytes([c]) for c in prefix)
+    for key in client.scan_iter(match=pattern + b"*", count=count):
+        raw = key if isinstance(key, bytes) else key.encode("utf-8", "surrogateescape")
+        if raw.startswith(prefix) and raw.endswith(b"}"):
+            yield raw[len(prefix) : -1].decode("utf-8", "surrogateescape")
 
 
 def encode_record(as_of: int, offset: int, values: Sequence[Any]) -> bytes:
@@ -349,12 +361,13 @@ class RedisFeatureWriter:
 # Reader
 
 
-@dataclass(frozen=True, slots=True)
-class Lookup:
-    """One entity's features as served: the JSON shape of DESIGN.md "Interfaces".
+class Lookup(TypedDict):
+    """One entity's features as served: exactly the JSON object of DESIGN.md "Interfaces".
 
     ``found`` is false when Redis holds no record (never written, or TTL elapsed); an
-    ``expired`` record (``as_of + ttl < now``) is found, with null values.
+    ``expired`` record (``as_of + ttl < now``) is found, with null values. A typed dict, not a
+    dataclass, because it is the endpoint's hot path: measured, building and ``orjson``-dumping
+    a frozen dataclass cost ~5.4 µs per entity against ~1.5 µs for a dict.
     """
 
     view: str
@@ -396,7 +409,10 @@ class _ReaderBase:
     def _plan(self, view: str, entities: Sequence[str], features: Sequence[str] | None) -> _Plan:
         layout = self.layout(view)
         prefix = self._prefixes[view]
-        keys = [prefix + _entity_bytes(e) + b"}" for e in entities]
+        try:
+            keys = [prefix + e.encode("utf-8", "surrogateescape") + b"}" for e in entities]
+        except UnicodeEncodeError:
+            keys = [prefix + _entity_bytes(e) + b"}" for e in entities]  # names the bad one
         all_names = layout.feature_names
         if features is None:
             return _Plan(layout, tuple(entities), keys, all_names, None)
@@ -412,45 +428,64 @@ class _ReaderBase:
         view = plan.layout.name
         ttl_ms = plan.layout.ttl_seconds * 1000
         names = plan.names
+        width = len(plan.layout.features)
         indices = plan.indices
         missing_values = dict.fromkeys(names)
         not_found: dict[str, FeatureStatus] = dict.fromkeys(names, "not_found")
         expired: dict[str, FeatureStatus] = dict.fromkeys(names, "expired")
         present: dict[str, FeatureStatus] = dict.fromkeys(names, "present")
-        out = []
-        for entity, raw in zip(plan.entities, raws, strict=True):
+        unpack = _HEADER.unpack_from
+        loads = orjson.loads
+        out: list[Lookup] = []
+        append = out.append
+        if len(raws) != len(plan.entities):
+            raise ValueError(f"{len(raws)} replies for {len(plan.entities)} keys")
+        for entity, raw in zip(plan.entities, raws):  # noqa: B905 (lengths checked above)
             if raw is None:
-                out.append(
-                    Lookup(view, entity, False, None, None, missing_values.copy(), not_found.copy())
+                append(
+                    {
+                        "view": view,
+                        "entity": entity,
+                        "found": False,
+                        "as_of": None,
+                        "age_ms": None,
+                        "features": missing_values.copy(),
+                        "status": not_found.copy(),
+                    }
                 )
                 continue
-            as_of, _offset = _HEADER.unpack_from(raw)
+            as_of = unpack(raw)[0]
             if ttl_ms and as_of + ttl_ms < now:
-                out.append(
-                    Lookup(
-                        view,
-                        entity,
-                        True,
-                        as_of,
-                        now - as_of,
-                        missing_values.copy(),
-                        expired.copy(),
-                    )
+                append(
+                    {
+                        "view": view,
+                        "entity": entity,
+                        "found": True,
+                        "as_of": as_of,
+                        "age_ms": now - as_of,
+                        "features": missing_values.copy(),
+                        "status": expired.copy(),
+                    }
                 )
                 continue
-            values = orjson.loads(memoryview(raw)[HEADER_SIZE:])
+            values = loads(raw[HEADER_SIZE:])
+            if len(values) != width:
+                raise ValueError(
+                    f"record of {view!r} for entity {entity!r} has {len(values)} values; "
+                    f"the layout has {width} features (a layout change needs a new version)"
+                )
             if indices is not None:
                 values = [values[i] for i in indices]
-            out.append(
-                Lookup(
-                    view,
-                    entity,
-                    True,
-                    as_of,
-                    now - as_of,
-                    dict(zip(names, values, strict=True)),
-                    present.copy(),
-                )
+            append(
+                {
+                    "view": view,
+                    "entity": entity,
+                    "found": True,
+                    "as_of": as_of,
+                    "age_ms": now - as_of,
+                    "features": dict(zip(names, values)),  # noqa: B905 (width checked)
+                    "status": present.copy(),
+                }
             )
         return out
 

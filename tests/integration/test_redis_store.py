@@ -52,11 +52,11 @@ def test_reader_returns_exactly_what_the_writer_wrote(
     row = Row("card_txn", "card_1", NOW_MS - 250, (3, 152.5, 50.833333, 100.0, "m_0012", 2), 1, 77)
     assert writer.write([row]) == 1
     got = reader.get("card_txn", "card_1")
-    assert got.found
-    assert got.as_of == NOW_MS - 250
-    assert got.age_ms == 250
-    assert got.features == dict(zip(CARD_TXN.feature_names, row.values, strict=True))
-    assert set(got.status.values()) == {"present"}
+    assert got["found"]
+    assert got["as_of"] == NOW_MS - 250
+    assert got["age_ms"] == 250
+    assert got["features"] == dict(zip(CARD_TXN.feature_names, row.values, strict=True))
+    assert set(got["status"].values()) == {"present"}
 
 
 def test_batch_lookup_keeps_request_order_and_reports_unknown_entities(
@@ -64,15 +64,15 @@ def test_batch_lookup_keeps_request_order_and_reports_unknown_entities(
 ) -> None:
     writer.write([_row(f"card_{i}", NOW_MS, i, count=i) for i in range(5)])
     got = reader.get_many("card_txn", ["card_3", "nobody", "card_0", "card_3"], ["txn_count_5m"])
-    assert [(g.entity, g.found, g.features) for g in got] == [
+    assert [(g["entity"], g["found"], g["features"]) for g in got] == [
         ("card_3", True, {"txn_count_5m": 3}),
         ("nobody", False, {"txn_count_5m": None}),
         ("card_0", True, {"txn_count_5m": 0}),
         ("card_3", True, {"txn_count_5m": 3}),
     ]
-    assert got[1].status == {"txn_count_5m": "not_found"}
-    assert got[1].as_of is None
-    assert got[1].age_ms is None
+    assert got[1]["status"] == {"txn_count_5m": "not_found"}
+    assert got[1]["as_of"] is None
+    assert got[1]["age_ms"] is None
 
 
 def test_an_older_row_never_regresses_a_newer_one(
@@ -84,7 +84,7 @@ def test_an_older_row_never_regresses_a_newer_one(
         writer.write([_row("c", as_of=2_000, offset=9, count=1)]) == 0
     )  # same as_of, lower offset
     got = reader.get("card_txn", "c")
-    assert (got.as_of, got.features["txn_count_5m"]) == (2_000, 2)
+    assert (got["as_of"], got["features"]["txn_count_5m"]) == (2_000, 2)
 
 
 def test_within_one_batch_the_newest_row_wins_whatever_the_order(
@@ -92,7 +92,7 @@ def test_within_one_batch_the_newest_row_wins_whatever_the_order(
 ) -> None:
     rows = [_row("c", 3_000, 3, count=3), _row("c", 1_000, 1, count=1), _row("c", 2_000, 2, 2)]
     assert writer.write(rows) == 1
-    assert reader.get("card_txn", "c").features["txn_count_5m"] == 3
+    assert reader.get("card_txn", "c")["features"]["txn_count_5m"] == 3
 
 
 def test_rewriting_the_same_row_is_idempotent(
@@ -104,7 +104,7 @@ def test_rewriting_the_same_row_is_idempotent(
     assert writer.write([row, row]) == 2  # equal version wins (">="): replays are harmless
     assert redis_client.get(record_key(CARD_TXN, "c")) == before
     assert writer.write([_row("c", 2_000, 6, count=8)]) == 1  # same as_of, later offset
-    assert reader.get("card_txn", "c").features["txn_count_5m"] == 8
+    assert reader.get("card_txn", "c")["features"]["txn_count_5m"] == 8
 
 
 def test_ttl_is_set_per_view_from_write_time(
@@ -135,12 +135,12 @@ def test_reader_reports_values_older_than_the_ttl_as_expired(
     writer.write([_row("old", NOW_MS - 604_800_001, 1), _row("fresh", NOW_MS - 604_799_000, 2)])
     reader = RedisFeatureReader(redis_client, LAYOUTS, clock_ms=lambda: NOW_MS)
     old, fresh = reader.get_many("card_txn", ["old", "fresh"])
-    assert old.found
-    assert old.as_of == NOW_MS - 604_800_001
-    assert set(old.status.values()) == {"expired"}
-    assert set(old.features.values()) == {None}
-    assert set(fresh.status.values()) == {"present"}
-    assert fresh.features["merchant_last"] == "m1"
+    assert old["found"]
+    assert old["as_of"] == NOW_MS - 604_800_001
+    assert set(old["status"].values()) == {"expired"}
+    assert set(old["features"].values()) == {None}
+    assert set(fresh["status"].values()) == {"present"}
+    assert fresh["features"]["merchant_last"] == "m1"
 
 
 def test_writes_survive_a_script_flush(
@@ -149,8 +149,8 @@ def test_writes_survive_a_script_flush(
     writer.write([_row("c", 1_000, 1)])
     redis_client.script_flush()
     assert writer.write([_row("c", 2_000, 2, count=2), _row("d", 2_000, 3)]) == 2
-    assert reader.get("card_txn", "c").features["txn_count_5m"] == 2
-    assert reader.get("card_txn", "d").found
+    assert reader.get("card_txn", "c")["features"]["txn_count_5m"] == 2
+    assert reader.get("card_txn", "d")["found"]
 
 
 @pytest.mark.parametrize(
@@ -171,8 +171,8 @@ def test_any_entity_bytes_round_trip_without_touching_other_keys(
 ) -> None:
     writer.write([_row("card_2", 1_000, 1, merchant="victim")])
     writer.write([_row(entity, 2_000, 2, merchant="mine")])
-    assert reader.get("card_txn", entity).features["merchant_last"] == "mine"
-    assert reader.get("card_txn", "card_2").features["merchant_last"] == "victim"
+    assert reader.get("card_txn", entity)["features"]["merchant_last"] == "mine"
+    assert reader.get("card_txn", "card_2")["features"]["merchant_last"] == "victim"
     assert redis_client.dbsize() == (1 if entity == "card_2" else 2)
 
 
@@ -182,7 +182,7 @@ def test_batches_larger_than_one_script_call_land_whole(redis_client: redis.Redi
     assert writer.write(rows) == 1_050
     reader = RedisFeatureReader(redis_client, LAYOUTS, clock_ms=lambda: NOW_MS)
     got = reader.get_many("card_txn", [r.entity for r in rows], ["txn_count_5m"])
-    assert [g.features["txn_count_5m"] for g in got] == list(range(1_050))
+    assert [g["features"]["txn_count_5m"] for g in got] == list(range(1_050))
 
 
 def test_unknown_view_lookup_names_the_known_views(reader: RedisFeatureReader) -> None:
@@ -215,7 +215,7 @@ def test_writer_blocks_through_a_redis_restart_and_loses_no_rows(tmp_path: Path)
         got = RedisFeatureReader(client, LAYOUTS, clock_ms=lambda: NOW_MS).get_many(
             "card_txn", [r.entity for r in rows]
         )
-        assert [g.features["txn_count_5m"] for g in got] == list(range(300))
+        assert [g["features"]["txn_count_5m"] for g in got] == list(range(300))
     finally:
         client.close()
         server.stop()
@@ -235,7 +235,7 @@ def test_writer_and_reader_work_on_a_redis_cluster(tmp_path: Path) -> None:
         assert writer.write(rows[:10]) == 10  # NOSCRIPT on a cluster
         reader = RedisFeatureReader(client, LAYOUTS, clock_ms=lambda: NOW_MS)
         got = reader.get_many("card_txn", [r.entity for r in rows] + ["nobody"])
-        assert [g.features["txn_count_5m"] for g in got] == [*range(500), None]
+        assert [g["features"]["txn_count_5m"] for g in got] == [*range(500), None]
     finally:
         client.close()
         for node in nodes:

@@ -4,6 +4,7 @@ and the CLI: values equal what the sink wrote, batch order, 503 and recovery, au
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +20,9 @@ from redis_servers import RedisProcess, free_port
 from flows.cli import cli
 from flows.registry import get_view
 from serving import Client, ServingError
-from serving.app import create_app
+from serving.app import FeatureApp, create_app
+from serving.auth import ApiKeys
+from serving.redis_link import RedisLink
 from sinks.redis_store import RedisFeatureWriter, connect
 from sinks.rows import Row
 from sinks.settings import Settings
@@ -152,6 +155,24 @@ def test_redis_down_is_503_with_retry_after_and_service_resumes_when_it_returns(
             assert http.get("/v1/features/card_txn/c").json()["features"]["txn_count_5m"] == 6
         finally:
             redis_server.stop()
+
+
+def test_a_redis_that_stops_answering_gives_503_after_the_timeout_not_a_hang() -> None:
+    with socket.socket() as silent:  # accepts connections (kernel backlog), never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        app = FeatureApp(
+            layouts=LAYOUTS,
+            views_doc=[],
+            redis_client=RedisLink(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3),
+            api_keys=ApiKeys.parse(""),
+        )
+        with running_server(app) as url, httpx.Client(base_url=url, timeout=10) as http:
+            started = time.monotonic()
+            response = http.get("/v1/features/card_txn/c")
+            assert response.status_code == 503
+            assert 0.3 <= time.monotonic() - started < 5
 
 
 def test_api_keys_scope_views_on_a_real_server(redis_url: str) -> None:

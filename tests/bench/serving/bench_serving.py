@@ -1,0 +1,231 @@
+"""Lookup endpoint throughput and latency, next to raw Redis measured in the same run.
+
+One run, loopback, a private redis-server holding 100,000 demo entities written with the
+sink's writer, one ``freshet serve`` worker (uvicorn, uvloop, httptools):
+
+* endpoint: wrk (``single.lua``: GET one random entity; ``batch.lua``: POST 100 random
+  entities) at c = 1, 8, 32, one wrk thread, ``--repeat`` runs of ``--seconds`` each;
+* limits: ``redis-benchmark`` running the endpoint's own Redis command (``MGET`` of 1 and of
+  100 random record keys) at the same concurrency, and a raw redis-py loop (sync ``mget``,
+  one connection, c = 1).
+
+Prints requests/s, p50, p99, p99.9 (median over runs; p99 of runs for the rate too), the
+ratios to the limits, and the issue's targets: single >= 25% of raw Redis commands/s at c=8
+with p99 <= 2 ms; batch-100 >= 100,000 entities/s; p99 at c=1 <= 1 ms.
+
+    .venv/bin/python tests/bench/serving/bench_serving.py [--seconds 5] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from _support import (
+    CARD_TXN,
+    entity,
+    free_port,
+    percentile,
+    private_redis,
+    quiet_machine_note,
+    summary,
+    write_demo,
+)
+
+from sinks.redis_store import record_key
+
+HERE = Path(__file__).resolve().parent
+ENTITIES = 100_000
+BATCH = 100
+CONCURRENCY = (1, 8, 32)
+
+
+def _redis_benchmark(port: int, clients: int, keys: int, requests: int) -> dict[str, float]:
+    prefix = record_key(CARD_TXN, "card___rand_int__").decode()
+    command = ["MGET", *([prefix] * keys)]
+    out = subprocess.run(
+        ["redis-benchmark", "-p", str(port), "-c", str(clients), "-n", str(requests),
+         "-r", str(ENTITIES), "--csv", *command],
+        check=True, capture_output=True, text=True, timeout=300,
+    ).stdout  # fmt: skip
+    row = next(csv.DictReader(io.StringIO(out)))
+    return {
+        "rps": float(row["rps"]),
+        "p50_ms": float(row["p50_latency_ms"]),
+        "p99_ms": float(row["p99_latency_ms"]),
+    }
+
+
+def _raw_loop(port: int, keys: int, seconds: float) -> dict[str, float]:
+    import redis
+
+    client = redis.Redis(port=port)
+    rng = random.Random(7)
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    started = time.perf_counter()
+    while (now := time.perf_counter()) < deadline and len(latencies) < 2_000_000:
+        batch = [record_key(CARD_TXN, entity(rng.randrange(ENTITIES))) for _ in range(keys)]
+        t0 = time.perf_counter()
+        client.mget(batch)
+        latencies.append(time.perf_counter() - t0)
+        del now
+    elapsed = time.perf_counter() - started
+    client.close()
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": percentile(latencies, 50) * 1e3,
+        "p99_ms": percentile(latencies, 99) * 1e3,
+        "p999_ms": percentile(latencies, 99.9) * 1e3,
+    }
+
+
+def _wrk(url: str, script: str, clients: int, seconds: float) -> dict[str, float]:
+    env = {**os.environ, "ENTITIES": str(ENTITIES), "BATCH": str(BATCH)}
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "5s", "-s",
+         str(HERE / script), url],
+        check=True, capture_output=True, text=True, env=env, timeout=seconds + 60,
+    ).stdout  # fmt: skip
+    line = next(line for line in out.splitlines() if line.startswith("WRK "))
+    data: dict[str, Any] = json.loads(line[4:])
+    if data["errors"] or data["non2xx"]:
+        raise RuntimeError(f"wrk saw errors: {data}")
+    return {
+        "rps": data["requests"] / (data["duration_us"] / 1e6),
+        "p50_ms": data["p50_us"] / 1e3,
+        "p99_ms": data["p99_us"] / 1e3,
+        "p999_ms": data["p999_us"] / 1e3,
+    }
+
+
+def _start_server(redis_port: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "FRESHET_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
+    env.pop("FRESHET_API_KEYS", None)
+    freshet = Path(sys.executable).with_name("freshet")
+    proc = subprocess.Popen(
+        [str(freshet), "serve", "--port", str(port), "--workers", "1", "--log-level", "warning"],
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("freshet serve did not become ready")
+
+
+def _median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    out = {}
+    for key in runs[0]:
+        median, p99 = summary([r[key] for r in runs])
+        out[key] = median
+        if key == "rps":
+            out["rps_p99_of_runs"] = p99
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    for tool in ("wrk", "redis-benchmark"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed (apt-get install wrk redis-tools)")
+
+    with private_redis() as (redis_port, client):
+        write_rate = write_demo(client, ENTITIES)
+        limits: dict[tuple[str, int], dict[str, float]] = {}
+        for kind, keys in (("single", 1), ("batch", BATCH)):
+            for c in CONCURRENCY:
+                requests = 200_000 if keys == 1 else 20_000
+                limits[kind, c] = _redis_benchmark(redis_port, c, keys, requests)
+        raw = {
+            kind: _raw_loop(redis_port, keys, args.seconds)
+            for kind, keys in (("single", 1), ("batch", BATCH))
+        }
+
+        proc, url = _start_server(redis_port)
+        try:
+            _wrk(url, "single.lua", 8, 1.0)  # warm-up
+            results: dict[tuple[str, int], dict[str, float]] = {}
+            for kind, script in (("single", "single.lua"), ("batch", "batch.lua")):
+                for c in CONCURRENCY:
+                    runs = [_wrk(url, script, c, args.seconds) for _ in range(args.repeat)]
+                    results[kind, c] = _median_of(runs)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    print(
+        f"serving bench: {ENTITIES:,} demo entities (written at {write_rate:,.0f} rows/s), "
+        f"1 server worker, wrk -t1, {args.repeat} x {args.seconds:g}s per point; "
+        f"{quiet_machine_note()}"
+    )
+    header = (
+        f"{'what':34} {'c':>3} {'req/s':>9} {'ent/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'p99.9 ms':>8} {'vs redis-bench':>14}"
+    )
+    print(header)
+    for kind in ("single", "batch"):
+        per = 1 if kind == "single" else BATCH
+        for c in CONCURRENCY:
+            r, lim = results[kind, c], limits[kind, c]
+            print(
+                f"{'endpoint ' + kind + ('' if per == 1 else f'-{per}'):34} {c:3d} "
+                f"{r['rps']:9,.0f} {r['rps'] * per:9,.0f} {r['p50_ms']:7.3f} {r['p99_ms']:7.3f} "
+                f"{r['p999_ms']:8.3f} {r['rps'] / lim['rps']:14.1%}"
+            )
+        for c in CONCURRENCY:
+            lim = limits[kind, c]
+            print(
+                f"{f'redis-benchmark MGET x{per}':34} {c:3d} {lim['rps']:9,.0f} "
+                f"{lim['rps'] * per:9,.0f} {lim['p50_ms']:7.3f} {lim['p99_ms']:7.3f} {'-':>8}"
+            )
+        rl = raw[kind]
+        print(
+            f"{f'raw redis-py loop mget x{per}':34} {1:3d} {rl['rps']:9,.0f} "
+            f"{rl['rps'] * per:9,.0f} {rl['p50_ms']:7.3f} {rl['p99_ms']:7.3f} {rl['p999_ms']:8.3f}"
+        )
+
+    single8, batch8 = results["single", 8], results["batch", 8]
+    best_batch = max(results["batch", c]["rps"] for c in CONCURRENCY) * BATCH
+    checks = [
+        (
+            "single c=8 >= 25% of redis-benchmark MGET c=8",
+            single8["rps"] / limits["single", 8]["rps"] >= 0.25,
+            f"{single8['rps'] / limits['single', 8]['rps']:.1%}",
+        ),
+        ("single c=8 p99 <= 2 ms", single8["p99_ms"] <= 2.0, f"{single8['p99_ms']:.3f} ms"),
+        ("batch-100 >= 100,000 entities/s", best_batch >= 100_000, f"{best_batch:,.0f} (best c)"),
+        (
+            "p99 at c=1 <= 1 ms (single)",
+            results["single", 1]["p99_ms"] <= 1.0,
+            f"{results['single', 1]['p99_ms']:.3f} ms",
+        ),
+    ]
+    del batch8
+    for name, ok, shown in checks:
+        print(f"target {name:48} {'met' if ok else 'MISSED':6} {shown}")
+
+
+if __name__ == "__main__":
+    main()
