@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -270,8 +270,8 @@ class DeadLetterSink(DynamicSink[DeadLetter]):
 class KafkaIO:
     """The production :class:`flows.pipeline.FlowIO`: Kafka in, Redis + Parquet + DLQ out.
 
-    ``topics`` overrides a view's source topic (by view name); ``dead_letter_topics`` its
-    dead-letter topic. ``tail=False`` stops at the end of every partition (tests, benchmarks).
+    Reads ``view.source.topic``, sends dead letters to ``dead_letter_topic(view)``.
+    ``tail=False`` stops at the end of every partition (tests, benchmarks, catch-up jobs).
     """
 
     settings: Settings
@@ -281,20 +281,11 @@ class KafkaIO:
     parquet_partitions: int = 1
     parquet_max_rows: int = 100_000
     parquet_max_age_s: float = 60.0
-    topics: Mapping[str, str] = field(default_factory=dict)
-    dead_letter_topics: Mapping[str, str] = field(default_factory=dict)
-
-    def topic(self, view: FeatureView) -> str:
-        return self.topics.get(view.name, view.source.topic)
-
-    def dead_letter_topic(self, view: FeatureView) -> str:
-        """The override, else the view's own (default ``<source topic>.dlq``)."""
-        return self.dead_letter_topics.get(view.name) or dead_letter_topic(view)
 
     def source(self, view: FeatureView) -> StartingKafkaSource:
         return StartingKafkaSource(
             self.settings.kafka_client_config(),
-            [self.topic(view)],
+            [view.source.topic],
             start=self.start,
             tail=self.tail,
             batch_size=self.kafka_batch_size,
@@ -313,4 +304,4 @@ class KafkaIO:
         )
 
     def dead_letter_sink(self, view: FeatureView) -> DeadLetterSink:
-        return DeadLetterSink(self.settings.kafka_client_config(), self.dead_letter_topic(view))
+        return DeadLetterSink(self.settings.kafka_client_config(), dead_letter_topic(view))

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -333,6 +334,10 @@ def run(
     start_at = parse_start(start)
     if (topic or dead_letter_topic) and len(views) != 1:
         raise click.UsageError("--topic and --dead-letter-topic need exactly one VIEW")
+    if topic:
+        views = [replace(views[0], source=replace(views[0].source, topic=topic))]
+    if dead_letter_topic:
+        views = [replace(views[0], dead_letter_topic=dead_letter_topic)]
     if processes > 1 and process_id is not None:
         raise click.UsageError("use either -p (local processes) or -i/-a (your own cluster)")
     if process_id is not None and not addresses:
@@ -347,7 +352,7 @@ def run(
         argv = _child_argv(click.get_current_context())
         if recovery_dir is not None:
             _init_recovery(recovery_dir, total_workers, create=True)
-        _ensure_dead_letter_topics(settings, views, dead_letter_topic)
+        _ensure_dead_letter_topics(settings, views)
         sys.exit(_supervise(processes, argv))
 
     clock_offset_ms = 0
@@ -355,7 +360,7 @@ def run(
         _init_recovery(recovery_dir, total_workers, create=not process_id)
         clock_offset_ms = _resume_clock(recovery_dir, process_id or 0, snapshot_interval)
     if not process_id:
-        _ensure_dead_letter_topics(settings, views, dead_letter_topic)
+        _ensure_dead_letter_topics(settings, views)
 
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
@@ -374,8 +379,6 @@ def run(
         parquet_partitions=total_workers,
         parquet_max_rows=segment_rows,
         parquet_max_age_s=segment_age,
-        topics={views[0].name: topic} if topic else {},
-        dead_letter_topics={views[0].name: dead_letter_topic} if dead_letter_topic else {},
     )
     options = FlowOptions(
         shards=shards,
@@ -428,10 +431,8 @@ def _child_argv(ctx: click.Context) -> list[str]:
     return argv
 
 
-def _ensure_dead_letter_topics(
-    settings: Any, views: Sequence[FeatureView], override: str | None
-) -> None:
+def _ensure_dead_letter_topics(settings: Any, views: Sequence[FeatureView]) -> None:
     from flows.deadletter import dead_letter_topic
 
-    topics = {override or dead_letter_topic(v): 1 for v in views}
+    topics = {dead_letter_topic(v): 1 for v in views}
     _ensure_topics(settings.kafka_client_config(), topics)
