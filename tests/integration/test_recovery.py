@@ -1,4 +1,4 @@
-"""``freshet run --recovery-dir``: SIGKILL at any moment, start again, and nothing is lost or doubled.
+"""``freshet run --recovery-dir``: SIGKILL at any moment, start again: nothing lost or doubled.
 
 The flow is killed twice mid-stream (no clean-up at all: the whole process group gets SIGKILL)
 and restarted with the same command; once it has caught up, the offline reader must show each
@@ -40,8 +40,9 @@ def test_sigkill_twice_and_resume_loses_and_duplicates_no_row(
         args = flow_args(topic, dlq, *extra, metrics_port=port)
         with FlowProcess(args, env=env, log=tmp_path / "flow.log") as flow:
             read = wait_until(
-                lambda port=port: scrape(port).get(f"freshet_events_in_total{LABEL}", 0)
-                >= kill_after,
+                lambda port=port, n=kill_after: (
+                    scrape(port).get(f"freshet_events_in_total{LABEL}", 0) >= n
+                ),
                 timeout=60,
                 what=f"{kill_after} records read before the kill",
                 interval=0.02,
