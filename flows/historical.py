@@ -143,11 +143,22 @@ def parse_feature_specs(
     return tuple(ViewRequest(layouts[v], tuple(f)) for v, f in wanted.items())
 
 
-def connect_duckdb(*, threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection in UTC (``threads``: DuckDB's default is all cores)."""
+def connect_duckdb(
+    *, threads: int | None = None, memory_limit: str | None = None
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection in UTC. ``threads`` defaults to all cores;
+    ``memory_limit`` (e.g. ``"2GB"``) to 80 % of RAM, beyond which DuckDB spills to disk."""
     con = duckdb.connect(":memory:")
     if threads is not None:
         con.execute(f"SET threads = {int(threads)}")
+    if memory_limit is not None:
+        try:
+            con.execute(f"SET memory_limit = {_literal(memory_limit)}")
+        except duckdb.Error as exc:
+            con.close()
+            raise HistoricalError(
+                f"memory limit {memory_limit!r} is not a size DuckDB knows, e.g. '2GB': {exc}"
+            ) from exc
     with contextlib.suppress(duckdb.Error):  # without ICU, DuckDB knows no zone but UTC
         con.execute("SET TimeZone = 'UTC'")
     return con
@@ -427,10 +438,11 @@ def historical_features(
     full_names: bool = False,
     with_as_of: bool = False,
     threads: int | None = None,
+    memory_limit: str | None = None,
 ) -> pa.Table:
     """The point-in-time join of ``entities`` with the logs under ``root``; see the module
     docstring. ``with_as_of`` adds ``<view>__as_of`` (the matched row's time, UTC)."""
-    con = connect_duckdb(threads=threads)
+    con = connect_duckdb(threads=threads, memory_limit=memory_limit)
     try:
         plan = _plan(
             con,
@@ -485,6 +497,7 @@ def write_historical(
     full_names: bool = False,
     with_as_of: bool = False,
     threads: int | None = None,
+    memory_limit: str | None = None,
 ) -> int:
     """Write the join to ``out`` (``.parquet``, zstd, or ``.csv`` with a header) through a
     temporary file renamed when complete; returns the number of rows written."""
@@ -497,7 +510,7 @@ def write_historical(
     else:
         raise HistoricalError(f"output file {str(out)!r} must end in .parquet or .csv")
     tmp = out.with_name(f".{out.name}.tmp")
-    con = connect_duckdb(threads=threads)
+    con = connect_duckdb(threads=threads, memory_limit=memory_limit)
     try:
         plan = _plan(
             con,

@@ -59,6 +59,11 @@ __all__ = ["historical"]
     help="The offline log root (default: FRESHET_OFFLINE_DIR, else ./data/offline).",
 )
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="DuckDB threads.")
+@click.option(
+    "--memory-limit",
+    default=None,
+    help="DuckDB memory limit, e.g. 2GB (default 80% of RAM; beyond it, joins spill to disk).",
+)
 def historical(
     entities_path: Path,
     feature_specs: tuple[str, ...],
@@ -69,6 +74,7 @@ def historical(
     with_as_of: bool,
     offline_dir: Path | None,
     threads: int | None,
+    memory_limit: str | None,
 ) -> None:
     """Join entity/timestamp rows with feature values as of each timestamp (point in time).
 
@@ -93,6 +99,7 @@ def historical(
             full_names=full_names,
             with_as_of=with_as_of,
             threads=threads,
+            memory_limit=memory_limit,
         )
     except UnknownViewError as exc:
         raise click.BadParameter(str(exc), param_hint="--features") from exc

@@ -405,6 +405,13 @@ def test_csv_entities_keep_leading_zeros_and_parse_both_timestamp_forms(tmp_path
     }
 
 
+def test_a_memory_limit_duckdb_cannot_read_is_refused_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(HistoricalError, match="'lots'"):
+        historical_features(
+            tmp_path, entities_table([("c1", T0)]), [ViewRequest(A, ("n",))], memory_limit="lots"
+        )
+
+
 def test_write_historical_leaves_no_partial_file_when_it_fails(tmp_path: Path) -> None:
     out = tmp_path / "out.parquet"
     probes = pa.table({"entity": ["c1"], "timestamp": ["never"]})
@@ -444,6 +451,8 @@ def test_cli_writes_the_training_set_in_the_format_of_the_out_extension(
             "--features", "card_txn:txn_count_5m,card_txn:merchant_last",
             "--out", str(out),
             "--offline-dir", str(log),
+            "--threads", "1",
+            "--memory-limit", "256MB",
         ],
     )  # fmt: skip
 
