@@ -196,3 +196,20 @@ def test_two_versions_of_a_view_keep_separate_redis_records_and_logs(
     assert v2_raw is not None
     assert v1_raw != v2_raw
     assert log_dir(offline_dir, LAYOUT.name, 1) != log_dir(offline_dir, LAYOUT.name, 2)
+
+
+def test_verify_scans_only_its_view_versions_records_whatever_the_entity_bytes(
+    client: redis.Redis, offline_dir: Path
+) -> None:
+    odd = ["x*y", "{}", "a:b}", "[ab]", "\\"]
+    v2 = replace(LAYOUT, version=2)
+    other = replace(LAYOUT, name="card_txn_json")
+    writer = RedisFeatureWriter(client, {LAYOUT.name: LAYOUT, other.name: other})
+    writer.write([_row(e, NOW - MIN, 1, 1) for e in odd])
+    writer.write([_row("json_only", NOW - MIN, 1, 1, layout=other)])
+    RedisFeatureWriter(client, {v2.name: v2}).write([_row("v2_only", NOW - MIN, 1, 1, layout=v2)])
+
+    report = verify(client, offline_dir, LAYOUT, examples=10)
+
+    assert report.checked_online == len(odd)
+    assert sorted(e.entity for e in report.examples[Outcome.MISSING_OFFLINE]) == sorted(odd)
