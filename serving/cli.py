@@ -26,6 +26,14 @@ __all__ = ["get", "serve"]
 @click.option(
     "--workers", "-w", default=1, show_default=True, type=click.IntRange(1), help="Processes."
 )
+@click.option(
+    "--server",
+    type=click.Choice(["granian", "uvicorn"]),
+    default="granian",
+    show_default=True,
+    help="HTTP server: granian (more lookups/s under concurrency) or uvicorn (lower latency "
+    "at concurrency 1); see tests/bench/serving.",
+)
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
 @click.option(
     "--log-level",
@@ -33,16 +41,16 @@ __all__ = ["get", "serve"]
     show_default=True,
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
 )
-def serve(host: str, port: int, workers: int, access_log: bool, log_level: str) -> None:
-    """Serve feature lookups over HTTP (uvicorn, uvloop, httptools).
+def serve(
+    host: str, port: int, workers: int, server: str, access_log: bool, log_level: str
+) -> None:
+    """Serve feature lookups over HTTP (granian or uvicorn, on uvloop).
 
     GET /v1/features/VIEW/ENTITY[?features=a,b], POST /v1/features/VIEW with
     {"entities": [...], "features": [...]} (at most 1,000 entities), GET /v1/views, /healthz,
     /readyz, /metrics, /openapi.json. Reads FRESHET_REDIS_URL and FRESHET_API_KEYS
     ("key1:view_a,view_b;key2:*"; unset: no auth).
     """
-    import uvicorn
-
     from serving.auth import ApiKeys
 
     settings = Settings.from_env()
@@ -54,7 +62,35 @@ def serve(host: str, port: int, workers: int, access_log: bool, log_level: str) 
         # Workers are separate processes: share metric values through files so /metrics on
         # any worker reports them all. Set before the workers start (they inherit it).
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="freshet-metrics-")
-    click.echo(f"freshet serve: http://{host}:{port}  ({workers} worker(s))", err=True)
+    click.echo(f"freshet serve: http://{host}:{port}  ({server}, {workers} worker(s))", err=True)
+    if server == "granian":
+        _run_granian(host, port, workers, access_log, log_level)
+    else:
+        _run_uvicorn(host, port, workers, access_log, log_level)
+
+
+def _run_granian(host: str, port: int, workers: int, access_log: bool, log_level: str) -> None:
+    from granian.constants import Interfaces, Loops
+    from granian.log import LogLevels
+    from granian.server import Server
+
+    Server(
+        "serving.app:app_from_env",
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=workers,
+        loop=Loops.uvloop,
+        websockets=False,
+        log_access=access_log,
+        log_level=LogLevels(log_level),
+        factory=True,
+    ).serve()
+
+
+def _run_uvicorn(host: str, port: int, workers: int, access_log: bool, log_level: str) -> None:
+    import uvicorn
+
     uvicorn.run(
         "serving.app:app_from_env",
         factory=True,

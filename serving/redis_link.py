@@ -47,6 +47,7 @@ class _Protocol(asyncio.Protocol):
         self.timeout = timeout
         self.progress_at = 0.0  # loop time of the last reply, or of the first queued request
         self._watchdog: asyncio.TimerHandle | None = None
+        self._outbox: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -60,9 +61,17 @@ class _Protocol(asyncio.Protocol):
             if self._watchdog is None:
                 self._watchdog = loop.call_later(self.timeout, self._watch, loop)
         self.waiters.append(waiter)
-        assert self.transport is not None
-        self.transport.write(packed)
+        # Commands of all requests started in this loop iteration leave in one write: a
+        # syscall costs ~25 µs on this VM kind, more than the rest of a lookup's Redis work.
+        if not self._outbox:
+            loop.call_soon(self._flush)
+        self._outbox.append(packed)
         return waiter
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        if self.transport is not None and self.lost is None:
+            self.transport.write(b"".join(outbox) if len(outbox) > 1 else outbox[0])
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
         self._watchdog = None

@@ -215,15 +215,17 @@ def test_freshet_get_reads_redis_directly_and_through_the_endpoint(
     assert "unknown view 'card_tx'; known: card_txn, card_txn_json" in unknown.output
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_freshet_serve_answers_lookups_and_metrics(redis_url: str, workers: int) -> None:
+@pytest.mark.parametrize(("server", "workers"), [("granian", 1), ("granian", 2), ("uvicorn", 2)])
+def test_freshet_serve_answers_lookups_and_metrics(
+    redis_url: str, server: str, workers: int
+) -> None:
     _write(redis_url, [_row("card_1", _now_ms(), 1)])
     port = free_port()
     env = {**os.environ, "FRESHET_REDIS_URL": redis_url}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     freshet = Path(sys.executable).with_name("freshet")
     proc = subprocess.Popen(
-        [str(freshet), "serve", "--port", str(port), "--workers", str(workers)],
+        [str(freshet), "serve", "--port", str(port), "-w", str(workers), "--server", server],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
