@@ -269,21 +269,28 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
         kafka_ts: list[int] = []
         late: list[DeadLetter] = []
         apply = self._engine.apply
-        dirty = self._dirty
+        states = self._states
+        touched: dict[str, EntityState] = {}
         for events in values:
             for event in events:
                 entity, event_time, fields, partition, offset, ts = event
-                state = self._state(entity)
+                state = states.get(entity)
+                if state is None:
+                    state = self._state(entity)
                 out = apply(state, entity, event_time, fields, partition, offset)
                 if out is None:
                     late.append(self._late_letter(state, event))
                     continue
-                dirty.add(entity)
+                touched[entity] = state
                 if out:
                     rows.extend(out)
-                    kafka_ts.extend([-1] * (len(out) - 1))
+                    if len(out) > 1:
+                        kafka_ts.extend([-1] * (len(out) - 1))
                     kafka_ts.append(ts)
-                self._schedule(entity, state)
+        # Once per entity and batch: a hot entity's expiry is looked up once, not per event.
+        self._dirty.update(touched)
+        for entity, state in touched.items():
+            self._schedule(entity, state)
         return self._emit(rows, kafka_ts, late), StatefulBatchLogic.RETAIN
 
     def _late_letter(self, state: EntityState, event: Event) -> DeadLetter:

@@ -26,7 +26,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from bytewax.operators import StatefulBatchLogic, StatefulLogic
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-_FAR = datetime.now(timezone.utc) + timedelta(hours=1)  # timers pending, never firing
+_FAR = datetime.now(UTC) + timedelta(hours=1)  # timers pending, never firing
 
 
 class _EntityBatch(StatefulBatchLogic[Any, Any, Any]):
