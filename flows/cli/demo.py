@@ -1,0 +1,262 @@
+"""``freshet demo``: the whole product in one command, on the local stack.
+
+Starts Kafka + Redis (``flows.devstack``, as ``freshet dev up``), creates the demo view's
+topic, runs ``freshet run card_txn`` as a child process, produces a synthetic card stream
+(``flows.generator``: Zipf cards, some late and some malformed records) at a steady rate,
+and shows the busiest cards' features changing live in Redis, with the flow's counters from
+its ``/metrics``. At the end it says how to query the values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from sinks.redis_store import RedisFeatureReader
+
+__all__ = ["demo"]
+
+_VIEW = "card_txn"
+_FRESHET = [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())"]
+_FLOW_START_TIMEOUT_S = 60.0
+_DRAIN_S = 3.0  # keep showing after the last record, while the flow catches up
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _scrape(port: int) -> dict[str, float]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def _freshness_p50_ms(metrics: dict[str, float]) -> float | None:
+    prefix = "freshet_freshness_seconds_bucket{"
+    buckets = sorted(
+        (float(k.split('le="')[1].split('"')[0]), v)
+        for k, v in metrics.items()
+        if k.startswith(prefix) and f'view="{_VIEW}"' in k and "+Inf" not in k
+    )
+    total = metrics.get(f'freshet_freshness_seconds_count{{view="{_VIEW}"}}', 0)
+    for bound, count in buckets:
+        if total and count >= total / 2:
+            return bound * 1000
+    return None
+
+
+def _table(
+    reader: RedisFeatureReader, cards: list[str], metrics: dict[str, float], produced: int
+) -> Any:
+    from rich.table import Table
+
+    view = f'{{view="{_VIEW}"}}'
+    dead = sum(v for k, v in metrics.items() if k.startswith("freshet_dead_letters_total"))
+    p50 = _freshness_p50_ms(metrics)
+    caption = (
+        f"produced {produced:,} · read {metrics.get(f'freshet_events_in_total{view}', 0):,.0f}"
+        f" · rows {metrics.get(f'freshet_rows_emitted_total{view}', 0):,.0f}"
+        f" · late {metrics.get(f'freshet_events_late_total{view}', 0):,.0f}"
+        f" · dead letters {dead:,.0f}"
+        + (f" · freshness p50 ≤ {p50:.0f} ms" if p50 is not None else "")
+    )
+    lookups = reader.get_many(_VIEW, cards)
+    names = list(reader.layout(_VIEW).feature_names)
+    table = Table(title=f"freshet demo · {_VIEW} · busiest cards, live from Redis", caption=caption)
+    table.add_column("card")
+    table.add_column("age", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    for lookup in lookups:
+        age_ms = lookup["age_ms"]
+        if not lookup["found"] or age_ms is None:
+            table.add_row(lookup["entity"], "—", *("" for _ in names))
+            continue
+        cells = []
+        for name in names:
+            value = lookup["features"][name]
+            cells.append(f"{value:,.2f}" if isinstance(value, float) else str(value))
+        table.add_row(lookup["entity"], f"{age_ms / 1000:.1f} s", *cells)
+    return table
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--rate",
+    type=click.FloatRange(1, 100_000),
+    default=500.0,
+    show_default=True,
+    help="Transactions per second.",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(1, 3600),
+    default=30.0,
+    show_default=True,
+    help="How long to produce.",
+)
+@click.option("--cards", type=click.IntRange(1), default=2_000, show_default=True)
+@click.option("--merchants", type=click.IntRange(1), default=200, show_default=True)
+@click.option("--late-fraction", type=click.FloatRange(0, 0.5), default=0.01, show_default=True)
+@click.option("--bad-fraction", type=click.FloatRange(0, 0.5), default=0.005, show_default=True)
+@click.option(
+    "--show",
+    type=click.IntRange(1, 50),
+    default=8,
+    show_default=True,
+    help="How many of the busiest cards to show.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=9108,
+    show_default=True,
+    help="The flow's /metrics port (0: any free port).",
+)
+def demo(
+    rate: float,
+    seconds: float,
+    cards: int,
+    merchants: int,
+    late_fraction: float,
+    bad_fraction: float,
+    show: int,
+    metrics_port: int,
+) -> None:
+    """Run the demo end to end: stack, topic, flow, a synthetic stream, live features."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from flows import devstack
+    from flows.cli.run import _ensure_topics
+    from flows.generator import GeneratorConfig, ProduceCounts, TransactionStream, produce
+    from flows.registry import get_view
+    from sinks.redis_store import RedisFeatureReader, connect
+    from sinks.settings import Settings
+
+    console = Console(stderr=True)
+    stack = devstack.StackConfig.from_env(os.environ)
+    console.print(f"[bold]1/4[/] starting Kafka + Redis in {stack.dev_dir} …")
+    try:
+        devstack.up(stack, echo=lambda m: console.print(f"    {m}"))
+    except devstack.DevStackError as exc:
+        raise click.ClickException(f"the local stack did not start: {exc}") from exc
+    env = {
+        "FRESHET_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+        "FRESHET_REDIS_URL": stack.redis_url,
+        **{k: v for k, v in os.environ.items() if k.startswith("FRESHET_")},
+    }
+    settings = Settings.from_env(env)
+    view = get_view(_VIEW)
+    _ensure_topics(settings.kafka_client_config(), {view.source.topic: 3})
+
+    port = metrics_port or _free_port()
+    console.print(f"[bold]2/4[/] starting the flow: freshet run {_VIEW} (metrics on :{port}) …")
+    log_path = Path(settings.offline_dir).parent / "demo-flow.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        flow = subprocess.Popen(
+            [*_FRESHET, "run", _VIEW, "--from", "latest", "--metrics-port", str(port),
+             "--snapshot-interval", "5"],
+            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + _FLOW_START_TIMEOUT_S
+        while not _scrape(port):
+            if flow.poll() is not None or time.monotonic() > deadline:
+                raise click.ClickException(f"the flow did not start; see {log_path}")
+            time.sleep(0.2)
+        time.sleep(1.0)  # partitions are assigned (at their end) just after metrics are up
+
+        config = GeneratorConfig(
+            cards=cards, merchants=merchants, late_fraction=late_fraction,
+            bad_fraction=bad_fraction, seed=int(time.time()),
+        )  # fmt: skip
+        hot = TransactionStream(view, config).hot_cards(show)
+        count = max(1, int(rate * seconds))
+        console.print(
+            f"[bold]3/4[/] producing {count:,} transactions to '{view.source.topic}' at "
+            f"{rate:,.0f}/s over {cards:,} cards ({late_fraction:.1%} late, "
+            f"{bad_fraction:.1%} malformed) …"
+        )
+        progress = {"produced": 0}
+        result: dict[str, ProduceCounts | BaseException] = {}
+
+        def run_producer() -> None:
+            try:
+                result["counts"] = produce(
+                    settings.kafka_bootstrap, view.source.topic, view=view, count=count,
+                    rate=rate, config=config, kafka_config=dict(settings.kafka_config),
+                    on_progress=lambda c: progress.__setitem__("produced", c.total),
+                )  # fmt: skip
+            except BaseException as exc:  # reported below, in the main thread
+                result["error"] = exc
+
+        producer = threading.Thread(target=run_producer, name="demo-producer", daemon=True)
+        producer.start()
+        client = connect(settings.redis_url)
+        reader = RedisFeatureReader(client, {_VIEW: view.layout()})
+        drained_at: float | None = None
+        with Live(console=console, refresh_per_second=4) as live:
+            while True:
+                if not producer.is_alive() and drained_at is None:
+                    drained_at = time.monotonic()
+                    counts = result.get("counts")
+                    if isinstance(counts, ProduceCounts):
+                        progress["produced"] = counts.total
+                if drained_at is not None and time.monotonic() - drained_at > _DRAIN_S:
+                    break
+                if flow.poll() is not None:
+                    raise click.ClickException(f"the flow stopped; see {log_path}")
+                live.update(_table(reader, hot, _scrape(port), progress["produced"]))
+                time.sleep(0.25)
+        client.close()
+        if "error" in result:
+            raise click.ClickException(f"producing failed: {result['error']}")
+    finally:
+        flow.terminate()
+        try:
+            flow.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            flow.kill()
+            flow.wait()
+
+    card = hot[0]
+    body = json.dumps({"entities": hot[:3]})
+    console.print(
+        f"\n[bold]4/4[/] done (flow log: {log_path}). The values stay in Redis "
+        f"(TTL {view.ttl_seconds // 86_400} days) "
+        f"and every change is in the offline log under {settings.offline_dir}/{_VIEW}/.\n\n"
+        "Query them:\n"
+        f"  freshet get {_VIEW} {card}\n"
+        "  freshet serve &\n"
+        f"  curl -s http://127.0.0.1:8000/v1/features/{_VIEW}/{card}\n"
+        f"  curl -s -X POST http://127.0.0.1:8000/v1/features/{_VIEW} "
+        f"-H 'content-type: application/json' -d '{body}'\n\n"
+        f"Keep it running: freshet run {_VIEW}   (metrics: http://127.0.0.1:9108/metrics)",
+        highlight=False,
+        markup=True,
+    )
