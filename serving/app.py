@@ -12,12 +12,13 @@ A Lookup is ``{"view", "entity", "found", "as_of", "age_ms", "features": {name: 
 ``MAX_BATCH`` (1,000) entities (413 beyond, and for bodies over 1 MiB). Each request makes one
 Redis round trip (one ``MGET``).
 
-Why a plain ASGI callable and not Starlette: measured with wrk at c=8 on this machine, the same
-handler answered ~7,100 requests/s bare and ~4,400 through Starlette's routing, request and
-response objects (``tests/bench/serving``); the app needs six fixed routes, so the router is a
-path split. Errors are :class:`serving.errors.HttpError` (and ``serving.auth.AuthError``)
-turned into JSON; anything else is logged with its traceback and answered 500 "internal
-error", never with the traceback.
+Why a plain ASGI callable and not Starlette: measured with wrk at c=8 on this machine (uvicorn,
+one worker), the same handler answered ~7,100 requests/s bare and ~4,400 through Starlette's
+routing, request and response objects; the app needs six fixed routes, so the router is a path
+split. ``freshet serve`` runs it on granian by default (~2x uvicorn's lookups/s at c=8, see
+``tests/bench/serving/bench_serving.py``). Errors are :class:`serving.errors.HttpError` (and
+``serving.auth.AuthError``) turned into JSON; anything else is logged with its traceback and
+answered 500 "internal error", never with the traceback.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from sinks.redis_store import (
     InvalidEntityError,
     Lookup,
     UnknownFeatureError,
+    connect_async,
+    is_cluster_url,
 )
 from sinks.settings import Settings
 
@@ -67,6 +70,9 @@ _JSON = b"application/json"
 _ROUTE_ONE = "/v1/features/{view}/{entity}"
 _ROUTE_BATCH = "/v1/features/{view}"
 _UNAVAILABLE_HEADERS: Headers = ((b"retry-after", str(RETRY_AFTER_S).encode()),)
+# Redis unreachable: a cluster client raises RedisClusterException (not a RedisError) when no
+# node answers its slot-map request.
+_STORE_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
 
 
 class FeatureApp:
@@ -106,7 +112,8 @@ class FeatureApp:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                close = getattr(self._redis, "close", None)
+                # redis.asyncio clients close with aclose() (close() is deprecated there).
+                close = getattr(self._redis, "aclose", None) or getattr(self._redis, "close", None)
                 if close is not None:
                     await close()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -127,7 +134,7 @@ class FeatureApp:
             status, content_type = exc.status, _JSON
             headers = ((b"www-authenticate", b"Bearer"),) if exc.status == 401 else ()
             body = _error_body("unauthorized" if exc.status == 401 else "forbidden", str(exc))
-        except redis.exceptions.RedisError as exc:
+        except _STORE_ERRORS as exc:
             log.warning("Redis unavailable for %s: %s", route, exc)
             status, content_type, headers = 503, _JSON, _UNAVAILABLE_HEADERS
             body = _error_body("unavailable", "the online store (Redis) is unavailable; retry")
@@ -179,7 +186,7 @@ class FeatureApp:
             try:
                 async with asyncio.timeout(1.0):
                     await self._redis.ping()
-            except (redis.exceptions.RedisError, TimeoutError) as exc:
+            except (*_STORE_ERRORS, TimeoutError) as exc:
                 raise HttpError(
                     503, "unavailable", f"Redis does not answer: {exc}", _UNAVAILABLE_HEADERS
                 ) from exc
@@ -383,10 +390,17 @@ def create_app(
     return FeatureApp(
         layouts=layouts,
         views_doc=views_json(),
-        redis_client=RedisLink(settings.redis_url),
+        redis_client=_redis_client(settings.redis_url),
         api_keys=ApiKeys.parse(settings.api_keys),
         multiprocess_dir=multiprocess_dir,
     )
+
+
+def _redis_client(url: str) -> Any:
+    """The pipelined :class:`RedisLink` for one server; ``redis.asyncio.RedisCluster`` for
+    ``?cluster=true`` (its ``mget_nonatomic`` sends one ``MGET`` per slot, pipelined per node:
+    one round trip per node holding any of the keys)."""
+    return connect_async(url) if is_cluster_url(url) else RedisLink(url)
 
 
 def app_from_env() -> FeatureApp:
