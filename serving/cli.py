@@ -52,12 +52,17 @@ def serve(
     ("key1:view_a,view_b;key2:*"; unset: no auth).
     """
     from serving.auth import ApiKeys
+    from serving.redis_link import RedisLink
 
     settings = Settings.from_env()
     try:
         ApiKeys.parse(settings.api_keys)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="FRESHET_API_KEYS") from exc
+    try:
+        RedisLink(settings.redis_url)  # validates the URL; connects only when serving
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="FRESHET_REDIS_URL") from exc
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Workers are separate processes: share metric values through files so /metrics on
         # any worker reports them all. Set before the workers start (they inherit it).
