@@ -61,6 +61,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypedDict, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import redis
@@ -73,10 +74,13 @@ from sinks.layout import ViewLayout
 from sinks.rows import Row
 
 __all__ = [
+    "CLUSTER_PARAM",
+    "AsyncRedisClient",
     "AsyncRedisFeatureReader",
     "FeatureStatus",
     "InvalidEntityError",
     "Lookup",
+    "RedisClient",
     "RedisFeatureReader",
     "RedisFeatureWriter",
     "UnknownFeatureError",
@@ -85,8 +89,10 @@ __all__ = [
     "connect_async",
     "decode_record",
     "encode_record",
+    "is_cluster_url",
     "record_key",
     "scan_entities",
+    "split_cluster_url",
 ]
 
 log = logging.getLogger(__name__)
@@ -344,8 +350,17 @@ class RedisFeatureWriter:
                 sha = self._client.script_load(WRITE_SCRIPT)
                 self._sha = sha.encode() if isinstance(sha, str) else sha
             pipe = cast(_Pipeline, self._client.pipeline(transaction=False))
-            for args in calls:
-                pipe.execute_command("EVALSHA", self._sha, *args)
+            if self._cluster:
+                # Routed here by the call's first key (all its keys share a slot): left to
+                # itself, redis-py 8's cluster pipeline asks a node ``COMMAND GETKEYS`` for
+                # every EVALSHA, one extra round trip per slot (tests/integration/
+                # test_redis_cluster.py counts the round trips).
+                node_of = cast(Any, self._client).get_node_from_key
+                for args in calls:
+                    pipe.execute_command("EVALSHA", self._sha, *args, target_nodes=node_of(args[1]))
+            else:
+                for args in calls:
+                    pipe.execute_command("EVALSHA", self._sha, *args)
             results = pipe.execute(raise_on_error=False)
             if any(isinstance(r, NoScriptError) for r in results):
                 self._sha = None  # Redis restarted or SCRIPT FLUSH: reload, re-send the batch
@@ -561,12 +576,57 @@ _CONNECT_OPTIONS: dict[str, Any] = {
 }
 
 
-def connect(url: str) -> redis.Redis:
+# ``?cluster=true`` in FRESHET_REDIS_URL selects Redis Cluster clients (any node's address
+# works: the client discovers the others with CLUSTER SLOTS). Explicit rather than detected,
+# so connecting stays lazy and a wrong guess never depends on which node answered first;
+# ``freshet doctor`` reports a cluster node reached without the flag (and the reverse).
+CLUSTER_PARAM = "cluster"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+RedisClient = redis.Redis | redis.cluster.RedisCluster
+AsyncRedisClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
+
+
+def split_cluster_url(url: str) -> tuple[str, bool]:
+    """``(url without the cluster parameter, whether it asks for Redis Cluster)``.
+
+    Raises ``ValueError`` naming the value when ``cluster=`` is neither true nor false.
+    """
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    flags = [value.strip().lower() for name, value in query if name == CLUSTER_PARAM]
+    if not flags:
+        return url, False
+    if any(flag not in _TRUE | _FALSE for flag in flags):
+        raise ValueError(
+            f"Redis URL parameter {CLUSTER_PARAM}={flags[-1]!r} is not a boolean; "
+            "use cluster=true (Redis Cluster) or leave it out (one server)"
+        )
+    rest = urlencode([(name, value) for name, value in query if name != CLUSTER_PARAM])
+    return urlunsplit(parts._replace(query=rest)), flags[-1] in _TRUE
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` selects Redis Cluster (``?cluster=true``)."""
+    return split_cluster_url(url)[1]
+
+
+def connect(url: str) -> RedisClient:
     """A sync client for ``url`` (``redis://``, ``rediss://``, ``unix://``) with timeouts and
-    health checks. It connects lazily; call ``.ping()`` to fail fast."""
-    return redis.Redis.from_url(url, **_CONNECT_OPTIONS)
+    health checks. It connects lazily; call ``.ping()`` to fail fast. With ``?cluster=true``
+    it is a ``RedisCluster`` client, which reads the cluster's slot map when built (and so
+    raises ``RedisClusterException`` when no node answers)."""
+    plain, cluster = split_cluster_url(url)
+    if cluster:
+        return redis.cluster.RedisCluster.from_url(plain, **_CONNECT_OPTIONS)
+    return redis.Redis.from_url(plain, **_CONNECT_OPTIONS)
 
 
-def connect_async(url: str) -> redis.asyncio.Redis:
-    """The ``redis.asyncio`` counterpart of ``connect``."""
-    return redis.asyncio.Redis.from_url(url, **_CONNECT_OPTIONS)
+def connect_async(url: str) -> AsyncRedisClient:
+    """The ``redis.asyncio`` counterpart of ``connect`` (a cluster client connects on its
+    first command)."""
+    plain, cluster = split_cluster_url(url)
+    if cluster:
+        return redis.asyncio.RedisCluster.from_url(plain, **_CONNECT_OPTIONS)
+    return redis.asyncio.Redis.from_url(plain, **_CONNECT_OPTIONS)

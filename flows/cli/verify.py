@@ -20,7 +20,7 @@ from flows.reconcile import FAILING, Outcome, ReconcileReport, VerifyReport
 from flows.reconcile import reconcile as run_reconcile
 from flows.reconcile import verify as run_verify
 from flows.registry import UnknownViewError, get_view
-from sinks.redis_store import RedisFeatureWriter, connect
+from sinks.redis_store import RedisClient, RedisFeatureWriter, connect
 from sinks.settings import Settings
 
 __all__ = ["reconcile", "verify"]
@@ -41,11 +41,11 @@ def _view(name: str) -> FeatureView:
         raise click.BadParameter(str(exc), param_hint="VIEW") from exc
 
 
-def _client(settings: Settings) -> redis.Redis:
-    client = connect(settings.redis_url)
+def _client(settings: Settings) -> RedisClient:
     try:
+        client = connect(settings.redis_url)
         client.ping()
-    except redis.RedisError as exc:
+    except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
         raise _StoreDown(f"Redis at {settings.redis_url} is unavailable: {exc}") from exc
     return client
 
