@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import gc
 import logging
 import signal
 import socket
@@ -162,6 +163,27 @@ def _resume_clock(directory: Path, process_id: int, snapshot_interval_s: int) ->
     if offset:
         log.info("resuming the flow clock %.1f s behind real time", offset / 1000)
     return offset
+
+
+_GC_FREEZE_PERIOD_S = 1.0
+
+
+def _freeze_gc_periodically() -> None:
+    """Move the objects alive now out of the cyclic GC's reach, once a second.
+
+    The engine keeps ~20 long-lived objects per entity; with 100,000 entities a full (gen 2)
+    collection scanned ~900,000 of them for up to 640 ms per pause, 48 % of the run time
+    (measured: ``tests/bench/pipeline``, README). Frozen objects are still freed by reference
+    counting (entity states hold no cycles); only cyclic garbage older than a second is never
+    collected.
+    """
+
+    def freeze() -> None:
+        while True:
+            time.sleep(_GC_FREEZE_PERIOD_S)
+            gc.freeze()
+
+    threading.Thread(target=freeze, name="freshet-gc-freeze", daemon=True).start()
 
 
 def _views(names: Sequence[str]) -> list[FeatureView]:
@@ -369,6 +391,7 @@ def run(
     from flows.metrics import serve_metrics
     from flows.pipeline import FlowOptions, build_flow
 
+    _freeze_gc_periodically()
     if metrics_port:
         serve_metrics(metrics_port + (process_id or 0), metrics_host)
     io = KafkaIO(

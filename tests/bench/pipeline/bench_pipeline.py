@@ -16,7 +16,8 @@ Two measurements, each next to a limit measured in the same run on the same topi
 Usage::
 
     .venv/bin/python tests/bench/pipeline/bench_pipeline.py [--events 200000] [--cards 100000]
-        [--repeats 3] [--rate 5000] [--seconds 20] [--skip-throughput] [--skip-freshness]
+        [--repeats 3] [--rate 5000] [--seconds 20] [--flow-args "-w 1"] [--skip-throughput]
+        [--skip-freshness]
 
 Needs the dev stack's Kafka (``freshet dev up``); starts its own redis-server.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import socket
 import statistics
@@ -285,6 +287,14 @@ def freshness(args: argparse.Namespace) -> None:
             if p50 is not None and p99 is not None
             else "  flow: no freshness observed"
         )
+        for what, hist in (("Redis", "freshet_redis_write_seconds"),
+                           ("Parquet", "freshet_parquet_write_seconds")):  # fmt: skip
+            q50 = histogram_quantile(only, hist, 0.5)
+            q99 = histogram_quantile(only, hist, 0.99)
+            n = metrics.get(f"{hist}_count{{{view}}}", 0)
+            if q50 is not None and q99 is not None:
+                print(f"  {what} batch writes: {n:,.0f}, p50 {q50 * 1000:.1f} ms, "
+                      f"p99 {q99 * 1000:.1f} ms")  # fmt: skip
         if raw:
             print(
                 f"  limit, plain consumer (Kafka timestamp -> received): p50 "
@@ -299,10 +309,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rate", type=float, default=5_000)
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--workers", nargs="*", default=["-w", "1"], help="scale args of run")
+    parser.add_argument(
+        "--flow-args", default="-w 1", help='extra "freshet run" arguments, e.g. "-p 2"'
+    )
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-freshness", action="store_true")
     args = parser.parse_args()
+    args.workers = shlex.split(args.flow_args)
     if not args.skip_throughput:
         throughput(args)
     if not args.skip_freshness:
