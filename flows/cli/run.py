@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import gc
+import json
 import logging
 import signal
 import socket
@@ -30,7 +31,7 @@ import click
 from flows.definitions import FeatureView
 from flows.registry import UnknownViewError, get_view
 
-__all__ = ["parse_start", "run"]
+__all__ = ["clock_offset", "parse_start", "run"]
 
 log = logging.getLogger("freshet.run")
 
@@ -109,29 +110,59 @@ def _supervise(processes: int, argv: Sequence[str]) -> int:
     return next((c for c in (ch.returncode for ch in children) if c), 0)
 
 
-def _init_recovery(directory: Path, partitions: int, *, create: bool) -> None:
-    """Create Bytewax's recovery partitions in ``directory`` unless it already has them."""
+_LAYOUT_FILE = "freshet-layout.json"
+
+
+def _init_recovery(
+    directory: Path, partitions: int, layout: dict[str, int], *, create: bool
+) -> dict[str, int]:
+    """Create Bytewax's recovery partitions in ``directory`` unless it already has them.
+
+    ``layout`` (shards, Parquet partitions) keys the saved state: it is written with the
+    partitions and must match on every later start (state saved under 256 shards cannot be
+    found under 128). Returns the layout in force.
+    """
     from bytewax.recovery import init_db_dir
 
     directory.mkdir(parents=True, exist_ok=True)
+    saved = directory / _LAYOUT_FILE
     if not create:
         deadline = time.monotonic() + _RECOVERY_INIT_TIMEOUT_S
-        while not any(directory.glob("part-*.sqlite3")):
+        while not saved.exists():
             if time.monotonic() > deadline:
                 raise click.ClickException(
-                    f"recovery dir {str(directory)!r} has no partitions after "
-                    f"{_RECOVERY_INIT_TIMEOUT_S:g} s; process 0 creates them"
+                    f"recovery dir {str(directory)!r} is not initialised after "
+                    f"{_RECOVERY_INIT_TIMEOUT_S:g} s; process 0 creates it"
                 )
             time.sleep(0.2)
-        return
-    with open(directory / ".freshet-init.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not any(directory.glob("part-*.sqlite3")):
-            init_db_dir(directory, partitions)  # type: ignore[no-untyped-call]
-            log.info("initialised %d recovery partitions in %s", partitions, directory)
+    else:
+        with open(directory / ".freshet-init.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not any(directory.glob("part-*.sqlite3")):
+                init_db_dir(directory, partitions)  # type: ignore[no-untyped-call]
+                tmp = saved.with_suffix(".tmp")
+                tmp.write_text(json.dumps(layout))
+                tmp.replace(saved)
+                log.info("initialised %d recovery partitions in %s", partitions, directory)
+    in_force: dict[str, int] = json.loads(saved.read_text()) if saved.exists() else layout
+    if in_force["shards"] != layout["shards"]:
+        raise click.UsageError(
+            f"--shards {layout['shards']} differs from the {in_force['shards']} shards the "
+            f"state in {str(directory)!r} was saved with; pass --shards {in_force['shards']} "
+            "or use a new --recovery-dir"
+        )
+    return in_force
 
 
 _CLOCK_FILE_PERIOD_S = 1.0
+
+
+def clock_offset(flow_times_ms: Sequence[int], now_ms: int, snapshot_interval_s: int) -> int:
+    """How far the resumed flow clock runs behind real time: it continues one snapshot interval
+    before the newest flow time any process recorded (0 on a first start)."""
+    if not flow_times_ms:
+        return 0
+    return max(0, now_ms - (max(flow_times_ms) - snapshot_interval_s * 1000))
 
 
 def _resume_clock(directory: Path, process_id: int, snapshot_interval_s: int) -> int:
@@ -148,8 +179,7 @@ def _resume_clock(directory: Path, process_id: int, snapshot_interval_s: int) ->
             last.append(int(path.read_text()))
         except (OSError, ValueError):
             continue
-    now = time.time_ns() // 1_000_000
-    offset = max(0, now - (max(last) - snapshot_interval_s * 1000)) if last else 0
+    offset = clock_offset(last, time.time_ns() // 1_000_000, snapshot_interval_s)
     mine = directory / f"freshet-clock-{process_id}"
 
     def beat() -> None:
@@ -370,16 +400,19 @@ def run(
     settings = Settings.from_env()
     cluster = addresses.split(";") if addresses else None
     total_workers = workers * (len(cluster) if cluster else processes)
+    # Parquet writers are named p0..p<n-1> after the first run's worker count and keep those
+    # names (and their resume states) when a recovered flow runs with other worker counts.
+    layout = {"shards": shards, "parquet_partitions": total_workers}
     if processes > 1:
         argv = _child_argv(click.get_current_context())
         if recovery_dir is not None:
-            _init_recovery(recovery_dir, total_workers, create=True)
+            _init_recovery(recovery_dir, total_workers, layout, create=True)
         _ensure_dead_letter_topics(settings, views)
         sys.exit(_supervise(processes, argv))
 
     clock_offset_ms = 0
     if recovery_dir is not None:
-        _init_recovery(recovery_dir, total_workers, create=not process_id)
+        layout = _init_recovery(recovery_dir, total_workers, layout, create=not process_id)
         clock_offset_ms = _resume_clock(recovery_dir, process_id or 0, snapshot_interval)
     if not process_id:
         _ensure_dead_letter_topics(settings, views)
@@ -399,7 +432,7 @@ def run(
         start=start_at,  # type: ignore[arg-type]  # parse_start returns the StartAt values
         tail=not stop_at_end,
         kafka_batch_size=batch_size,
-        parquet_partitions=total_workers,
+        parquet_partitions=layout["parquet_partitions"],
         parquet_max_rows=segment_rows,
         parquet_max_age_s=segment_age,
     )

@@ -29,7 +29,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from fastavro import parse_schema, schemaless_writer
 
 from flows import metrics
-from flows.cli.run import _child_argv, parse_start, run
+from flows.cli.run import _child_argv, _init_recovery, clock_offset, parse_start, run
 from flows.connectors import ParquetSink
 from flows.deadletter import DeadLetter
 from flows.decode import RawMessage
@@ -424,3 +424,21 @@ def test_child_processes_get_every_option_but_the_process_count() -> None:
     assert "--stop-at-end" in argv
     assert "--no-late-to-dlq" in argv
     assert argv[argv.index("--from") + 1] == "latest"
+
+
+def test_a_resumed_flow_clock_skips_the_downtime() -> None:
+    # Crashed at flow time 1,000,000 (newest of two processes), restarted 60 s later, 10 s
+    # snapshots: the clock resumes 10 s before the crash, 70 s behind real time.
+    assert clock_offset([990_000, 1_000_000], 1_060_000, 10) == 70_000
+    assert clock_offset([], 1_060_000, 10) == 0
+
+
+def test_a_recovery_dir_refuses_another_shard_count(tmp_path: Path) -> None:
+    layout = _init_recovery(tmp_path, 2, {"shards": 256, "parquet_partitions": 2}, create=True)
+    assert layout == {"shards": 256, "parquet_partitions": 2}
+    assert len(list(tmp_path.glob("part-*.sqlite3"))) == 2
+    # A later start with more workers keeps the first run's Parquet writer names.
+    again = _init_recovery(tmp_path, 4, {"shards": 256, "parquet_partitions": 4}, create=True)
+    assert again["parquet_partitions"] == 2
+    with pytest.raises(click.UsageError, match="--shards 128 differs from the 256"):
+        _init_recovery(tmp_path, 2, {"shards": 128, "parquet_partitions": 2}, create=True)
