@@ -1,0 +1,82 @@
+"""``freshet doctor [VIEW…]``: check Kafka, topics, Redis and the offline dir; say what to fix.
+
+Exit status: 0 when nothing is wrong (warnings included), 1 when a check failed, or with
+``--strict`` when one warned. See :mod:`flows.doctor` for the checks and why each matters.
+"""
+
+from __future__ import annotations
+
+import click
+import orjson
+
+from flows.definitions import FeatureView
+from flows.doctor import Finding, Level, diagnose, probe_kafka, probe_redis
+from flows.registry import UnknownViewError, all_views, get_view
+from sinks.settings import Settings
+
+__all__ = ["doctor"]
+
+_MARKS = {Level.OK: ("ok", "green"), Level.WARN: ("warn", "yellow"), Level.ERROR: ("FAIL", "red")}
+
+
+def _views(names: tuple[str, ...]) -> tuple[FeatureView, ...]:
+    if not names:
+        return all_views()
+    try:
+        return tuple(get_view(name) for name in names)
+    except UnknownViewError as exc:
+        raise click.BadParameter(str(exc), param_hint="VIEW") from None
+
+
+def _print(findings: list[Finding]) -> None:
+    for finding in findings:
+        word, colour = _MARKS[finding.level]
+        click.echo(f"{click.style(f'{word:>4}', fg=colour, bold=True)}  {finding.check}: "
+                   f"{finding.message}")  # fmt: skip
+        if finding.fix:
+            click.echo(f"      fix: {finding.fix}")
+    errors = sum(f.level is Level.ERROR for f in findings)
+    warnings = sum(f.level is Level.WARN for f in findings)
+    click.echo(f"\n{errors} error(s), {warnings} warning(s), {len(findings)} check(s)")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("view_names", metavar="[VIEW]...", nargs=-1)
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=None,
+    help="Total workers you plan (processes x -w): checks the partitions split evenly.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for Kafka and for Redis.",
+)
+@click.option("--strict", is_flag=True, help="Exit 1 on warnings too.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def doctor(
+    view_names: tuple[str, ...], workers: int | None, timeout: float, strict: bool, as_json: bool
+) -> None:
+    """Check that this deployment can run VIEW (default: every registered view).
+
+    Kafka (reachable, source and dead-letter topics, partitions), Redis (reachable, cluster
+    mode matching the URL, version, maxmemory-policy that could evict feature keys, memory
+    left) and FRESHET_OFFLINE_DIR (writable, free space). Reads the same settings as
+    `freshet run`: FRESHET_KAFKA_BOOTSTRAP, FRESHET_KAFKA_CONFIG_*, FRESHET_REDIS_URL,
+    FRESHET_OFFLINE_DIR.
+    """
+    views = _views(view_names)
+    settings = Settings.from_env()
+    kafka = probe_kafka(settings.kafka_client_config(), timeout_s=timeout)
+    redis_facts = probe_redis(settings.redis_url, timeout_s=timeout)
+    findings = diagnose(kafka, redis_facts, views, settings.offline_dir, workers=workers)
+    if as_json:
+        click.echo(orjson.dumps([f.to_json() for f in findings], option=orjson.OPT_INDENT_2))
+    else:
+        _print(findings)
+    failing = {Level.ERROR, Level.WARN} if strict else {Level.ERROR}
+    if any(f.level in failing for f in findings):
+        raise SystemExit(1)
