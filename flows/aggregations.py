@@ -18,11 +18,13 @@ The two sketches, both from Apache DataSketches and both mergeable:
 * :class:`Distinct` keeps the exact set of values up to :data:`EXACT_DISTINCT_LIMIT` values, then
   switches to an HLL sketch (``lg_k`` = :data:`HLL_LG_K`): relative standard error
   1.04 / sqrt(2**12) = 1.6 %, so estimates are within 5 % (3 sigma) of the truth with 99.7 %
-  confidence; below the limit the count is exact.
+  confidence; up to the limit the count is exact. Either way the result depends only on the set
+  of values (not on insertion or merge order), so replays reproduce it.
 * :class:`Quantiles` is a KLL sketch (``k`` = :data:`KLL_K`): exact while it holds at most ``k``
-  items, then within about 1.3 % normalised rank error (99 % confidence). ``quantile(q)`` is the
-  smallest item ``x`` such that at least ``ceil(q * n)`` items are ``<= x`` (DataSketches'
-  inclusive rank).
+  items, then within about 1.3 % normalised rank error (99 % confidence). Beyond ``k`` items
+  KLL compaction is randomised, so a replay may give a different value within that bound.
+  ``quantile(q)`` is the smallest item ``x`` such that at least ``ceil(q * n)`` items are
+  ``<= x`` (DataSketches' inclusive rank).
 
 The hot path of :mod:`flows.engine` keeps running totals and monotonic queues rather than calling
 these objects per event; it uses them for lifetime features and for sketches.
@@ -52,6 +54,9 @@ __all__ = [
 ]
 
 EXACT_DISTINCT_LIMIT = 256
+# DataSketches HLL serial format: preamble byte 5 holds the flags; 16 = OUT_OF_ORDER.
+_HLL_FLAGS_BYTE = 5
+_HLL_OUT_OF_ORDER = 16
 HLL_LG_K = 12
 KLL_K = 200
 
@@ -131,16 +136,27 @@ class Distinct:
         self._hll = union.get_result(datasketches.tgt_hll_type.HLL_8)
 
     def estimate(self) -> int:
-        """The number of distinct values: exact below the limit, else the rounded HLL estimate."""
+        """The number of distinct values: exact up to the limit, else the rounded HLL estimate.
+
+        A function of the set of values alone, never of the order they were added or merged
+        in: the HLL is read with DataSketches' composite estimator (a function of its registers)
+        rather than its order-dependent HIP estimator, by setting the sketch's OUT_OF_ORDER
+        flag (bit 4 of preamble byte 5) before reading it.
+        """
         if self._values is not None:
             return len(self._values)
-        return round(float(self._hll.get_estimate()))
+        serial = bytearray(self._hll.serialize_compact())
+        serial[_HLL_FLAGS_BYTE] |= _HLL_OUT_OF_ORDER
+        estimate = datasketches.hll_sketch.deserialize(bytes(serial)).get_estimate()
+        return round(float(estimate))
 
     def copy(self) -> Distinct:
         clone = Distinct.__new__(Distinct)
         clone._values = None if self._values is None else set(self._values)
-        clone._hll = None if self._hll is None else datasketches.hll_sketch.deserialize(
-            self._hll.serialize_updatable()
+        clone._hll = (
+            None
+            if self._hll is None
+            else datasketches.hll_sketch.deserialize(self._hll.serialize_updatable())
         )
         return clone
 
@@ -341,9 +357,7 @@ class _Last(Aggregator[tuple[int, Any] | None]):
     def add(self, p: tuple[int, Any] | None, t: int, v: Any) -> tuple[int, Any] | None:
         return (t, v) if p is None or t >= p[0] else p
 
-    def merge(
-        self, p: tuple[int, Any] | None, q: tuple[int, Any] | None
-    ) -> tuple[int, Any] | None:
+    def merge(self, p: tuple[int, Any] | None, q: tuple[int, Any] | None) -> tuple[int, Any] | None:
         # q is taken to be the later-arriving side on equal times.
         return q if p is None or (q is not None and q[0] >= p[0]) else p
 

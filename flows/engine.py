@@ -49,7 +49,6 @@ from flows.aggregations import (
     Quantiles,
     aggregator_for,
     exact_float,
-    exact_to_float,
 )
 from flows.definitions import Aggregation, Feature, FeatureView
 from sinks.rows import Row
@@ -68,10 +67,6 @@ _Pending = tuple[int, tuple[Any, ...], int, int]
 def wall_clock_ms() -> int:
     """The wall clock in epoch milliseconds (the engine's default clock)."""
     return time.time_ns() // 1_000_000
-
-
-def _identity(value: Any) -> Any:
-    return value
 
 
 class _Packed(tuple[int, int]):
@@ -359,6 +354,10 @@ class _SketchColumn(_Column):
         col = self.tcol
         agg = self.agg
         newest = tiles[-1]
+        for tile in tiles:  # key the cache by the first tile it holds, not by c itself
+            if tile[0] >= c:
+                c = tile[0]
+                break
         cache = gs[self.gcol]
         if cache is None or cache[0] != c or cache[1] > newest[0]:
             partial = agg.empty()
@@ -456,6 +455,11 @@ class _DistinctColumn(_SketchColumn):
                     partial.add(v)
             return partial.estimate()
         n = len(counts)
+        if extra and not shadow:
+            new = {v for v in extra if v not in counts}
+            if n + len(new) > EXACT_DISTINCT_LIMIT:  # same value as a sketch of the window
+                return Distinct([*counts, *new]).estimate()
+            return n + len(new)
         if shadow:
             # Values held only by tiles older than c do not count.
             col = self.tcol
@@ -466,23 +470,68 @@ class _DistinctColumn(_SketchColumn):
             gone = {v for v, m in seen.items() if counts[v] == m}
             n -= len(gone)
             if extra:
-                n += len({v for v in extra if v not in counts or v in gone})
-        elif extra:
-            n += len({v for v in extra if v not in counts})
+                new = {v for v in extra if v not in counts or v in gone}
+                if n + len(new) > EXACT_DISTINCT_LIMIT:
+                    kept = [v for v in counts if v not in gone]
+                    return Distinct([*kept, *new]).estimate()
+                n += len(new)
         return n
 
 
 # --- window groups and lifetime features ------------------------------------------------------
+#
+# Float sums are exact integers: ``value * 2**64`` while every value added is a multiple of
+# 2**-64 (any double >= 2**-12 in magnitude is), else ``value * 2**1074`` (every double is a
+# multiple of 2**-1074). The scale is per group state (gs[2]) and drops back to 2**64 when the
+# window empties. Both give sums that do not depend on the order of additions; the small scale
+# keeps the ints short (fast to add and convert, small to pickle).
+
+_COARSE = 64
+_FINE = 1074
+_TWO_64 = 18446744073709551616.0
+_INV_TWO_64 = 1.0 / _TWO_64
+_FINE_SHIFT = _FINE - _COARSE
+_FINE_SCALE = 1 << _FINE
 
 _COUNT, _SUM, _MEAN, _COLUMN = range(4)
 
 
+def _to_coarse(value: float) -> int | None:
+    """``value * 2**64`` if that is an integer (exactly), else None."""
+    scaled = value * _TWO_64
+    try:
+        n = int(scaled)
+    except (OverflowError, ValueError):  # inf, nan
+        return None
+    return n if n == scaled else None
+
+
+def _to_fine(value: float) -> int:
+    try:
+        return exact_float(value)
+    except (OverflowError, ValueError):
+        raise ValueError(
+            f"cannot sum {value!r}: sums need finite numbers (the decoder should dead-letter "
+            "events with NaN or infinite values)"
+        ) from None
+
+
+def _from_scaled(value: int, scale: int) -> float:
+    if scale == _COARSE:
+        return value * _INV_TWO_64  # float(value) rounds once; the power of two is exact
+    return value / _FINE_SCALE
+
+
 class _WindowGroup:
-    """The features sharing one ``(W, h)``: their tiles, running totals and columns."""
+    """The features sharing one ``(W, h)``: their tiles, running totals and columns.
+
+    Group state: ``[tiles, totals, scale, column states...]``; ``tiles`` oldest first, each
+    ``[k, count, sum_1, ..., column_1, ...]``; ``totals`` = ``[count, sum_1, ...]`` over all
+    tiles held.
+    """
 
     __slots__ = (
-        "columns", "h", "n", "outputs", "sum_fields", "sum_from_exact", "sum_to_exact", "w",
-        "zero_sums",
+        "columns", "float_sums", "h", "int_sums", "n", "nsums", "outputs", "w",
     )  # fmt: skip
 
     def __init__(
@@ -500,6 +549,7 @@ class _WindowGroup:
         sum_fields: list[int] = []
         column_keys: list[tuple[Aggregation, int]] = []
         for _, feature in features:
+            assert feature.agg is Aggregation.COUNT or feature.field is not None
             if feature.agg in (Aggregation.SUM, Aggregation.MEAN):
                 index = inputs.index(feature.field)
                 if index not in sum_fields:
@@ -508,15 +558,15 @@ class _WindowGroup:
                 key = (feature.agg, inputs.index(feature.field))
                 if key not in column_keys:
                     column_keys.append(key)
-        self.sum_fields = tuple(sum_fields)
-        is_float = [types[inputs[i]] == "float64" for i in sum_fields]
-        self.sum_to_exact = tuple(exact_float if f else _identity for f in is_float)
-        self.sum_from_exact = tuple(exact_to_float if f else _identity for f in is_float)
-        self.zero_sums = [0] * len(sum_fields)
+        self.nsums = len(sum_fields)
+        # (tile slot, field index) of the sums, split by type.
+        is_float = [types[inputs[index]] == "float64" for index in sum_fields]
+        self.int_sums = tuple((2 + i, f) for i, f in enumerate(sum_fields) if not is_float[i])
+        self.float_sums = tuple((2 + i, f) for i, f in enumerate(sum_fields) if is_float[i])
         first_column = 2 + len(sum_fields)
         columns: list[_Column] = []
         for j, (agg, field) in enumerate(column_keys):
-            tcol, gcol = first_column + j, 2 + j
+            tcol, gcol = first_column + j, 3 + j
             if agg is Aggregation.MAX:
                 columns.append(_MaxColumn(field, tcol, gcol))
             elif agg is Aggregation.MIN:
@@ -533,7 +583,7 @@ class _WindowGroup:
             elif feature.agg in (Aggregation.SUM, Aggregation.MEAN):
                 kind = _SUM if feature.agg is Aggregation.SUM else _MEAN
                 index = sum_fields.index(inputs.index(feature.field))
-                outputs.append((position, kind, index, None))
+                outputs.append((position, kind, 2 + index, is_float[index]))
             else:
                 key = (feature.agg, inputs.index(feature.field))
                 arg = None
@@ -543,18 +593,19 @@ class _WindowGroup:
         self.outputs = tuple(outputs)
 
     def new_state(self) -> list[Any]:
-        return [[], [0, *self.zero_sums], *(c.new_state() for c in self.columns)]
+        return [[], [0] * (1 + self.nsums), _COARSE, *(c.new_state() for c in self.columns)]
 
     def boundary(self, k: int) -> int:
         """The expiry boundary of tile ``k``: ``tile_start + h + W``."""
         return (k + 1) * self.h + self.w
 
-    def next_boundary(self, gs: list[Any]) -> int | None:
-        tiles = gs[0]
-        return (tiles[0][0] + 1) * self.h + self.w if tiles else None
-
     def _new_tile(self, gs: list[Any], k: int) -> list[Any]:
-        return [k, 0, *self.zero_sums, *(c.new_tile(gs) for c in self.columns)]
+        tile = [k, 0]
+        if self.nsums:
+            tile += [0] * self.nsums
+        for column in self.columns:
+            tile.append(column.new_tile(gs))
+        return tile
 
     def fold(self, gs: list[Any], t: int, fields: tuple[Any, ...]) -> int | None:
         """Add one event to its tile; returns the group's new oldest boundary if it changed."""
@@ -575,17 +626,18 @@ class _WindowGroup:
         totals = gs[1]
         tile[1] += 1
         totals[0] += 1
-        i = 2
-        for index, to_exact in zip(self.sum_fields, self.sum_to_exact, strict=True):
-            v = to_exact(fields[index])
+        for i, index in self.int_sums:
+            v = fields[index]
             tile[i] += v
             totals[i - 1] += v
-            i += 1
+        if self.float_sums:
+            self._add_floats(gs, tile, fields)
         for column in self.columns:
             column.add(gs, tile, fields[column.field])
         return result
 
     def _fold_old(self, gs: list[Any], k: int, fields: tuple[Any, ...]) -> int | None:
+        """Fold into a tile older than the newest (an out-of-order event; rare)."""
         tiles = gs[0]
         i = len(tiles) - 1
         while i >= 0 and tiles[i][0] > k:
@@ -601,15 +653,38 @@ class _WindowGroup:
         totals = gs[1]
         tile[1] += 1
         totals[0] += 1
-        j = 2
-        for index, to_exact in zip(self.sum_fields, self.sum_to_exact, strict=True):
-            v = to_exact(fields[index])
+        for j, index in self.int_sums:
+            v = fields[index]
             tile[j] += v
             totals[j - 1] += v
-            j += 1
+        if self.float_sums:
+            self._add_floats(gs, tile, fields)
         for column in self.columns:
             column.add_old(gs, tile, fields[column.field])
         return result
+
+    def _add_floats(self, gs: list[Any], tile: list[Any], fields: tuple[Any, ...]) -> None:
+        totals = gs[1]
+        for i, index in self.float_sums:
+            n = self.scaled(gs, fields[index])
+            tile[i] += n
+            totals[i - 1] += n
+
+    def scaled(self, gs: list[Any], value: float) -> int:
+        """``value`` at the group's sum scale, switching the group to the fine scale if needed."""
+        if gs[2] == _COARSE:
+            n = _to_coarse(value)
+            if n is not None:
+                return n
+            n = _to_fine(value)  # raises on non-finite values before any state changes
+            for tile in gs[0]:
+                for i, _ in self.float_sums:
+                    tile[i] <<= _FINE_SHIFT
+            for i, _ in self.float_sums:
+                gs[1][i - 1] <<= _FINE_SHIFT
+            gs[2] = _FINE
+            return n
+        return _to_fine(value)
 
     def expire(self, gs: list[Any], boundary: int) -> None:
         """Drop the tiles whose expiry boundary is ``<= boundary``."""
@@ -624,13 +699,15 @@ class _WindowGroup:
             return
         dropped = tiles[:n]
         del tiles[:n]
-        totals = gs[1]
         if tiles:
+            totals = gs[1]
             for tile in dropped:
-                for i in range(len(totals)):
-                    totals[i] -= tile[i + 1]
+                totals[0] -= tile[1]
+                for i in range(2, 2 + self.nsums):
+                    totals[i - 1] -= tile[i]
         else:
-            gs[1] = [0, *self.zero_sums]
+            gs[1] = [0] * (1 + self.nsums)
+            gs[2] = _COARSE
         for column in self.columns:
             column.drop(gs, dropped)
 
@@ -641,34 +718,39 @@ class _WindowGroup:
         pending: list[_Pending] | None,
         out: list[Any],
     ) -> None:
-        """Write this group's feature values as of ``as_of`` into ``out``.
+        """Write this group's feature values as of ``as_of`` into ``out`` (the general path).
 
         ``pending`` (event rows only) are events newer than every tile's contents, all inside
         the window as of ``as_of``; tiles older than the window (``shadow``) exist only between
         their boundary passing ``as_of`` and the watermark passing it.
         """
         c = as_of // self.h - self.n
+        if pending:
+            # Bring the group to a scale that holds the pending values before reading totals.
+            for _, index in self.float_sums:
+                for event in pending:
+                    self.scaled(gs, event[1][index])
         tiles = gs[0]
-        totals = gs[1]
-        count = totals[0]
-        sums = totals[1:]
+        totals = list(gs[1])  # [count, sum_1, ...]
         shadow = 0
         if tiles and tiles[0][0] < c:
             for tile in tiles:
                 if tile[0] >= c:
                     break
                 shadow += 1
-                count -= tile[1]
-                for i in range(len(sums)):
-                    sums[i] -= tile[i + 2]
+                totals[0] -= tile[1]
+                for i in range(2, 2 + self.nsums):
+                    totals[i - 1] -= tile[i]
         if pending:
-            count += len(pending)
-            for i, (index, to_exact) in enumerate(
-                zip(self.sum_fields, self.sum_to_exact, strict=True)
-            ):
+            totals[0] += len(pending)
+            for i, index in self.int_sums:
                 for event in pending:
-                    sums[i] += to_exact(event[1][index])
-        floats: list[Any] | None = None
+                    totals[i - 1] += event[1][index]
+            for i, index in self.float_sums:
+                for event in pending:
+                    totals[i - 1] += self.scaled(gs, event[1][index])
+        count = totals[0]
+        scale = gs[2]
         for position, kind, index, arg in self.outputs:
             if kind == _COUNT:
                 out[position] = count
@@ -677,14 +759,11 @@ class _WindowGroup:
                 extra = [e[1][column.field] for e in pending] if pending else None
                 out[position] = column.value(gs, c, shadow, extra, arg)
             else:
-                if floats is None:
-                    floats = [
-                        convert(s) for convert, s in zip(self.sum_from_exact, sums, strict=True)
-                    ]
+                total = _from_scaled(totals[index - 1], scale) if arg else totals[index - 1]
                 if kind == _SUM:
-                    out[position] = floats[index]
+                    out[position] = total
                 else:
-                    out[position] = floats[index] / count if count else None
+                    out[position] = total / count if count else None
 
 
 def _quantile_of(q: float | None) -> Callable[[Quantiles], float | None]:
@@ -713,15 +792,20 @@ _QUANTILES = _QuantilesAggregator()
 
 
 class _Lifetime:
-    """Features without a window: one partial each, never expiring."""
+    """Features without a window: one partial each, never expiring.
 
-    __slots__ = ("aggs", "fields", "positions")
+    ``last`` keeps ``(t, offset, value)`` and takes the greatest ``(t, offset)``: the newest
+    event, the later one in its partition on equal times, whatever order events are folded in.
+    """
+
+    __slots__ = ("aggs", "fields", "is_last", "positions")
 
     def __init__(self, features: list[tuple[int, Feature]], view: FeatureView) -> None:
         inputs = view.input_fields
         types = view.source.field_types
         self.positions = tuple(p for p, _ in features)
         self.fields = tuple(-1 if f.field is None else inputs.index(f.field) for _, f in features)
+        self.is_last = tuple(f.agg is Aggregation.LAST for _, f in features)
         self.aggs = tuple(
             aggregator_for(
                 f.agg, f.quantile, float_sum=f.field is not None and types[f.field] == "float64"
@@ -732,9 +816,16 @@ class _Lifetime:
     def new_state(self) -> list[Any]:
         return [agg.empty() for agg in self.aggs]
 
-    def fold(self, life: list[Any], t: int, fields: tuple[Any, ...]) -> None:
-        for i, (agg, index) in enumerate(zip(self.aggs, self.fields, strict=True)):
-            life[i] = agg.add(life[i], t, fields[index] if index >= 0 else None)
+    def fold(self, life: list[Any], t: int, fields: tuple[Any, ...], offset: int) -> None:
+        for i, (agg, index, is_last) in enumerate(
+            zip(self.aggs, self.fields, self.is_last, strict=True)
+        ):
+            if is_last:
+                p = life[i]
+                if p is None or t > p[0] or (t == p[0] and offset >= p[1]):
+                    life[i] = (t, offset, fields[index])
+            else:
+                life[i] = agg.add(life[i], t, fields[index] if index >= 0 else None)
 
     def values(
         self,
@@ -742,14 +833,247 @@ class _Lifetime:
         pending: list[_Pending] | None,
         out: list[Any],
     ) -> None:
-        for i, (agg, index, position) in enumerate(
-            zip(self.aggs, self.fields, self.positions, strict=True)
+        for i, (agg, index, position, is_last) in enumerate(
+            zip(self.aggs, self.fields, self.positions, self.is_last, strict=True)
         ):
-            if pending:
+            if is_last:
+                best = life[i]
+                for t, fields, _, offset in pending or ():
+                    if best is None or (t, offset) >= best[:2]:
+                        best = (t, offset, fields[index])
+                out[position] = None if best is None else best[2]
+            elif pending:
                 extra = [(e[0], e[1][index] if index >= 0 else None) for e in pending]
                 out[position] = agg.peek(life[i], extra)
             else:
                 out[position] = agg.result(life[i])
+
+
+# --- the compiled hot path ----------------------------------------------------------------------
+#
+# Per event, the generic code above costs a dozen method calls and loops over small tuples; at
+# the target rate (> 150k events/s on one core) that overhead is most of the budget. So each
+# engine compiles, from its view's plan, one straight-line ``apply`` (fast path: fold the event
+# into every tile inline, read the row off the running state) and one ``values`` reader. Every
+# uncommon case calls back into the generic methods: pending events, tiles older than the
+# window, out-of-order tiles, sketch mode, the fine sum scale, expiry. ``ViewEngine.source``
+# holds the generated code; the property tests run through it.
+
+
+def _compile(engine: ViewEngine) -> tuple[Callable[..., Any], Callable[..., Any], str]:
+    env: dict[str, Any] = {
+        "Row": Row, "new_row": _new_row, "insort": insort_right, "by_time": _by_time,
+        "clock": engine._clock, "expire": engine._expire, "slow_row": engine._row,
+        "NEVER": _NEVER, "COARSE": _COARSE, "TWO_64": _TWO_64, "INV_TWO_64": _INV_TWO_64,
+        "FINE_SCALE": _FINE_SCALE, "LIMIT": EXACT_DISTINCT_LIMIT, "VIEW": engine._name,
+        "LATENESS": engine._lateness,
+    }  # fmt: skip
+    fields = sorted(
+        {i for g in engine._groups for _, i in g.int_sums + g.float_sums}
+        | {c.field for g in engine._groups for c in g.columns}
+        | ({i for i in engine._lifetime.fields if i >= 0} if engine._lifetime else set())
+    )
+    float_fields = sorted({i for g in engine._groups for _, i in g.float_sums})
+    src = [
+        "def apply(state, entity, t, fields, partition, offset):",
+        "    st = state",
+        "    if t < st.wm:",
+        "        return None",
+        "    if t > st.max_t:",
+        "        st.max_t = t",
+        "        st.wall = clock()",
+        "        wm = t - LATENESS",
+        "        if wm > st.wm:",
+        "            st.wm = wm",
+        "    wm = st.wm",
+        "    rows = []",
+        "    nb = st.nb",
+        "    pending = st.pending",
+        "    if (nb is not None and nb < wm) or (pending and pending[0][0] <= wm):",
+        "        expire(st, entity, rows)",
+        "        nb = st.nb",
+        "    if nb is not None and nb < t:  # an expiry row still due may need it left out",
+        "        insort(pending, (t, fields, partition, offset), key=by_time)",
+        "        st.part = partition",
+        "        st.off = offset",
+        "        rows.append(slow_row(st, entity, st.max_t, pending))",
+        "        return rows",
+        "    if offset >= st.foff:",
+        "        st.foff = offset",
+        "        st.fpart = partition",
+        "    groups = st.groups",
+    ]
+    src += [f"    f{i} = fields[{i}]" for i in fields]
+    for i in float_fields:  # the value at the coarse sum scale, or None
+        src += [
+            f"    x = f{i} * TWO_64",
+            "    try:",
+            f"        n{i} = int(x)",
+            f"        if n{i} != x:",
+            f"            n{i} = None",
+            "    except (OverflowError, ValueError):",
+            f"        n{i} = None",
+        ]
+    for g, group in enumerate(engine._groups):
+        env[f"G{g}"] = group
+        h, w = group.h, group.w
+        new_tile = ["k", "0", *["0"] * group.nsums]
+        for j, column in enumerate(group.columns):
+            env[f"C{g}_{j}"] = column
+            if type(column) in (_MaxColumn, _MinColumn):
+                new_tile.append("None")
+            elif type(column) is _DistinctColumn:
+                gc = column.gcol
+                new_tile.append(f"set() if type(gs[{gc}]) is dict else C{g}_{j}.new_tile(gs)")
+            else:
+                new_tile.append(f"C{g}_{j}.new_tile(gs)")
+        src += [
+            f"    # window {w} ms, hop {h} ms",
+            f"    gs = groups[{g}]",
+            "    tiles = gs[0]",
+            f"    k = t // {h}",
+            "    if tiles and tiles[-1][0] == k:",
+            "        tile = tiles[-1]",
+            "    elif not tiles or tiles[-1][0] < k:",
+            "        if not tiles:",
+            f"            b = (k + 1) * {h} + {w}",
+            "            if nb is None or b < nb:",
+            "                nb = b",
+            f"        tile = [{', '.join(new_tile)}]",
+            "        tiles.append(tile)",
+            "    else:",
+            "        tile = None",
+            f"        b = G{g}.fold(gs, t, fields)",
+            "        if b is not None and (nb is None or b < nb):",
+            "            nb = b",
+            "    if tile is not None:",
+            "        totals = gs[1]",
+            "        tile[1] += 1",
+            "        totals[0] += 1",
+        ]
+        for i, index in group.int_sums:
+            src += [f"        tile[{i}] += f{index}", f"        totals[{i - 1}] += f{index}"]
+        for i, index in group.float_sums:
+            src += [
+                f"        n = n{index} if n{index} is not None and gs[2] == COARSE"
+                f" else G{g}.scaled(gs, f{index})",
+                f"        tile[{i}] += n",
+                f"        totals[{i - 1}] += n",
+            ]
+        for j, column in enumerate(group.columns):
+            c, gc, v = column.tcol, column.gcol, f"f{column.field}"
+            if type(column) in (_MaxColumn, _MinColumn):
+                better = ">" if type(column) is _MaxColumn else "<"
+                worse = "<=" if type(column) is _MaxColumn else ">="
+                src += [
+                    f"        if tile[{c}] is None or {v} {better} tile[{c}]:",
+                    f"            tile[{c}] = {v}",
+                    f"            queue = gs[{gc}]",
+                    f"            while queue and queue[-1][1] {worse} {v}:",
+                    "                queue.pop()",
+                    f"            queue.append((k, {v}))",
+                ]
+            elif type(column) is _DistinctColumn:
+                src += [
+                    f"        counts = gs[{gc}]",
+                    "        if type(counts) is dict:",
+                    f"            seen = tile[{c}]",
+                    f"            if {v} not in seen:",
+                    f"                seen.add({v})",
+                    f"                counts[{v}] = counts.get({v}, 0) + 1",
+                    "                if len(counts) > LIMIT:",
+                    f"                    C{g}_{j}._to_sketch(gs)",
+                    "        else:",
+                    f"            C{g}_{j}.add(gs, tile, {v})",
+                ]
+            else:
+                src += [f"        C{g}_{j}.add(gs, tile, {v})"]
+    src += ["    st.nb = nb"]
+    if engine._lifetime is not None:
+        src += ["    life = st.life"]
+        lifetime = engine._lifetime
+        for i, (agg, index, is_last) in enumerate(
+            zip(lifetime.aggs, lifetime.fields, lifetime.is_last, strict=True)
+        ):
+            env[f"L{i}"] = agg
+            if is_last:
+                src += [
+                    f"    p = life[{i}]",
+                    "    if p is None or t > p[0] or (t == p[0] and offset >= p[1]):",
+                    f"        life[{i}] = (t, offset, f{index})",
+                ]
+            else:
+                value = f"f{index}" if index >= 0 else "None"
+                src += [f"    life[{i}] = L{i}.add(life[{i}], t, {value})"]
+    else:
+        src += ["    life = st.life"]
+    src += [
+        "    st.part = partition",
+        "    st.off = offset",
+        "    if pending or (nb is not None and nb <= st.max_t):",
+        "        rows.append(slow_row(st, entity, st.max_t, pending))",
+        "    else:",
+        "        rows.append(new_row(Row, (VIEW, entity, st.max_t, values(groups, life),"
+        " partition, offset)))",
+        "    return rows",
+        "",
+    ]
+    src += _compile_values(engine, env)
+    source = "\n".join(src)
+    exec(compile(source, f"<freshet engine {engine._name}>", "exec"), env)
+    return env["apply"], env["values"], source
+
+
+def _compile_values(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
+    """``values(groups, life)``: every feature read off the running state (no pending event,
+    no tile older than the window)."""
+    src = ["def values(groups, life):"]
+    exprs: dict[int, str] = {}
+    for g, group in enumerate(engine._groups):
+        src += [f"    g{g} = groups[{g}]", f"    t{g} = g{g}[1]"]
+        for position, kind, index, arg in group.outputs:
+            if kind == _COUNT:
+                exprs[position] = f"t{g}[0]"
+            elif kind in (_SUM, _MEAN):
+                total = f"t{g}[{index - 1}]"
+                if arg:  # a float sum at the group's scale
+                    name = f"s{g}_{index}"
+                    line = (
+                        f"    {name} = {total} * INV_TWO_64 if g{g}[2] == COARSE"
+                        f" else {total} / FINE_SCALE"
+                    )
+                    if line not in src:
+                        src.append(line)
+                    total = name
+                if kind == _SUM:
+                    exprs[position] = total
+                else:
+                    exprs[position] = f"({total} / t{g}[0] if t{g}[0] else None)"
+            else:
+                column = group.columns[index]
+                env[f"C{g}_{index}"] = column
+                env[f"A{position}"] = arg
+                slow = f"C{g}_{index}.value(g{g}, NEVER, 0, None, A{position})"
+                if type(column) in (_MaxColumn, _MinColumn):
+                    src += [f"    q{position} = g{g}[{column.gcol}]"]
+                    exprs[position] = f"(q{position}[0][1] if q{position} else None)"
+                elif type(column) is _DistinctColumn:
+                    src += [f"    d{position} = g{g}[{column.gcol}]"]
+                    exprs[position] = f"(len(d{position}) if type(d{position}) is dict else {slow})"
+                else:
+                    exprs[position] = slow
+    if engine._lifetime is not None:
+        lifetime = engine._lifetime
+        for i, (agg, position, is_last) in enumerate(
+            zip(lifetime.aggs, lifetime.positions, lifetime.is_last, strict=True)
+        ):
+            env[f"L{i}"] = agg
+            if is_last:
+                exprs[position] = f"(None if life[{i}] is None else life[{i}][2])"
+            else:
+                exprs[position] = f"L{i}.result(life[{i}])"
+    src += ["    return (", *(f"        {exprs[p]}," for p in sorted(exprs)), "    )", ""]
+    return src
 
 
 # --- the engine -------------------------------------------------------------------------------
@@ -782,6 +1106,10 @@ class ViewEngine:
             _WindowGroup(w, h, features, view) for (w, h), features in by_window.items()
         )
         self._lifetime = _Lifetime(lifetime, view) if lifetime else None
+        apply, values, source = _compile(self)
+        self.apply = apply  # type: ignore[method-assign]
+        self._values = values
+        self.source = source  # the compiled hot path, for reading and debugging
         # Lifetime partials other than `last` would be lost if a drained state were dropped.
         self._droppable = all(f.agg is Aggregation.LAST for _, f in lifetime)
         windows = [f.window_seconds for f in view.features if f.window_seconds is not None]
@@ -827,7 +1155,10 @@ class ViewEngine:
         pending = st.pending
         if (nb is not None and nb < wm) or (pending and pending[0][0] <= wm):
             self._expire(st, entity, rows)
-        if t <= wm:
+        nb = st.nb
+        if nb is None or nb >= t:
+            # No boundary below t is left to emit (future tiles' boundaries lie beyond t as
+            # L <= W), so no expiry row can need this event left out: fold it now.
             self._fold(st, t, fields, partition, offset)
         else:
             insort_right(st.pending, (t, fields, partition, offset), key=_by_time)
@@ -895,7 +1226,7 @@ class ViewEngine:
                 nb = boundary
         st.nb = nb
         if self._lifetime is not None:
-            self._lifetime.fold(st.life, t, fields)
+            self._lifetime.fold(st.life, t, fields, offset)
 
     def _fold_pending(self, st: EntityState, limit: int) -> None:
         """Fold the pending events with ``t <= limit`` into the tiles, in event-time order."""
@@ -931,7 +1262,9 @@ class ViewEngine:
             if nb is None or nb >= wm:
                 return
             for group, gs in zip(self._groups, st.groups, strict=True):
-                group.expire(gs, nb)
+                tiles = gs[0]
+                if tiles and (tiles[0][0] + 1) * group.h + group.w <= nb:
+                    group.expire(gs, nb)
             st.nb = self._min_boundary(st)
             rows.append(self._row(st, entity, nb, None))
 
@@ -953,6 +1286,12 @@ class ViewEngine:
         pending: list[_Pending] | None,
     ) -> Row:
         """The row as of ``as_of``: an event row (with ``pending``) or an expiry row."""
+        if pending is None or (not pending and (st.nb is None or st.nb > as_of)):
+            # Nothing pending and no tile older than the window: read the running state.
+            values = self._values(st.groups, st.life)
+            if pending is None:
+                return _new_row(Row, (self._name, entity, as_of, values, st.fpart, st.foff))
+            return _new_row(Row, (self._name, entity, as_of, values, st.part, st.off))
         out: list[Any] = [None] * self._width
         for group, gs in zip(self._groups, st.groups, strict=True):
             group.values(gs, as_of, pending, out)

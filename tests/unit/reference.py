@@ -70,7 +70,7 @@ def feature_values(view: FeatureView, events: list[Event], as_of: int) -> tuple[
         elif agg is Aggregation.MAX:
             out.append(max(values) if values else None)
         elif agg is Aggregation.LAST:
-            latest = max(chosen, key=lambda e: (e.t, e.seq), default=None)
+            latest = max(chosen, key=lambda e: (e.t, e.offset), default=None)
             out.append(None if latest is None else latest.fields[index])
         elif agg is Aggregation.DISTINCT_COUNT:
             out.append(len(set(values)))
