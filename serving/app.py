@@ -107,17 +107,28 @@ class FeatureApp:
             await self._lifespan(receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
+        flusher: asyncio.Task[None] | None = None
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                # Counts kept between flushes reach Prometheus even while a worker is idle.
+                flusher = asyncio.create_task(self._flush_metrics_forever())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if flusher is not None:
+                    flusher.cancel()
+                self.metrics.flush()
                 # redis.asyncio clients close with aclose() (close() is deprecated there).
                 close = getattr(self._redis, "aclose", None) or getattr(self._redis, "close", None)
                 if close is not None:
                     await close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _flush_metrics_forever(self, interval_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            self.metrics.flush()
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()

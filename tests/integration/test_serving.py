@@ -236,12 +236,16 @@ def test_freshet_serve_answers_lookups_and_metrics(
         with Client(url) as client:
             for _ in range(20):
                 assert client.get("card_txn", "card_1")["found"] is True
-        metrics = httpx.get(f"{url}/metrics").text
-        # With 2 workers the 20 requests spread over both; /metrics on either sums them.
-        assert (
+        # With 2 workers the 20 requests spread over both; /metrics on either sums them
+        # (each worker flushes its counts within a second).
+        wanted = (
             'freshet_http_requests_total{route="/v1/features/{view}/{entity}",status="200",'
-            'view="card_txn"} 20.0' in metrics
+            'view="card_txn"} 20.0'
         )
+        deadline = time.monotonic() + 10
+        while wanted not in (metrics := httpx.get(f"{url}/metrics").text):
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.2)
     finally:
         proc.terminate()
         _, stderr = proc.communicate(timeout=20)

@@ -42,3 +42,21 @@ def test_lookups_are_counted_by_result_with_ages_of_hits() -> None:
     assert 'freshet_lookups_total{result="expired",view="card_txn"} 1.0' in text
     assert 'freshet_feature_age_seconds_bucket{le="0.25",view="card_txn"} 1.0' in text
     assert 'freshet_feature_age_seconds_count{view="card_txn"} 2.0' in text
+
+
+def test_request_counts_are_batched_and_every_exposition_includes_them() -> None:
+    metrics = ServingMetrics(["card_txn"], flush_interval_s=3600)
+    for seconds in (0.0002, 0.0004, 0.02):
+        metrics.request("/v1/features/{view}/{entity}", "card_txn", 200, seconds)
+    series = 'route="/v1/features/{view}/{entity}",status="200",view="card_txn"} '
+    assert "freshet_http_requests_total{" + series + "1.0" in _samples_text(metrics.registry)
+    text = metrics.exposition().decode()
+    assert "freshet_http_requests_total{" + series + "3.0" in text
+    assert (
+        'freshet_http_request_seconds_bucket{le="0.0005",route="/v1/features/{view}/{entity}",'
+        'view="card_txn"} 2.0' in text
+    )
+
+
+def _samples_text(registry: CollectorRegistry) -> str:
+    return generate_latest(registry).decode()

@@ -10,9 +10,10 @@ uvicorn, both on uvloop):
   100 random record keys) at the same concurrency, and a raw redis-py loop (sync ``mget``,
   one connection, c = 1).
 
-Prints requests/s, p50, p99, p99.9 (median over runs; p99 of runs for the rate too), the
-ratios to the limits, and the issue's targets: single >= 25% of raw Redis commands/s at c=8
-with p99 <= 2 ms; batch-100 >= 100,000 entities/s; p99 at c=1 <= 1 ms.
+Prints requests/s, p50, p99, p99.9 (median over runs), the server's CPU time per request (user
++ system of the server process tree, from /proc: unlike rates, robust to other load on the
+machine), the ratios to the limits, and the issue's targets: single >= 25% of raw Redis
+commands/s at c=8 with p99 <= 2 ms; batch-100 >= 100,000 entities/s; p99 at c=1 <= 1 ms.
 
     .venv/bin/python tests/bench/serving/bench_serving.py [--seconds 5] [--repeat 3]
 """
@@ -93,7 +94,26 @@ def _raw_loop(port: int, keys: int, seconds: float) -> dict[str, float]:
     }
 
 
-def _wrk(url: str, script: str, clients: int, seconds: float) -> dict[str, float]:
+def _tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants (all threads), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, stack = 0.0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def _wrk(
+    url: str, script: str, clients: int, seconds: float, server_pid: int | None = None
+) -> dict[str, float]:
+    cpu_before = _tree_cpu_s(server_pid) if server_pid else 0.0
     env = {**os.environ, "ENTITIES": str(ENTITIES), "BATCH": str(BATCH)}
     out = subprocess.run(
         ["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "5s", "-s",
@@ -104,7 +124,9 @@ def _wrk(url: str, script: str, clients: int, seconds: float) -> dict[str, float
     data: dict[str, Any] = json.loads(line[4:])
     if data["errors"] or data["non2xx"]:
         raise RuntimeError(f"wrk saw errors: {data}")
+    cpu_s = _tree_cpu_s(server_pid) - cpu_before if server_pid else float("nan")
     return {
+        "cpu_us": cpu_s / data["requests"] * 1e6,
         "rps": data["requests"] / (data["duration_us"] / 1e6),
         "p50_ms": data["p50_us"] / 1e3,
         "p99_ms": data["p99_us"] / 1e3,
@@ -171,7 +193,9 @@ def main() -> None:
                 _wrk(url, "single.lua", 8, 1.0)  # warm-up
                 for kind, script in (("single", "single.lua"), ("batch", "batch.lua")):
                     for c in CONCURRENCY:
-                        runs = [_wrk(url, script, c, args.seconds) for _ in range(args.repeat)]
+                        runs = [
+                            _wrk(url, script, c, args.seconds, proc.pid) for _ in range(args.repeat)
+                        ]
                         results[server, kind, c] = _median_of(runs)
             finally:
                 proc.terminate()
@@ -184,7 +208,7 @@ def main() -> None:
     )
     header = (
         f"{'what':34} {'c':>3} {'req/s':>9} {'ent/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'p99.9 ms':>8} {'vs redis-bench':>14}"
+        f"{'p99.9 ms':>8} {'vs redis-bench':>14} {'server CPU us/req':>17}"
     )
     print(header)
     for kind in ("single", "batch"):
@@ -196,7 +220,7 @@ def main() -> None:
                 print(
                     f"{label:34} {c:3d} {r['rps']:9,.0f} {r['rps'] * per:9,.0f} "
                     f"{r['p50_ms']:7.3f} {r['p99_ms']:7.3f} {r['p999_ms']:8.3f} "
-                    f"{r['rps'] / lim['rps']:14.1%}"
+                    f"{r['rps'] / lim['rps']:14.1%} {r['cpu_us']:17.0f}"
                 )
         for c in CONCURRENCY:
             lim = limits[kind, c]
