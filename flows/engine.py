@@ -686,31 +686,6 @@ class _WindowGroup:
             return n
         return _to_fine(value)
 
-    def expire(self, gs: list[Any], boundary: int) -> None:
-        """Drop the tiles whose expiry boundary is ``<= boundary``."""
-        c = (boundary - self.w) // self.h
-        tiles = gs[0]
-        n = 0
-        for tile in tiles:
-            if tile[0] >= c:
-                break
-            n += 1
-        if not n:
-            return
-        dropped = tiles[:n]
-        del tiles[:n]
-        if tiles:
-            totals = gs[1]
-            for tile in dropped:
-                totals[0] -= tile[1]
-                for i in range(2, 2 + self.nsums):
-                    totals[i - 1] -= tile[i]
-        else:
-            gs[1] = [0] * (1 + self.nsums)
-            gs[2] = _COARSE
-        for column in self.columns:
-            column.drop(gs, dropped)
-
     def values(
         self,
         gs: list[Any],
@@ -860,10 +835,12 @@ class _Lifetime:
 # holds the generated code; the property tests run through it.
 
 
-def _compile(engine: ViewEngine) -> tuple[Callable[..., Any], Callable[..., Any], str]:
+def _compile(
+    engine: ViewEngine,
+) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], str]:
     env: dict[str, Any] = {
         "Row": Row, "new_row": _new_row, "insort": insort_right, "by_time": _by_time,
-        "clock": engine._clock, "expire": engine._expire, "slow_row": engine._row,
+        "clock": engine._clock, "fold_pending": engine._fold_pending, "slow_row": engine._row,
         "NEVER": _NEVER, "COARSE": _COARSE, "TWO_64": _TWO_64, "INV_TWO_64": _INV_TWO_64,
         "FINE_SCALE": _FINE_SCALE, "LIMIT": EXACT_DISTINCT_LIMIT, "VIEW": engine._name,
         "LATENESS": engine._lateness,
@@ -1019,9 +996,10 @@ def _compile(engine: ViewEngine) -> tuple[Callable[..., Any], Callable[..., Any]
         "",
     ]
     src += _compile_values(engine, env)
+    src += _compile_expire(engine, env)
     source = "\n".join(src)
     exec(compile(source, f"<freshet engine {engine._name}>", "exec"), env)
-    return env["apply"], env["values"], source
+    return env["apply"], env["values"], env["expire"], source
 
 
 def _compile_values(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
@@ -1076,6 +1054,81 @@ def _compile_values(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
     return src
 
 
+def _compile_expire(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
+    """``expire(st, entity, rows)``: emit every boundary below the watermark, in order, folding
+    pending events as the boundaries pass them (see ``ViewEngine.advance``)."""
+    src = [
+        "def expire(st, entity, rows):",
+        "    wm = st.wm",
+        "    while True:",
+        "        nb = st.nb",
+        "        pending = st.pending",
+        "        if pending:",
+        "            limit = wm if nb is None or nb > wm else nb",
+        "            if pending[0][0] <= limit:",
+        "                fold_pending(st, limit)",
+        "                nb = st.nb",
+        "        if nb is None or nb >= wm:",
+        "            return",
+        "        groups = st.groups",
+        "        following = None",
+    ]
+    for g, group in enumerate(engine._groups):
+        h, w = group.h, group.w
+        src += [
+            f"        # window {w} ms, hop {h} ms: drop the tiles whose boundary is nb",
+            f"        gs = groups[{g}]",
+            "        tiles = gs[0]",
+            f"        if tiles and (tiles[0][0] + 1) * {h} + {w} <= nb:",
+            f"            c = (nb - {w}) // {h}",
+            "            totals = gs[1]",
+            "            while tiles and tiles[0][0] < c:",
+            "                tile = tiles.pop(0)",
+            "                totals[0] -= tile[1]",
+        ]
+        src += [f"                totals[{i - 1}] -= tile[{i}]" for i in range(2, 2 + group.nsums)]
+        for j, column in enumerate(group.columns):
+            env[f"C{g}_{j}"] = column
+            c, gc = column.tcol, column.gcol
+            if type(column) in (_MaxColumn, _MinColumn):
+                src += [
+                    f"                queue = gs[{gc}]",
+                    "                while queue and queue[0][0] <= tile[0]:",
+                    "                    del queue[0]",
+                ]
+            elif type(column) is _DistinctColumn:
+                src += [
+                    f"                counts = gs[{gc}]",
+                    "                if type(counts) is dict:",
+                    f"                    for v in tile[{c}]:",
+                    "                        n = counts[v] - 1",
+                    "                        if n:",
+                    "                            counts[v] = n",
+                    "                        else:",
+                    "                            del counts[v]",
+                    "                else:",
+                    f"                    C{g}_{j}.drop(gs, [tile])",
+                ]
+            else:
+                src += [f"                C{g}_{j}.drop(gs, [tile])"]
+        src += [
+            "            if not tiles:",
+            f"                gs[1] = [0] * {1 + group.nsums}",
+            "                gs[2] = COARSE",
+            "        if tiles:",
+            f"            b = (tiles[0][0] + 1) * {h} + {w}",
+            "            if following is None or b < following:",
+            "                following = b",
+        ]
+    src += [
+        "        st.nb = following",
+        "        rows.append(new_row(Row, (VIEW, entity, nb, values(groups, st.life), st.fpart,"
+        " st.foff)))",
+        "",
+    ]
+    return src
+
+
 # --- the engine -------------------------------------------------------------------------------
 
 
@@ -1106,9 +1159,10 @@ class ViewEngine:
             _WindowGroup(w, h, features, view) for (w, h), features in by_window.items()
         )
         self._lifetime = _Lifetime(lifetime, view) if lifetime else None
-        apply, values, source = _compile(self)
+        apply, values, expire, source = _compile(self)
         self.apply = apply  # type: ignore[method-assign]
         self._values = values
+        self._expire = expire
         self.source = source  # the compiled hot path, for reading and debugging
         # Lifetime partials other than `last` would be lost if a drained state were dropped.
         self._droppable = all(f.agg is Aggregation.LAST for _, f in lifetime)
@@ -1244,36 +1298,6 @@ class ViewEngine:
         for t, *_ in st.pending:  # pending events will create tiles when folded
             for group in self._groups:
                 boundary = group.boundary(t // group.h)
-                if nb is None or boundary < nb:
-                    nb = boundary
-        return nb
-
-    def _expire(self, st: EntityState, entity: str, rows: list[Row]) -> None:
-        """Emit every boundary below the watermark, folding pending events as it passes them."""
-        wm = st.wm
-        while True:
-            nb = st.nb
-            pending = st.pending
-            if pending:
-                limit = wm if nb is None or nb > wm else nb
-                if pending[0][0] <= limit:
-                    self._fold_pending(st, limit)
-                    nb = st.nb
-            if nb is None or nb >= wm:
-                return
-            for group, gs in zip(self._groups, st.groups, strict=True):
-                tiles = gs[0]
-                if tiles and (tiles[0][0] + 1) * group.h + group.w <= nb:
-                    group.expire(gs, nb)
-            st.nb = self._min_boundary(st)
-            rows.append(self._row(st, entity, nb, None))
-
-    def _min_boundary(self, st: EntityState) -> int | None:
-        nb = None
-        for group, gs in zip(self._groups, st.groups, strict=True):
-            tiles = gs[0]
-            if tiles:
-                boundary = (tiles[0][0] + 1) * group.h + group.w
                 if nb is None or boundary < nb:
                     nb = boundary
         return nb
