@@ -17,6 +17,8 @@ Exposed (``/metrics`` on ``--metrics-port``, default 9108)::
     freshet_segments_written_total{view}          Parquet segments committed
     freshet_freshness_seconds{view}               histogram: Kafka timestamp -> Redis write done
     freshet_consumer_lag{topic,partition}         broker's last stable offset - next offset to read
+    freshet_state_snapshot_seconds{view}          histogram: one engine shard's snapshot (recovery)
+    freshet_state_entities_pickled_total{view}    entity states pickled for recovery snapshots
 
 Consumer lag comes from librdkafka's statistics (once a second), which Bytewax's Kafka source
 already records in its own gauge; :class:`_ConsumerLagCollector` re-exports it under the
@@ -43,6 +45,8 @@ __all__ = [
     "REDIS_WRITE_SECONDS",
     "ROWS_EMITTED",
     "SEGMENTS_WRITTEN",
+    "STATE_ENTITIES_PICKLED",
+    "STATE_SNAPSHOT_SECONDS",
     "BatchHistogram",
     "serve_metrics",
 ]
@@ -191,6 +195,15 @@ FRESHNESS_SECONDS = BatchHistogram(
     "freshet_freshness_seconds",
     "Time from an event's Kafka timestamp to the Redis write of the row it caused.",
     buckets=_FRESHNESS_BUCKETS,
+)
+STATE_SNAPSHOT_SECONDS = BatchHistogram(
+    "freshet_state_snapshot_seconds",
+    "Duration of one engine shard's recovery snapshot (pickling the entities that changed).",
+)
+STATE_ENTITIES_PICKLED = Counter(
+    "freshet_state_entities_pickled",
+    "Entity states pickled into recovery snapshots (each changed entity once per epoch).",
+    ["view"],
 )
 REGISTRY.register(_ConsumerLagCollector())
 

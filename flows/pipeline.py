@@ -238,6 +238,7 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
         heapq.heapify(self._heap)
         self._late_counter = metrics.EVENTS_LATE.labels(view=view.name)
         self._rows_counter = metrics.ROWS_EMITTED.labels(view=view.name)
+        self._pickled_counter = metrics.STATE_ENTITIES_PICKLED.labels(view=view.name)
 
     @classmethod
     def builder(
@@ -357,6 +358,7 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
         if not self._options.persist_state:
             self._dirty.clear()
             return None
+        started = time.perf_counter()
         saved = self._saved
         for entity in self._dirty:
             state = self._states.get(entity)
@@ -364,9 +366,12 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
                 saved.pop(entity, None)  # drained and dropped
             else:
                 saved[entity] = (self._next_at.get(entity), pickle.dumps(state, protocol=5))
+        self._pickled_counter.inc(len(self._dirty))
         self._dirty.clear()
         # A copy: Bytewax pickles it later, while this shard keeps changing ``saved``.
-        return dict(saved)
+        snapshot = dict(saved)
+        metrics.STATE_SNAPSHOT_SECONDS.observe(self._view.name, time.perf_counter() - started)
+        return snapshot
 
 
 def build_flow(

@@ -287,13 +287,16 @@ def freshness(args: argparse.Namespace) -> None:
             if p50 is not None and p99 is not None
             else "  flow: no freshness observed"
         )
-        for what, hist in (("Redis", "freshet_redis_write_seconds"),
-                           ("Parquet", "freshet_parquet_write_seconds")):  # fmt: skip
+        for what, hist in (
+            ("Redis batch writes", "freshet_redis_write_seconds"),
+            ("Parquet batch writes", "freshet_parquet_write_seconds"),
+            ("engine shard snapshots", "freshet_state_snapshot_seconds"),
+        ):
             q50 = histogram_quantile(only, hist, 0.5)
             q99 = histogram_quantile(only, hist, 0.99)
             n = metrics.get(f"{hist}_count{{{view}}}", 0)
             if q50 is not None and q99 is not None:
-                print(f"  {what} batch writes: {n:,.0f}, p50 {q50 * 1000:.1f} ms, "
+                print(f"  {what}: {n:,.0f}, p50 {q50 * 1000:.1f} ms, "
                       f"p99 {q99 * 1000:.1f} ms")  # fmt: skip
         if raw:
             print(
