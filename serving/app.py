@@ -15,10 +15,13 @@ Redis round trip (one ``MGET``).
 Why a plain ASGI callable and not Starlette: measured with wrk at c=8 on this machine (uvicorn,
 one worker), the same handler answered ~7,100 requests/s bare and ~4,400 through Starlette's
 routing, request and response objects; the app needs six fixed routes, so the router is a path
-split. ``freshet serve`` runs it on granian by default (~2x uvicorn's lookups/s at c=8, see
-``tests/bench/serving/bench_serving.py``). Errors are :class:`serving.errors.HttpError` (and
-``serving.auth.AuthError``) turned into JSON; anything else is logged with its traceback and
-answered 500 "internal error", never with the traceback.
+split. ``freshet serve`` runs it on uvicorn (least CPU per lookup: ~80 µs at c=8 against
+~100 µs on granian) or, with ``--server granian``, on granian (more lookups/s at c>=32 when a
+core is spare); see ``tests/bench/serving/bench_serving.py``.
+
+Errors are :class:`serving.errors.HttpError` (and ``serving.auth.AuthError``) turned into
+JSON; anything else is logged with its traceback and answered 500 "internal error", never
+with the traceback.
 """
 
 from __future__ import annotations

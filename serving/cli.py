@@ -28,11 +28,12 @@ __all__ = ["get", "serve"]
 )
 @click.option(
     "--server",
-    type=click.Choice(["granian", "uvicorn"]),
-    default="granian",
+    type=click.Choice(["uvicorn", "granian"]),
+    default="uvicorn",
     show_default=True,
-    help="HTTP server: granian (more lookups/s under concurrency) or uvicorn (lower latency "
-    "at concurrency 1); see tests/bench/serving.",
+    help="HTTP server: uvicorn (httptools; least CPU per lookup, lowest latency, steady under "
+    "CPU contention) or granian (Rust I/O thread: more lookups/s at 32+ concurrent clients "
+    "when a spare core exists); see tests/bench/serving.",
 )
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
 @click.option(
@@ -44,7 +45,7 @@ __all__ = ["get", "serve"]
 def serve(
     host: str, port: int, workers: int, server: str, access_log: bool, log_level: str
 ) -> None:
-    """Serve feature lookups over HTTP (granian or uvicorn, on uvloop).
+    """Serve feature lookups over HTTP (uvicorn or granian, on uvloop).
 
     GET /v1/features/VIEW/ENTITY[?features=a,b], POST /v1/features/VIEW with
     {"entities": [...], "features": [...]} (at most 1,000 entities), GET /v1/views, /healthz,
