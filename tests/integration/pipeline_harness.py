@@ -26,14 +26,23 @@ from confluent_kafka import Consumer, TopicPartition
 from flows.decode import RawMessage, decoder_for
 from flows.definitions import FeatureView
 from flows.engine import ViewEngine
+from flows.generator import GeneratorConfig, ProduceCounts, produce
+from flows.registry import get_view
 from sinks.parquet_log import read_log
 from sinks.redis_store import decode_record, record_key
 from sinks.rows import Row
 
 __all__ = [
+    "LATENESS_MS",
+    "VIEW",
     "FlowProcess",
     "Reference",
+    "check_redis",
+    "flow_args",
+    "flow_env",
     "offline_rows",
+    "passes",
+    "produce_stream",
     "read_topic",
     "redis_records",
     "scrape",
@@ -255,3 +264,77 @@ class FlowProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+VIEW = get_view("card_txn")
+LATENESS_MS = VIEW.allowed_lateness_seconds * 1000
+
+
+def produce_stream(
+    bootstrap: str,
+    topic: str,
+    count: int,
+    *,
+    seed: int,
+    cards: int = 400,
+    start_ms: int | None = None,
+) -> ProduceCounts:
+    config = GeneratorConfig(cards=cards, late_fraction=0.02, bad_fraction=0.01, seed=seed)
+    return produce(
+        bootstrap,
+        topic,
+        view=VIEW,
+        count=count,
+        rate=2_000,
+        pace=False,
+        config=config,
+        start_ms=start_ms,
+        max_seconds=60,
+    )
+
+
+def flow_env(bootstrap: str, redis_url: str, offline_dir: Path) -> dict[str, str]:
+    return {
+        "FRESHET_KAFKA_BOOTSTRAP": bootstrap,
+        "FRESHET_REDIS_URL": redis_url,
+        "FRESHET_OFFLINE_DIR": str(offline_dir),
+    }
+
+
+def flow_args(topic: str, dlq: str, *extra: str, metrics_port: int = 0) -> list[str]:
+    return [
+        VIEW.name,
+        "--topic",
+        topic,
+        "--dead-letter-topic",
+        dlq,
+        "--metrics-port",
+        str(metrics_port),
+        "--snapshot-interval",
+        "1",
+        *extra,
+    ]
+
+
+def passes(check: Callable[[], None]) -> Callable[[], bool]:
+    def attempt() -> bool:
+        try:
+            check()
+        except AssertionError:
+            return False
+        return True
+
+    return attempt
+
+
+def check_redis(client: redis.Redis, ref: Reference, entities: set[str] | None = None) -> None:
+    """Every entity's record is the reference's row at its ``(as_of, offset)`` and reflects all
+    of the entity's events (``as_of`` >= its newest event time)."""
+    wanted = set(ref.applied) if entities is None else entities
+    stored = redis_records(client, VIEW, sorted(wanted))
+    assert set(stored) == wanted, f"{len(wanted - set(stored))} entities missing in Redis"
+    for entity, (as_of, offset, values) in stored.items():
+        assert as_of >= ref.max_event_time[entity], f"{entity} is behind"
+        row = ref.row_at(entity, as_of, offset)
+        assert row is not None, f"{entity}: no reference row at {as_of}/{offset}"
+        assert values == row.values, entity

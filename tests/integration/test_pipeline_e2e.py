@@ -1,5 +1,7 @@
 """``freshet run`` against the real Kafka and Redis: what it writes equals the engine's reference.
 
+(Named ``_e2e``: ``tests/unit/test_pipeline.py`` holds the module name ``test_pipeline``.)
+
 Each test produces a synthetic card stream (``flows.generator``: Zipf cards, some late and some
 malformed records) to its own topic, runs the flow as a real process and compares Redis, the
 offline log, the dead-letter topic and ``/metrics`` with ``ViewEngine`` run directly over the
@@ -17,91 +19,21 @@ from pathlib import Path
 
 import redis
 from pipeline_harness import (
+    LATENESS_MS,
+    VIEW,
     FlowProcess,
     Reference,
+    check_redis,
+    flow_args,
+    flow_env,
     offline_rows,
+    passes,
+    produce_stream,
     read_topic,
-    redis_records,
     scrape,
     wait_until,
 )
 from redis_servers import RedisProcess, free_port
-
-from flows.generator import GeneratorConfig, ProduceCounts, produce
-from flows.registry import get_view
-
-VIEW = get_view("card_txn")
-LATENESS_MS = VIEW.allowed_lateness_seconds * 1000
-
-
-def produce_stream(
-    bootstrap: str,
-    topic: str,
-    count: int,
-    *,
-    seed: int,
-    cards: int = 400,
-    start_ms: int | None = None,
-) -> ProduceCounts:
-    config = GeneratorConfig(cards=cards, late_fraction=0.02, bad_fraction=0.01, seed=seed)
-    return produce(
-        bootstrap,
-        topic,
-        view=VIEW,
-        count=count,
-        rate=2_000,
-        pace=False,
-        config=config,
-        start_ms=start_ms,
-        max_seconds=60,
-    )
-
-
-def flow_env(bootstrap: str, redis_url: str, offline_dir: Path) -> dict[str, str]:
-    return {
-        "FRESHET_KAFKA_BOOTSTRAP": bootstrap,
-        "FRESHET_REDIS_URL": redis_url,
-        "FRESHET_OFFLINE_DIR": str(offline_dir),
-    }
-
-
-def flow_args(topic: str, dlq: str, *extra: str, metrics_port: int = 0) -> list[str]:
-    return [
-        VIEW.name,
-        "--topic",
-        topic,
-        "--dead-letter-topic",
-        dlq,
-        "--metrics-port",
-        str(metrics_port),
-        "--snapshot-interval",
-        "1",
-        *extra,
-    ]
-
-
-def passes(check: Callable[[], None]) -> Callable[[], bool]:
-    def attempt() -> bool:
-        try:
-            check()
-        except AssertionError:
-            return False
-        return True
-
-    return attempt
-
-
-def check_redis(client: redis.Redis, ref: Reference, entities: set[str] | None = None) -> None:
-    """Every entity's record is the reference's row at its ``(as_of, offset)`` and reflects all
-    of the entity's events (``as_of`` >= its newest event time)."""
-    wanted = set(ref.applied) if entities is None else entities
-    stored = redis_records(client, VIEW, sorted(wanted))
-    assert set(stored) == wanted, f"{len(wanted - set(stored))} entities missing in Redis"
-    for entity, (as_of, offset, values) in stored.items():
-        assert as_of >= ref.max_event_time[entity], f"{entity} is behind"
-        row = ref.row_at(entity, as_of, offset)
-        assert row is not None, f"{entity}: no reference row at {as_of}/{offset}"
-        assert values == row.values, entity
 
 
 def test_redis_log_dead_letters_and_metrics_equal_the_engine_reference(

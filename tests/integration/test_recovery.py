@@ -12,9 +12,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
-from pipeline_harness import FlowProcess, Reference, offline_rows, read_topic, scrape, wait_until
+from pipeline_harness import (
+    VIEW,
+    FlowProcess,
+    Reference,
+    check_redis,
+    flow_args,
+    flow_env,
+    offline_rows,
+    passes,
+    produce_stream,
+    read_topic,
+    scrape,
+    wait_until,
+)
 from redis_servers import free_port
-from test_pipeline import VIEW, check_redis, flow_args, flow_env, passes, produce_stream
 
 LABEL = f'{{view="{VIEW.name}"}}'
 
