@@ -38,7 +38,7 @@ import logging
 import pickle
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, Protocol
@@ -415,7 +415,3 @@ def _add_view(flow: Dataflow, view: FeatureView, io: FlowIO, options: FlowOption
     dead_letters = op.merge(f"{v}_dead_letters", bad, late)
     # DeadLetter
     op.output(f"{v}_dlq", dead_letters, io.dead_letter_sink(view))
-
-
-def _layouts(views: Iterable[FeatureView]) -> Mapping[str, Any]:
-    return {v.name: v.layout() for v in views}
