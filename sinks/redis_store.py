@@ -410,6 +410,7 @@ class _ReaderBase:
         self._client = client
         self._layouts = _check_layouts(layouts)
         self._prefixes = {name: _key_prefix(lay) for name, lay in self._layouts.items()}
+        self._names = {name: lay.feature_names for name, lay in self._layouts.items()}
         self._clock_ms = clock_ms
         # Cluster clients cannot MGET across slots; they split the keys per slot instead.
         self._mget_name = "mget_nonatomic" if hasattr(client, "mget_nonatomic") else "mget"
@@ -428,7 +429,7 @@ class _ReaderBase:
             keys = [prefix + e.encode("utf-8", "surrogateescape") + b"}" for e in entities]
         except UnicodeEncodeError:
             keys = [prefix + _entity_bytes(e) + b"}" for e in entities]  # names the bad one
-        all_names = layout.feature_names
+        all_names = self._names[view]
         if features is None:
             return _Plan(layout, tuple(entities), keys, all_names, None)
         position = {name: i for i, name in enumerate(all_names)}

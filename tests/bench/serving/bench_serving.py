@@ -1,8 +1,8 @@
 """Lookup endpoint throughput and latency, next to raw Redis measured in the same run.
 
 One run, loopback, a private redis-server holding 100,000 demo entities written with the
-sink's writer, one ``freshet serve`` worker on each server (``--servers``, default granian and
-uvicorn, both on uvloop):
+sink's writer, one ``freshet serve`` worker on each server (``--servers``, default uvicorn and
+granian, both on uvloop):
 
 * endpoint: wrk (``single.lua``: GET one random entity; ``batch.lua``: POST 100 random
   entities) at c = 1, 8, 32, one wrk thread, ``--repeat`` runs of ``--seconds`` each;
@@ -167,7 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--servers", default="granian,uvicorn", help="comma-separated")
+    parser.add_argument("--servers", default="uvicorn,granian", help="comma-separated")
     args = parser.parse_args()
     servers = args.servers.split(",")
     for tool in ("wrk", "redis-benchmark"):
