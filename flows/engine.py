@@ -791,38 +791,6 @@ class _Lifetime:
     def new_state(self) -> list[Any]:
         return [agg.empty() for agg in self.aggs]
 
-    def fold(self, life: list[Any], t: int, fields: tuple[Any, ...], offset: int) -> None:
-        for i, (agg, index, is_last) in enumerate(
-            zip(self.aggs, self.fields, self.is_last, strict=True)
-        ):
-            if is_last:
-                p = life[i]
-                if p is None or t > p[0] or (t == p[0] and offset >= p[1]):
-                    life[i] = (t, offset, fields[index])
-            else:
-                life[i] = agg.add(life[i], t, fields[index] if index >= 0 else None)
-
-    def values(
-        self,
-        life: list[Any],
-        pending: list[_Pending] | None,
-        out: list[Any],
-    ) -> None:
-        for i, (agg, index, position, is_last) in enumerate(
-            zip(self.aggs, self.fields, self.positions, self.is_last, strict=True)
-        ):
-            if is_last:
-                best = life[i]
-                for t, fields, _, offset in pending or ():
-                    if best is None or (t, offset) >= best[:2]:
-                        best = (t, offset, fields[index])
-                out[position] = None if best is None else best[2]
-            elif pending:
-                extra = [(e[0], e[1][index] if index >= 0 else None) for e in pending]
-                out[position] = agg.peek(life[i], extra)
-            else:
-                out[position] = agg.result(life[i])
-
 
 # --- the compiled hot path ----------------------------------------------------------------------
 #
@@ -835,22 +803,15 @@ class _Lifetime:
 # holds the generated code; the property tests run through it.
 
 
-def _compile(
-    engine: ViewEngine,
-) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any], str]:
+def _compile(engine: ViewEngine) -> dict[str, Any]:
+    """Generate and compile the view's hot path; returns its namespace (and ``__source__``)."""
     env: dict[str, Any] = {
         "Row": Row, "new_row": _new_row, "insort": insort_right, "by_time": _by_time,
-        "clock": engine._clock, "fold_pending": engine._fold_pending, "slow_row": engine._row,
+        "clock": engine._clock, "fold_pending": engine._fold_pending,
         "NEVER": _NEVER, "COARSE": _COARSE, "TWO_64": _TWO_64, "INV_TWO_64": _INV_TWO_64,
         "FINE_SCALE": _FINE_SCALE, "LIMIT": EXACT_DISTINCT_LIMIT, "VIEW": engine._name,
-        "LATENESS": engine._lateness,
+        "LATENESS": engine._lateness, "WIDTH": engine._width, "to_coarse": _to_coarse,
     }  # fmt: skip
-    fields = sorted(
-        {i for g in engine._groups for _, i in g.int_sums + g.float_sums}
-        | {c.field for g in engine._groups for c in g.columns}
-        | ({i for i in engine._lifetime.fields if i >= 0} if engine._lifetime else set())
-    )
-    float_fields = sorted({i for g in engine._groups for _, i in g.float_sums})
     src = [
         "def apply(state, entity, t, fields, partition, offset):",
         "    st = state",
@@ -873,8 +834,43 @@ def _compile(
         "        insort(pending, (t, fields, partition, offset), key=by_time)",
         "        st.part = partition",
         "        st.off = offset",
-        "        rows.append(slow_row(st, entity, st.max_t, pending))",
+        "        rows.append(new_row(Row, (VIEW, entity, st.max_t, values_at(st, st.max_t,"
+        " pending), partition, offset)))",
         "        return rows",
+        *_compile_fold(engine, env),
+        "    st.part = partition",
+        "    st.off = offset",
+        "    if pending or (nb is not None and nb <= st.max_t):",
+        "        values_now = values_at(st, st.max_t, pending)",
+        "    else:",
+        "        values_now = values(groups, life)",
+        "    rows.append(new_row(Row, (VIEW, entity, st.max_t, values_now, partition, offset)))",
+        "    return rows",
+        "",
+        "def fold(st, t, fields, partition, offset):",
+        "    nb = st.nb",
+        *_compile_fold(engine, env),
+        "",
+    ]
+    src += _compile_values(engine, env)
+    src += _compile_values_at(engine, env)
+    src += _compile_expire(engine, env)
+    source = "\n".join(src)
+    exec(compile(source, f"<freshet engine {engine._name}>", "exec"), env)
+    env["__source__"] = source
+    return env
+
+
+def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
+    """Lines folding event ``t, fields`` into every tile and lifetime partial (``nb`` in scope,
+    stored back to ``st.nb``); leaves ``groups`` and ``life`` bound."""
+    fields = sorted(
+        {i for g in engine._groups for _, i in g.int_sums + g.float_sums}
+        | {c.field for g in engine._groups for c in g.columns}
+        | ({i for i in engine._lifetime.fields if i >= 0} if engine._lifetime else set())
+    )
+    float_fields = sorted({i for g in engine._groups for _, i in g.float_sums})
+    src = [
         "    if offset >= st.foff:",
         "        st.foff = offset",
         "        st.fpart = partition",
@@ -984,22 +980,7 @@ def _compile(
                 src += [f"    life[{i}] = L{i}.add(life[{i}], t, {value})"]
     else:
         src += ["    life = st.life"]
-    src += [
-        "    st.part = partition",
-        "    st.off = offset",
-        "    if pending or (nb is not None and nb <= st.max_t):",
-        "        rows.append(slow_row(st, entity, st.max_t, pending))",
-        "    else:",
-        "        rows.append(new_row(Row, (VIEW, entity, st.max_t, values(groups, life),"
-        " partition, offset)))",
-        "    return rows",
-        "",
-    ]
-    src += _compile_values(engine, env)
-    src += _compile_expire(engine, env)
-    source = "\n".join(src)
-    exec(compile(source, f"<freshet engine {engine._name}>", "exec"), env)
-    return env["apply"], env["values"], env["expire"], source
+    return src
 
 
 def _compile_values(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
@@ -1051,6 +1032,127 @@ def _compile_values(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
             else:
                 exprs[position] = f"L{i}.result(life[{i}])"
     src += ["    return (", *(f"        {exprs[p]}," for p in sorted(exprs)), "    )", ""]
+    return src
+
+
+def _compile_values_at(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
+    """``values_at(st, as_of, pending)``: the event row's values when events are pending or
+    tiles older than the window are still held; groups in a rare state (fine sum scale, sketch
+    mode, a pending value off the coarse scale) go through ``_WindowGroup.values``."""
+    src = [
+        "def values_at(st, as_of, pending):",
+        "    groups = st.groups",
+        "    out = [None] * WIDTH",
+    ]
+    for g, group in enumerate(engine._groups):
+        env[f"G{g}"] = group
+        h, n = group.h, group.n
+        rare = []
+        if group.float_sums:
+            rare.append("gs[2] != COARSE")
+        for column in group.columns:
+            if type(column) is _DistinctColumn:
+                rare.append(f"type(gs[{column.gcol}]) is not dict")
+            elif type(column) not in (_MaxColumn, _MinColumn):
+                rare.append("True")
+        sums = [f"s{i}" for i in range(2, 2 + group.nsums)]
+        src += [
+            f"    # window {group.w} ms, hop {h} ms",
+            f"    gs = groups[{g}]",
+            "    tiles = gs[0]",
+            f"    c = as_of // {h} - {n}",
+            f"    rare = {' or '.join(rare) or 'False'}",
+            "    if not rare:",
+            "        totals = gs[1]",
+            "        count = totals[0]",
+            *[f"        {name} = totals[{i + 1}]" for i, name in enumerate(sums)],
+            "        shadow = 0",
+            "        if tiles and tiles[0][0] < c:",
+            "            for tile in tiles:",
+            "                if tile[0] >= c:",
+            "                    break",
+            "                shadow += 1",
+            "                count -= tile[1]",
+            *[f"                {name} -= tile[{i + 2}]" for i, name in enumerate(sums)],
+            "        if pending:",
+            "            count += len(pending)",
+            "            for e in pending:",
+            "                f = e[1]",
+        ]
+        float_slots = {i for i, _ in group.float_sums}
+        for i, index in group.int_sums + group.float_sums:
+            if i in float_slots:
+                src += [
+                    f"                x = to_coarse(f[{index}])",
+                    "                if x is None:",
+                    "                    rare = True",
+                    "                    break",
+                    f"                s{i} += x",
+                ]
+            else:
+                src += [f"                s{i} += f[{index}]"]
+        src += ["    if rare:", f"        G{g}.values(gs, as_of, pending, out)", "    else:"]
+        for position, kind, index, arg in group.outputs:
+            if kind == _COUNT:
+                src += [f"        out[{position}] = count"]
+            elif kind in (_SUM, _MEAN):
+                total = f"s{index} * INV_TWO_64" if arg else f"s{index}"
+                if kind == _SUM:
+                    src += [f"        out[{position}] = {total}"]
+                else:
+                    src += [f"        out[{position}] = {total} / count if count else None"]
+            else:
+                column = group.columns[index]
+                env[f"C{g}_{index}"] = column
+                gc, fi = column.gcol, column.field
+                if type(column) in (_MaxColumn, _MinColumn):
+                    better = ">" if type(column) is _MaxColumn else "<"
+                    src += [
+                        "        best = None",
+                        f"        for kk, v in gs[{gc}]:",
+                        "            if kk >= c:",
+                        "                best = v",
+                        "                break",
+                        "        for e in pending:",
+                        f"            v = e[1][{fi}]",
+                        f"            if best is None or v {better} best:",
+                        "                best = v",
+                        f"        out[{position}] = best",
+                    ]
+                else:  # exact distinct count
+                    src += [
+                        f"        counts = gs[{gc}]",
+                        "        distinct = len(counts)",
+                        "        if not shadow:",
+                        f"            new = {{e[1][{fi}] for e in pending}}.difference(counts)",
+                        "            distinct += len(new)",
+                        "        if shadow or distinct > LIMIT:",
+                        f"            extra = [e[1][{fi}] for e in pending]",
+                        f"            distinct = C{g}_{index}.value(gs, c, shadow, extra, None)",
+                        f"        out[{position}] = distinct",
+                    ]
+    if engine._lifetime is not None:
+        lifetime = engine._lifetime
+        src += ["    life = st.life"]
+        for i, (agg, index, position, is_last) in enumerate(
+            zip(lifetime.aggs, lifetime.fields, lifetime.positions, lifetime.is_last, strict=True)
+        ):
+            env[f"L{i}"] = agg
+            if is_last:
+                src += [
+                    f"    best = life[{i}]",
+                    "    for e in pending:",
+                    "        if best is None or (e[0], e[3]) >= best[:2]:",
+                    f"            best = (e[0], e[3], e[1][{index}])",
+                    f"    out[{position}] = None if best is None else best[2]",
+                ]
+            else:
+                value = f"e[1][{index}]" if index >= 0 else "None"
+                src += [
+                    f"    extra = [(e[0], {value}) for e in pending]",
+                    f"    out[{position}] = L{i}.peek(life[{i}], extra)",
+                ]
+    src += ["    return tuple(out)", ""]
     return src
 
 
@@ -1159,11 +1261,12 @@ class ViewEngine:
             _WindowGroup(w, h, features, view) for (w, h), features in by_window.items()
         )
         self._lifetime = _Lifetime(lifetime, view) if lifetime else None
-        apply, values, expire, source = _compile(self)
-        self.apply = apply  # type: ignore[method-assign]
-        self._values = values
-        self._expire = expire
-        self.source = source  # the compiled hot path, for reading and debugging
+        compiled = _compile(self)
+        self._apply: Callable[..., list[Row] | None] = compiled["apply"]
+        self.apply = self._apply  # type: ignore[method-assign]
+        self._fold: Callable[..., None] = compiled["fold"]
+        self._expire: Callable[[EntityState, str, list[Row]], None] = compiled["expire"]
+        self.source: str = compiled["__source__"]  # the compiled hot path, for reading
         # Lifetime partials other than `last` would be lost if a drained state were dropped.
         self._droppable = all(f.agg is Aggregation.LAST for _, f in lifetime)
         windows = [f.window_seconds for f in view.features if f.window_seconds is not None]
@@ -1191,35 +1294,10 @@ class ViewEngine:
     ) -> list[Row] | None:
         """Apply one event; returns its rows (expiry rows first), or None if it is late.
 
-        ``fields`` are the event's values of ``view.input_fields``, in that order.
+        ``fields`` are the event's values of ``view.input_fields``, in that order. Each engine
+        replaces this method with its compiled hot path (see ``source``).
         """
-        t = event_time_ms
-        st = state
-        if t < st.wm:
-            return None
-        if t > st.max_t:
-            st.max_t = t
-            st.wall = self._clock()
-            wm = t - self._lateness
-            if wm > st.wm:
-                st.wm = wm
-        wm = st.wm
-        rows: list[Row] = []
-        nb = st.nb
-        pending = st.pending
-        if (nb is not None and nb < wm) or (pending and pending[0][0] <= wm):
-            self._expire(st, entity, rows)
-        nb = st.nb
-        if nb is None or nb >= t:
-            # No boundary below t is left to emit (future tiles' boundaries lie beyond t as
-            # L <= W), so no expiry row can need this event left out: fold it now.
-            self._fold(st, t, fields, partition, offset)
-        else:
-            insort_right(st.pending, (t, fields, partition, offset), key=_by_time)
-        st.part = partition
-        st.off = offset
-        rows.append(self._row(st, entity, st.max_t, st.pending))
-        return rows
+        return self._apply(state, entity, event_time_ms, fields, partition, offset)
 
     def advance(self, state: EntityState, entity: str, now_ms: int) -> list[Row]:
         """Move the watermark with the wall clock; returns the expiry rows it passes."""
@@ -1267,21 +1345,6 @@ class ViewEngine:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _fold(
-        self, st: EntityState, t: int, fields: tuple[Any, ...], partition: int, offset: int
-    ) -> None:
-        if offset >= st.foff:
-            st.foff = offset
-            st.fpart = partition
-        nb = st.nb
-        for group, gs in zip(self._groups, st.groups, strict=True):
-            boundary = group.fold(gs, t, fields)
-            if boundary is not None and (nb is None or boundary < nb):
-                nb = boundary
-        st.nb = nb
-        if self._lifetime is not None:
-            self._lifetime.fold(st.life, t, fields, offset)
-
     def _fold_pending(self, st: EntityState, limit: int) -> None:
         """Fold the pending events with ``t <= limit`` into the tiles, in event-time order."""
         pending = st.pending
@@ -1301,26 +1364,3 @@ class ViewEngine:
                 if nb is None or boundary < nb:
                     nb = boundary
         return nb
-
-    def _row(
-        self,
-        st: EntityState,
-        entity: str,
-        as_of: int,
-        pending: list[_Pending] | None,
-    ) -> Row:
-        """The row as of ``as_of``: an event row (with ``pending``) or an expiry row."""
-        if pending is None or (not pending and (st.nb is None or st.nb > as_of)):
-            # Nothing pending and no tile older than the window: read the running state.
-            values = self._values(st.groups, st.life)
-            if pending is None:
-                return _new_row(Row, (self._name, entity, as_of, values, st.fpart, st.foff))
-            return _new_row(Row, (self._name, entity, as_of, values, st.part, st.off))
-        out: list[Any] = [None] * self._width
-        for group, gs in zip(self._groups, st.groups, strict=True):
-            group.values(gs, as_of, pending, out)
-        if self._lifetime is not None:
-            self._lifetime.values(st.life, pending, out)
-        if pending is None:
-            return _new_row(Row, (self._name, entity, as_of, tuple(out), st.fpart, st.foff))
-        return _new_row(Row, (self._name, entity, as_of, tuple(out), st.part, st.off))
