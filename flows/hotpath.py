@@ -1,0 +1,471 @@
+"""The compiled hot path: per view, straight-line Python for the common cases of the engine.
+
+Per event, the generic code of :mod:`flows.tiles` costs a dozen method calls and loops over
+small tuples; at the target rate (> 150k events/s on one core) that overhead is most of the
+budget. So each :class:`~flows.engine.ViewEngine` compiles, from its view's plan, functions with
+every group and feature unrolled: ``apply`` (fold the event into every tile inline and read its
+row off the running state), ``fold``, ``values`` (no pending event, no tile older than the
+window), ``values_at`` (the event row's values with pending events or such tiles) and
+``expire`` (the expiry loop). Every uncommon case calls back into the generic methods:
+out-of-order tiles, sketch mode, the fine sum scale. ``ViewEngine.source`` holds the generated
+code; the engine's property tests run through it.
+"""
+
+from __future__ import annotations
+
+from bisect import insort_right
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any
+
+from flows.aggregations import EXACT_DISTINCT_LIMIT
+from flows.tiles import (
+    COARSE,
+    FINE_SCALE,
+    INV_TWO_64,
+    NEVER,
+    OUT_COUNT,
+    OUT_MEAN,
+    OUT_SUM,
+    TWO_64,
+    DistinctColumn,
+    MaxColumn,
+    MinColumn,
+    to_coarse,
+)
+from sinks.rows import Row
+
+if TYPE_CHECKING:
+    from flows.engine import ViewEngine
+
+__all__ = ["compile_hot_path"]
+
+_new_row = tuple.__new__
+_by_time = itemgetter(0)
+
+
+def compile_hot_path(engine: ViewEngine) -> dict[str, Any]:
+    """Generate and compile the view's hot path; returns its namespace (and ``__source__``)."""
+    env: dict[str, Any] = {
+        "Row": Row, "new_row": _new_row, "insort": insort_right, "by_time": _by_time,
+        "clock": engine._clock, "fold_pending": engine._fold_pending,
+        "NEVER": NEVER, "COARSE": COARSE, "TWO_64": TWO_64, "INV_TWO_64": INV_TWO_64,
+        "FINE_SCALE": FINE_SCALE, "LIMIT": EXACT_DISTINCT_LIMIT, "VIEW": engine._name,
+        "LATENESS": engine._lateness, "WIDTH": engine._width, "to_coarse": to_coarse,
+    }  # fmt: skip
+    src = [
+        "def apply(state, entity, t, fields, partition, offset):",
+        "    st = state",
+        "    if t < st.wm:",
+        "        return None",
+        "    if t > st.max_t:",
+        "        st.max_t = t",
+        "        st.wall = clock()",
+        "        wm = t - LATENESS",
+        "        if wm > st.wm:",
+        "            st.wm = wm",
+        "    wm = st.wm",
+        "    rows = []",
+        "    nb = st.nb",
+        "    pending = st.pending",
+        "    if (nb is not None and nb < wm) or (pending and pending[0][0] <= wm):",
+        "        expire(st, entity, rows)",
+        "        nb = st.nb",
+        "    if nb is not None and nb < t:  # an expiry row still due may need it left out",
+        "        insort(pending, (t, fields, partition, offset), key=by_time)",
+        "        st.part = partition",
+        "        st.off = offset",
+        "        rows.append(new_row(Row, (VIEW, entity, st.max_t, values_at(st, st.max_t,"
+        " pending), partition, offset)))",
+        "        return rows",
+        *_compile_fold(engine, env),
+        "    st.part = partition",
+        "    st.off = offset",
+        "    if pending or (nb is not None and nb <= st.max_t):",
+        "        values_now = values_at(st, st.max_t, pending)",
+        "    else:",
+        "        values_now = values(groups, life)",
+        "    rows.append(new_row(Row, (VIEW, entity, st.max_t, values_now, partition, offset)))",
+        "    return rows",
+        "",
+        "def fold(st, t, fields, partition, offset):",
+        "    nb = st.nb",
+        *_compile_fold(engine, env),
+        "",
+    ]
+    src += _compile_values(engine, env)
+    src += _compile_values_at(engine, env)
+    src += _compile_expire(engine, env)
+    source = "\n".join(src)
+    exec(compile(source, f"<freshet engine {engine._name}>", "exec"), env)
+    env["__source__"] = source
+    return env
+
+
+def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
+    """Lines folding event ``t, fields`` into every tile and lifetime partial (``nb`` in scope,
+    stored back to ``st.nb``); leaves ``groups`` and ``life`` bound."""
+    fields = sorted(
+        {i for g in engine._groups for _, i in g.int_sums + g.float_sums}
+        | {c.field for g in engine._groups for c in g.columns}
+        | ({i for i in engine._lifetime.fields if i >= 0} if engine._lifetime else set())
+    )
+    float_fields = sorted({i for g in engine._groups for _, i in g.float_sums})
+    src = [
+        "    if offset >= st.foff:",
+        "        st.foff = offset",
+        "        st.fpart = partition",
+        "    groups = st.groups",
+    ]
+    src += [f"    f{i} = fields[{i}]" for i in fields]
+    for i in float_fields:  # the value at the coarse sum scale, or None
+        src += [
+            f"    x = f{i} * TWO_64",
+            "    try:",
+            f"        n{i} = int(x)",
+            f"        if n{i} != x:",
+            f"            n{i} = None",
+            "    except (OverflowError, ValueError):",
+            f"        n{i} = None",
+        ]
+    for g, group in enumerate(engine._groups):
+        env[f"G{g}"] = group
+        h, w = group.h, group.w
+        new_tile = ["k", "0", *["0"] * group.nsums]
+        for j, column in enumerate(group.columns):
+            env[f"C{g}_{j}"] = column
+            if type(column) in (MaxColumn, MinColumn):
+                new_tile.append("None")
+            elif type(column) is DistinctColumn:
+                gc = column.gcol
+                new_tile.append(f"set() if type(gs[{gc}]) is dict else C{g}_{j}.new_tile(gs)")
+            else:
+                new_tile.append(f"C{g}_{j}.new_tile(gs)")
+        src += [
+            f"    # window {w} ms, hop {h} ms",
+            f"    gs = groups[{g}]",
+            "    tiles = gs[0]",
+            f"    k = t // {h}",
+            "    if tiles and tiles[-1][0] == k:",
+            "        tile = tiles[-1]",
+            "    elif not tiles or tiles[-1][0] < k:",
+            "        if not tiles:",
+            f"            b = (k + 1) * {h} + {w}",
+            "            if nb is None or b < nb:",
+            "                nb = b",
+            f"        tile = [{', '.join(new_tile)}]",
+            "        tiles.append(tile)",
+            "    else:",
+            "        tile = None",
+            f"        b = G{g}.fold(gs, t, fields)",
+            "        if b is not None and (nb is None or b < nb):",
+            "            nb = b",
+            "    if tile is not None:",
+            "        totals = gs[1]",
+            "        tile[1] += 1",
+            "        totals[0] += 1",
+        ]
+        for i, index in group.int_sums:
+            src += [f"        tile[{i}] += f{index}", f"        totals[{i - 1}] += f{index}"]
+        for i, index in group.float_sums:
+            src += [
+                f"        n = n{index} if n{index} is not None and gs[2] == COARSE"
+                f" else G{g}.scaled(gs, f{index})",
+                f"        tile[{i}] += n",
+                f"        totals[{i - 1}] += n",
+            ]
+        for j, column in enumerate(group.columns):
+            c, gc, v = column.tcol, column.gcol, f"f{column.field}"
+            if type(column) in (MaxColumn, MinColumn):
+                better = ">" if type(column) is MaxColumn else "<"
+                worse = "<=" if type(column) is MaxColumn else ">="
+                src += [
+                    f"        if tile[{c}] is None or {v} {better} tile[{c}]:",
+                    f"            tile[{c}] = {v}",
+                    f"            queue = gs[{gc}]",
+                    f"            while queue and queue[-1][1] {worse} {v}:",
+                    "                queue.pop()",
+                    f"            queue.append((k, {v}))",
+                ]
+            elif type(column) is DistinctColumn:
+                src += [
+                    f"        counts = gs[{gc}]",
+                    "        if type(counts) is dict:",
+                    f"            seen = tile[{c}]",
+                    f"            if {v} not in seen:",
+                    f"                seen.add({v})",
+                    f"                counts[{v}] = counts.get({v}, 0) + 1",
+                    "                if len(counts) > LIMIT:",
+                    f"                    C{g}_{j}._to_sketch(gs)",
+                    "        else:",
+                    f"            C{g}_{j}.add(gs, tile, {v})",
+                ]
+            else:
+                src += [f"        C{g}_{j}.add(gs, tile, {v})"]
+    src += ["    st.nb = nb"]
+    if engine._lifetime is not None:
+        src += ["    life = st.life"]
+        lifetime = engine._lifetime
+        for i, (agg, index, is_last) in enumerate(
+            zip(lifetime.aggs, lifetime.fields, lifetime.is_last, strict=True)
+        ):
+            env[f"L{i}"] = agg
+            if is_last:
+                src += [
+                    f"    p = life[{i}]",
+                    "    if p is None or t > p[0] or (t == p[0] and offset >= p[1]):",
+                    f"        life[{i}] = (t, offset, f{index})",
+                ]
+            else:
+                value = f"f{index}" if index >= 0 else "None"
+                src += [f"    life[{i}] = L{i}.add(life[{i}], t, {value})"]
+    else:
+        src += ["    life = st.life"]
+    return src
+
+
+def _compile_values(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
+    """``values(groups, life)``: every feature read off the running state (no pending event,
+    no tile older than the window)."""
+    src = ["def values(groups, life):"]
+    exprs: dict[int, str] = {}
+    for g, group in enumerate(engine._groups):
+        src += [f"    g{g} = groups[{g}]", f"    t{g} = g{g}[1]"]
+        for position, kind, index, arg in group.outputs:
+            if kind == OUT_COUNT:
+                exprs[position] = f"t{g}[0]"
+            elif kind in (OUT_SUM, OUT_MEAN):
+                total = f"t{g}[{index - 1}]"
+                if arg:  # a float sum at the group's scale
+                    name = f"s{g}_{index}"
+                    line = (
+                        f"    {name} = {total} * INV_TWO_64 if g{g}[2] == COARSE"
+                        f" else {total} / FINE_SCALE"
+                    )
+                    if line not in src:
+                        src.append(line)
+                    total = name
+                if kind == OUT_SUM:
+                    exprs[position] = total
+                else:
+                    exprs[position] = f"({total} / t{g}[0] if t{g}[0] else None)"
+            else:
+                column = group.columns[index]
+                env[f"C{g}_{index}"] = column
+                env[f"A{position}"] = arg
+                slow = f"C{g}_{index}.value(g{g}, NEVER, 0, None, A{position})"
+                if type(column) in (MaxColumn, MinColumn):
+                    src += [f"    q{position} = g{g}[{column.gcol}]"]
+                    exprs[position] = f"(q{position}[0][1] if q{position} else None)"
+                elif type(column) is DistinctColumn:
+                    src += [f"    d{position} = g{g}[{column.gcol}]"]
+                    exprs[position] = f"(len(d{position}) if type(d{position}) is dict else {slow})"
+                else:
+                    exprs[position] = slow
+    if engine._lifetime is not None:
+        lifetime = engine._lifetime
+        for i, (agg, position, is_last) in enumerate(
+            zip(lifetime.aggs, lifetime.positions, lifetime.is_last, strict=True)
+        ):
+            env[f"L{i}"] = agg
+            if is_last:
+                exprs[position] = f"(None if life[{i}] is None else life[{i}][2])"
+            else:
+                exprs[position] = f"L{i}.result(life[{i}])"
+    src += ["    return (", *(f"        {exprs[p]}," for p in sorted(exprs)), "    )", ""]
+    return src
+
+
+def _compile_values_at(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
+    """``values_at(st, as_of, pending)``: the event row's values when events are pending or
+    tiles older than the window are still held; groups in a rare state (fine sum scale, sketch
+    mode, a pending value off the coarse scale) go through ``WindowGroup.values``."""
+    src = [
+        "def values_at(st, as_of, pending):",
+        "    groups = st.groups",
+        "    out = [None] * WIDTH",
+    ]
+    for g, group in enumerate(engine._groups):
+        env[f"G{g}"] = group
+        h, n = group.h, group.n
+        rare = []
+        if group.float_sums:
+            rare.append("gs[2] != COARSE")
+        for column in group.columns:
+            if type(column) is DistinctColumn:
+                rare.append(f"type(gs[{column.gcol}]) is not dict")
+            elif type(column) not in (MaxColumn, MinColumn):
+                rare.append("True")
+        sums = [f"s{i}" for i in range(2, 2 + group.nsums)]
+        src += [
+            f"    # window {group.w} ms, hop {h} ms",
+            f"    gs = groups[{g}]",
+            "    tiles = gs[0]",
+            f"    c = as_of // {h} - {n}",
+            f"    rare = {' or '.join(rare) or 'False'}",
+            "    if not rare:",
+            "        totals = gs[1]",
+            "        count = totals[0]",
+            *[f"        {name} = totals[{i + 1}]" for i, name in enumerate(sums)],
+            "        shadow = 0",
+            "        if tiles and tiles[0][0] < c:",
+            "            for tile in tiles:",
+            "                if tile[0] >= c:",
+            "                    break",
+            "                shadow += 1",
+            "                count -= tile[1]",
+            *[f"                {name} -= tile[{i + 2}]" for i, name in enumerate(sums)],
+            "        if pending:",
+            "            count += len(pending)",
+            "            for e in pending:",
+            "                f = e[1]",
+        ]
+        float_slots = {i for i, _ in group.float_sums}
+        for i, index in group.int_sums + group.float_sums:
+            if i in float_slots:
+                src += [
+                    f"                x = to_coarse(f[{index}])",
+                    "                if x is None:",
+                    "                    rare = True",
+                    "                    break",
+                    f"                s{i} += x",
+                ]
+            else:
+                src += [f"                s{i} += f[{index}]"]
+        src += ["    if rare:", f"        G{g}.values(gs, as_of, pending, out)", "    else:"]
+        for position, kind, index, arg in group.outputs:
+            if kind == OUT_COUNT:
+                src += [f"        out[{position}] = count"]
+            elif kind in (OUT_SUM, OUT_MEAN):
+                total = f"s{index} * INV_TWO_64" if arg else f"s{index}"
+                if kind == OUT_SUM:
+                    src += [f"        out[{position}] = {total}"]
+                else:
+                    src += [f"        out[{position}] = {total} / count if count else None"]
+            else:
+                column = group.columns[index]
+                env[f"C{g}_{index}"] = column
+                gc, fi = column.gcol, column.field
+                if type(column) in (MaxColumn, MinColumn):
+                    better = ">" if type(column) is MaxColumn else "<"
+                    src += [
+                        "        best = None",
+                        f"        for kk, v in gs[{gc}]:",
+                        "            if kk >= c:",
+                        "                best = v",
+                        "                break",
+                        "        for e in pending:",
+                        f"            v = e[1][{fi}]",
+                        f"            if best is None or v {better} best:",
+                        "                best = v",
+                        f"        out[{position}] = best",
+                    ]
+                else:  # exact distinct count
+                    src += [
+                        f"        counts = gs[{gc}]",
+                        "        distinct = len(counts)",
+                        "        if not shadow:",
+                        f"            new = {{e[1][{fi}] for e in pending}}.difference(counts)",
+                        "            distinct += len(new)",
+                        "        if shadow or distinct > LIMIT:",
+                        f"            extra = [e[1][{fi}] for e in pending]",
+                        f"            distinct = C{g}_{index}.value(gs, c, shadow, extra, None)",
+                        f"        out[{position}] = distinct",
+                    ]
+    if engine._lifetime is not None:
+        lifetime = engine._lifetime
+        src += ["    life = st.life"]
+        for i, (agg, index, position, is_last) in enumerate(
+            zip(lifetime.aggs, lifetime.fields, lifetime.positions, lifetime.is_last, strict=True)
+        ):
+            env[f"L{i}"] = agg
+            if is_last:
+                src += [
+                    f"    best = life[{i}]",
+                    "    for e in pending:",
+                    "        if best is None or (e[0], e[3]) >= best[:2]:",
+                    f"            best = (e[0], e[3], e[1][{index}])",
+                    f"    out[{position}] = None if best is None else best[2]",
+                ]
+            else:
+                value = f"e[1][{index}]" if index >= 0 else "None"
+                src += [
+                    f"    extra = [(e[0], {value}) for e in pending]",
+                    f"    out[{position}] = L{i}.peek(life[{i}], extra)",
+                ]
+    src += ["    return tuple(out)", ""]
+    return src
+
+
+def _compile_expire(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
+    """``expire(st, entity, rows)``: emit every boundary below the watermark, in order, folding
+    pending events as the boundaries pass them (see ``ViewEngine.advance``)."""
+    src = [
+        "def expire(st, entity, rows):",
+        "    wm = st.wm",
+        "    while True:",
+        "        nb = st.nb",
+        "        pending = st.pending",
+        "        if pending:",
+        "            limit = wm if nb is None or nb > wm else nb",
+        "            if pending[0][0] <= limit:",
+        "                fold_pending(st, limit)",
+        "                nb = st.nb",
+        "        if nb is None or nb >= wm:",
+        "            return",
+        "        groups = st.groups",
+        "        following = None",
+    ]
+    for g, group in enumerate(engine._groups):
+        h, w = group.h, group.w
+        src += [
+            f"        # window {w} ms, hop {h} ms: drop the tiles whose boundary is nb",
+            f"        gs = groups[{g}]",
+            "        tiles = gs[0]",
+            f"        if tiles and (tiles[0][0] + 1) * {h} + {w} <= nb:",
+            f"            c = (nb - {w}) // {h}",
+            "            totals = gs[1]",
+            "            while tiles and tiles[0][0] < c:",
+            "                tile = tiles.pop(0)",
+            "                totals[0] -= tile[1]",
+        ]
+        src += [f"                totals[{i - 1}] -= tile[{i}]" for i in range(2, 2 + group.nsums)]
+        for j, column in enumerate(group.columns):
+            env[f"C{g}_{j}"] = column
+            c, gc = column.tcol, column.gcol
+            if type(column) in (MaxColumn, MinColumn):
+                src += [
+                    f"                queue = gs[{gc}]",
+                    "                while queue and queue[0][0] <= tile[0]:",
+                    "                    del queue[0]",
+                ]
+            elif type(column) is DistinctColumn:
+                src += [
+                    f"                counts = gs[{gc}]",
+                    "                if type(counts) is dict:",
+                    f"                    for v in tile[{c}]:",
+                    "                        n = counts[v] - 1",
+                    "                        if n:",
+                    "                            counts[v] = n",
+                    "                        else:",
+                    "                            del counts[v]",
+                    "                else:",
+                    f"                    C{g}_{j}.drop(gs, [tile])",
+                ]
+            else:
+                src += [f"                C{g}_{j}.drop(gs, [tile])"]
+        src += [
+            "            if not tiles:",
+            f"                gs[1] = [0] * {1 + group.nsums}",
+            "                gs[2] = COARSE",
+            "        if tiles:",
+            f"            b = (tiles[0][0] + 1) * {h} + {w}",
+            "            if following is None or b < following:",
+            "                following = b",
+        ]
+    src += [
+        "        st.nb = following",
+        "        rows.append(new_row(Row, (VIEW, entity, nb, values(groups, st.life), st.fpart,"
+        " st.foff)))",
+        "",
+    ]
+    return src

@@ -1,0 +1,682 @@
+"""Tiles: a view's per-entity window state, its layout and the generic operations on it.
+
+Implements the state side of ``../shared/DESIGN.md``, section "Window semantics". The features
+of a view that share ``(W, h)`` form a :class:`WindowGroup`; one entity's state of a group is a
+plain list ``[tiles, totals, sum scale, column states...]``, each tile a list
+``[k, count, sum_1, ..., column_1, ...]`` holding the events with ``k*h <= t < (k+1)*h``,
+oldest tile first. Features without a window live in :class:`LifetimeFeatures`.
+
+Per-event cost does not grow with ``W/h``: counts and sums are running totals (a tile is
+subtracted when it expires), min/max keep a monotonic queue of tile extremes, exact distinct
+counts a value -> number-of-tiles map, and sketches (HLL beyond the exact limit, KLL) a cached
+merge of the complete tiles. The generic methods here handle every case; :mod:`flows.hotpath`
+compiles the common cases of a view into straight-line code that calls back into them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from flows.aggregations import (
+    EXACT_DISTINCT_LIMIT,
+    Aggregator,
+    Distinct,
+    Quantiles,
+    aggregator_for,
+    exact_float,
+)
+from flows.definitions import Aggregation, Feature, FeatureView
+
+__all__ = [
+    "COARSE",
+    "FINE",
+    "FINE_SCALE",
+    "INV_TWO_64",
+    "NEVER",
+    "OUT_COLUMN",
+    "OUT_COUNT",
+    "OUT_MEAN",
+    "OUT_SUM",
+    "TWO_64",
+    "Column",
+    "DistinctColumn",
+    "LifetimeFeatures",
+    "MaxColumn",
+    "MinColumn",
+    "Pending",
+    "SketchColumn",
+    "WindowGroup",
+    "from_scaled",
+    "to_coarse",
+]
+
+NEVER = -(1 << 62)  # "minus infinity" for event times and watermarks, still an int
+# A pending event: (event time, fields, partition, offset).
+Pending = tuple[int, tuple[Any, ...], int, int]
+
+
+# --- window columns that are not running totals -------------------------------------------
+#
+# A column owns one slot in every tile (``tile[self.tcol]``) and one slot in the group state
+# (``gs[self.gcol]``). Group state layout: gs[0] = tiles (oldest first), gs[1] = running totals
+# [count, sum_1, ...], gs[2:] = column states. Tile layout: [k, count, sum_1, ..., col_1, ...].
+
+
+class Column:
+    __slots__ = ("field", "gcol", "tcol")
+
+    def __init__(self, field: int, tcol: int, gcol: int) -> None:
+        self.field = field  # index into the event's fields tuple
+        self.tcol = tcol
+        self.gcol = gcol
+
+    def new_state(self) -> Any:
+        raise NotImplementedError
+
+    def new_tile(self, gs: list[Any]) -> Any:
+        raise NotImplementedError
+
+    def add(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+        """Fold ``v`` into ``tile``, which is the newest tile."""
+        raise NotImplementedError
+
+    def add_old(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+        """Fold ``v`` into ``tile``, an older tile (rare: an out-of-order event)."""
+        raise NotImplementedError
+
+    def drop(self, gs: list[Any], dropped: list[list[Any]]) -> None:
+        """``dropped`` (the oldest tiles) have left the window for good."""
+        raise NotImplementedError
+
+    def value(
+        self, gs: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
+    ) -> Any:
+        """The window value over tiles ``k >= c`` (the first ``shadow`` tiles are older than
+        ``c``) plus the ``extra`` pending values."""
+        raise NotImplementedError
+
+
+class MaxColumn(Column):
+    """Window max: a monotonic queue of ``(k, tile max)`` with strictly decreasing values."""
+
+    __slots__ = ()
+
+    def new_state(self) -> list[tuple[int, Any]]:
+        return []
+
+    def new_tile(self, gs: list[Any]) -> Any:
+        return None
+
+    def add(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+        col = self.tcol
+        current = tile[col]
+        if current is None or v > current:
+            tile[col] = v
+            queue = gs[self.gcol]
+            while queue and queue[-1][1] <= v:
+                queue.pop()
+            queue.append((tile[0], v))
+
+    def add_old(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+        col = self.tcol
+        if tile[col] is None or v > tile[col]:
+            tile[col] = v
+            self._rebuild(gs)
+
+    def _rebuild(self, gs: list[Any]) -> None:
+        col = self.tcol
+        queue: list[tuple[int, Any]] = []
+        best = None
+        for tile in reversed(gs[0]):
+            v = tile[col]
+            if v is not None and (best is None or v > best):
+                best = v
+                queue.append((tile[0], v))
+        queue.reverse()
+        gs[self.gcol] = queue
+
+    def drop(self, gs: list[Any], dropped: list[list[Any]]) -> None:
+        queue = gs[self.gcol]
+        last = dropped[-1][0]
+        i = 0
+        while i < len(queue) and queue[i][0] <= last:
+            i += 1
+        if i:
+            del queue[:i]
+
+    def value(
+        self, gs: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
+    ) -> Any:
+        best = None
+        for k, v in gs[self.gcol]:
+            if k >= c:
+                best = v
+                break
+        if extra:
+            for v in extra:
+                if best is None or v > best:
+                    best = v
+        return best
+
+
+class MinColumn(MaxColumn):
+    """Window min: a monotonic queue of ``(k, tile min)`` with strictly increasing values."""
+
+    __slots__ = ()
+
+    def add(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+        col = self.tcol
+        current = tile[col]
+        if current is None or v < current:
+            tile[col] = v
+            queue = gs[self.gcol]
+            while queue and queue[-1][1] >= v:
+                queue.pop()
+            queue.append((tile[0], v))
+
+    def add_old(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+        col = self.tcol
+        if tile[col] is None or v < tile[col]:
+            tile[col] = v
+            self._rebuild(gs)
+
+    def _rebuild(self, gs: list[Any]) -> None:
+        col = self.tcol
+        queue: list[tuple[int, Any]] = []
+        best = None
+        for tile in reversed(gs[0]):
+            v = tile[col]
+            if v is not None and (best is None or v < best):
+                best = v
+                queue.append((tile[0], v))
+        queue.reverse()
+        gs[self.gcol] = queue
+
+    def value(
+        self, gs: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
+    ) -> Any:
+        best = None
+        for k, v in gs[self.gcol]:
+            if k >= c:
+                best = v
+                break
+        if extra:
+            for v in extra:
+                if best is None or v < best:
+                    best = v
+        return best
+
+
+class SketchColumn(Column):
+    """A sketch per tile and a cached merge of the complete tiles (all but the newest).
+
+    Group state slot: ``None`` (no cache) or ``[c, k_newest, merged partial]``, the merge of
+    the tiles ``c <= k < k_newest``. A new tile folds the previous newest tile into the cache
+    (one merge); expiry and out-of-order changes to complete tiles rebuild it.
+    """
+
+    __slots__ = ("agg",)
+
+    def __init__(self, field: int, tcol: int, gcol: int, agg: Aggregator[Any]) -> None:
+        super().__init__(field, tcol, gcol)
+        self.agg = agg
+
+    def new_state(self) -> Any:
+        return None
+
+    def new_tile(self, gs: list[Any]) -> Any:
+        return self.agg.empty()
+
+    def add(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+        tile[self.tcol].add(v)
+
+    def add_old(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+        tile[self.tcol].add(v)
+        gs[self.gcol] = None
+
+    def drop(self, gs: list[Any], dropped: list[list[Any]]) -> None:
+        gs[self.gcol] = None
+
+    def merged(self, gs: list[Any], c: int) -> Any:
+        """A fresh partial: the merge of every tile ``k >= c`` (the caller may mutate it)."""
+        tiles = gs[0]
+        col = self.tcol
+        agg = self.agg
+        newest = tiles[-1]
+        for tile in tiles:  # key the cache by the first tile it holds, not by c itself
+            if tile[0] >= c:
+                c = tile[0]
+                break
+        cache = gs[self.gcol]
+        if cache is None or cache[0] != c or cache[1] > newest[0]:
+            partial = agg.empty()
+            for tile in tiles[:-1]:
+                if tile[0] >= c:
+                    partial = agg.merge(partial, tile[col])
+            cache = gs[self.gcol] = [c, newest[0], partial]
+        elif cache[1] < newest[0]:
+            # Tiles created since the cache was built: fold the ones now complete.
+            for tile in tiles[:-1]:
+                if tile[0] >= cache[1]:
+                    cache[2] = agg.merge(cache[2], tile[col])
+            cache[1] = newest[0]
+        result = cache[2].copy()
+        if newest[0] >= c:
+            result = agg.merge(result, newest[col])
+        return result
+
+    def value(
+        self, gs: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
+    ) -> Any:
+        agg = self.agg
+        partial = self.merged(gs, c) if gs[0] else agg.empty()
+        if extra:
+            for v in extra:
+                partial = agg.add(partial, 0, v)
+        return arg(partial)
+
+
+class DistinctColumn(SketchColumn):
+    """Exact distinct count while the window holds at most ``EXACT_DISTINCT_LIMIT`` values.
+
+    Exact mode: each tile holds a set, the group state a dict value -> number of tiles holding
+    it, so the count is ``len(dict)`` and expiry costs O(values of the expired tile). Beyond the
+    limit the column switches to sketch mode (tiles hold :class:`Distinct` partials merged as in
+    :class:`SketchColumn`) until the window is empty again.
+    """
+
+    __slots__ = ()
+
+    def new_state(self) -> Any:
+        return {}
+
+    def new_tile(self, gs: list[Any]) -> Any:
+        return set() if type(gs[self.gcol]) is dict else Distinct()
+
+    def add(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+        counts = gs[self.gcol]
+        if type(counts) is dict:
+            values = tile[self.tcol]
+            if v not in values:
+                values.add(v)
+                counts[v] = counts.get(v, 0) + 1
+                if len(counts) > EXACT_DISTINCT_LIMIT:
+                    self._to_sketch(gs)
+        else:
+            tile[self.tcol].add(v)
+
+    def add_old(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+        if type(gs[self.gcol]) is dict:
+            self.add(gs, tile, v)
+        else:
+            super().add_old(gs, tile, v)
+
+    def _to_sketch(self, gs: list[Any]) -> None:
+        col = self.tcol
+        for tile in gs[0]:
+            tile[col] = Distinct(tile[col])
+        gs[self.gcol] = None
+
+    def drop(self, gs: list[Any], dropped: list[list[Any]]) -> None:
+        counts = gs[self.gcol]
+        if type(counts) is dict:
+            col = self.tcol
+            for tile in dropped:
+                for v in tile[col]:
+                    n = counts[v] - 1
+                    if n:
+                        counts[v] = n
+                    else:
+                        del counts[v]
+        elif gs[0]:
+            gs[self.gcol] = None
+        else:
+            gs[self.gcol] = {}  # the window is empty: back to exact mode
+
+    def value(
+        self, gs: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
+    ) -> Any:
+        counts = gs[self.gcol]
+        if type(counts) is not dict:
+            partial = self.merged(gs, c)
+            if extra:
+                for v in extra:
+                    partial.add(v)
+            return partial.estimate()
+        n = len(counts)
+        if extra and not shadow:
+            new = {v for v in extra if v not in counts}
+            if n + len(new) > EXACT_DISTINCT_LIMIT:  # same value as a sketch of the window
+                return Distinct([*counts, *new]).estimate()
+            return n + len(new)
+        if shadow:
+            # Values held only by tiles older than c do not count.
+            col = self.tcol
+            seen: dict[Any, int] = {}
+            for tile in gs[0][:shadow]:
+                for v in tile[col]:
+                    seen[v] = seen.get(v, 0) + 1
+            gone = {v for v, m in seen.items() if counts[v] == m}
+            n -= len(gone)
+            if extra:
+                new = {v for v in extra if v not in counts or v in gone}
+                if n + len(new) > EXACT_DISTINCT_LIMIT:
+                    kept = [v for v in counts if v not in gone]
+                    return Distinct([*kept, *new]).estimate()
+                n += len(new)
+        return n
+
+
+# --- window groups and lifetime features ------------------------------------------------------
+#
+# Float sums are exact integers: ``value * 2**64`` while every value added is a multiple of
+# 2**-64 (any double >= 2**-12 in magnitude is), else ``value * 2**1074`` (every double is a
+# multiple of 2**-1074). The scale is per group state (gs[2]) and drops back to 2**64 when the
+# window empties. Both give sums that do not depend on the order of additions; the small scale
+# keeps the ints short (fast to add and convert, small to pickle).
+
+COARSE = 64
+FINE = 1074
+TWO_64 = 18446744073709551616.0
+INV_TWO_64 = 1.0 / TWO_64
+_FINE_SHIFT = FINE - COARSE
+FINE_SCALE = 1 << FINE
+
+OUT_COUNT, OUT_SUM, OUT_MEAN, OUT_COLUMN = range(4)
+
+
+def to_coarse(value: float) -> int | None:
+    """``value * 2**64`` if that is an integer (exactly), else None."""
+    scaled = value * TWO_64
+    try:
+        n = int(scaled)
+    except (OverflowError, ValueError):  # inf, nan
+        return None
+    return n if n == scaled else None
+
+
+def _to_fine(value: float) -> int:
+    try:
+        return exact_float(value)
+    except (OverflowError, ValueError):
+        raise ValueError(
+            f"cannot sum {value!r}: sums need finite numbers (the decoder should dead-letter "
+            "events with NaN or infinite values)"
+        ) from None
+
+
+def from_scaled(value: int, scale: int) -> float:
+    if scale == COARSE:
+        return value * INV_TWO_64  # float(value) rounds once; the power of two is exact
+    return value / FINE_SCALE
+
+
+class WindowGroup:
+    """The features sharing one ``(W, h)``: their tiles, running totals and columns.
+
+    Group state: ``[tiles, totals, scale, column states...]``; ``tiles`` oldest first, each
+    ``[k, count, sum_1, ..., column_1, ...]``; ``totals`` = ``[count, sum_1, ...]`` over all
+    tiles held.
+    """
+
+    __slots__ = (
+        "columns", "float_sums", "h", "int_sums", "n", "nsums", "outputs", "w",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        window_ms: int,
+        hop_ms: int,
+        features: list[tuple[int, Feature]],
+        view: FeatureView,
+    ) -> None:
+        self.w = window_ms
+        self.h = hop_ms
+        self.n = window_ms // hop_ms
+        inputs = view.input_fields
+        types = view.source.field_types
+        sum_fields: list[int] = []
+        column_keys: list[tuple[Aggregation, int]] = []
+        for _, feature in features:
+            assert feature.agg is Aggregation.COUNT or feature.field is not None
+            if feature.agg in (Aggregation.SUM, Aggregation.MEAN):
+                index = inputs.index(feature.field)
+                if index not in sum_fields:
+                    sum_fields.append(index)
+            elif feature.agg is not Aggregation.COUNT:
+                key = (feature.agg, inputs.index(feature.field))
+                if key not in column_keys:
+                    column_keys.append(key)
+        self.nsums = len(sum_fields)
+        # (tile slot, field index) of the sums, split by type.
+        is_float = [types[inputs[index]] == "float64" for index in sum_fields]
+        self.int_sums = tuple((2 + i, f) for i, f in enumerate(sum_fields) if not is_float[i])
+        self.float_sums = tuple((2 + i, f) for i, f in enumerate(sum_fields) if is_float[i])
+        first_column = 2 + len(sum_fields)
+        columns: list[Column] = []
+        for j, (agg, field) in enumerate(column_keys):
+            tcol, gcol = first_column + j, 3 + j
+            if agg is Aggregation.MAX:
+                columns.append(MaxColumn(field, tcol, gcol))
+            elif agg is Aggregation.MIN:
+                columns.append(MinColumn(field, tcol, gcol))
+            elif agg is Aggregation.DISTINCT_COUNT:
+                columns.append(DistinctColumn(field, tcol, gcol, aggregator_for(agg)))
+            else:  # approx_percentile: a KLL per tile; the quantile is chosen per feature
+                columns.append(SketchColumn(field, tcol, gcol, _QUANTILES))
+        self.columns = tuple(columns)
+        outputs: list[tuple[int, int, int, Any]] = []
+        for position, feature in features:
+            if feature.agg is Aggregation.COUNT:
+                outputs.append((position, OUT_COUNT, 0, None))
+            elif feature.agg in (Aggregation.SUM, Aggregation.MEAN):
+                kind = OUT_SUM if feature.agg is Aggregation.SUM else OUT_MEAN
+                index = sum_fields.index(inputs.index(feature.field))
+                outputs.append((position, kind, 2 + index, is_float[index]))
+            else:
+                key = (feature.agg, inputs.index(feature.field))
+                arg = None
+                if feature.agg is Aggregation.APPROX_PERCENTILE:
+                    arg = _quantile_of(feature.quantile)
+                outputs.append((position, OUT_COLUMN, column_keys.index(key), arg))
+        self.outputs = tuple(outputs)
+
+    def new_state(self) -> list[Any]:
+        return [[], [0] * (1 + self.nsums), COARSE, *(c.new_state() for c in self.columns)]
+
+    def boundary(self, k: int) -> int:
+        """The expiry boundary of tile ``k``: ``tile_start + h + W``."""
+        return (k + 1) * self.h + self.w
+
+    def _new_tile(self, gs: list[Any], k: int) -> list[Any]:
+        tile = [k, 0]
+        if self.nsums:
+            tile += [0] * self.nsums
+        for column in self.columns:
+            tile.append(column.new_tile(gs))
+        return tile
+
+    def fold(self, gs: list[Any], t: int, fields: tuple[Any, ...]) -> int | None:
+        """Add one event to its tile; returns the group's new oldest boundary if it changed."""
+        k = t // self.h
+        tiles = gs[0]
+        result = None
+        if tiles:
+            tile = tiles[-1]
+            if tile[0] != k:
+                if tile[0] > k:
+                    return self._fold_old(gs, k, fields)
+                tile = self._new_tile(gs, k)
+                tiles.append(tile)
+        else:
+            tile = self._new_tile(gs, k)
+            tiles.append(tile)
+            result = (k + 1) * self.h + self.w
+        totals = gs[1]
+        tile[1] += 1
+        totals[0] += 1
+        for i, index in self.int_sums:
+            v = fields[index]
+            tile[i] += v
+            totals[i - 1] += v
+        if self.float_sums:
+            self._add_floats(gs, tile, fields)
+        for column in self.columns:
+            column.add(gs, tile, fields[column.field])
+        return result
+
+    def _fold_old(self, gs: list[Any], k: int, fields: tuple[Any, ...]) -> int | None:
+        """Fold into a tile older than the newest (an out-of-order event; rare)."""
+        tiles = gs[0]
+        i = len(tiles) - 1
+        while i >= 0 and tiles[i][0] > k:
+            i -= 1
+        result = None
+        if i >= 0 and tiles[i][0] == k:
+            tile = tiles[i]
+        else:
+            tile = self._new_tile(gs, k)
+            tiles.insert(i + 1, tile)
+            if i < 0:
+                result = (k + 1) * self.h + self.w
+        totals = gs[1]
+        tile[1] += 1
+        totals[0] += 1
+        for j, index in self.int_sums:
+            v = fields[index]
+            tile[j] += v
+            totals[j - 1] += v
+        if self.float_sums:
+            self._add_floats(gs, tile, fields)
+        for column in self.columns:
+            column.add_old(gs, tile, fields[column.field])
+        return result
+
+    def _add_floats(self, gs: list[Any], tile: list[Any], fields: tuple[Any, ...]) -> None:
+        totals = gs[1]
+        for i, index in self.float_sums:
+            n = self.scaled(gs, fields[index])
+            tile[i] += n
+            totals[i - 1] += n
+
+    def scaled(self, gs: list[Any], value: float) -> int:
+        """``value`` at the group's sum scale, switching the group to the fine scale if needed."""
+        if gs[2] == COARSE:
+            n = to_coarse(value)
+            if n is not None:
+                return n
+            n = _to_fine(value)  # raises on non-finite values before any state changes
+            for tile in gs[0]:
+                for i, _ in self.float_sums:
+                    tile[i] <<= _FINE_SHIFT
+            for i, _ in self.float_sums:
+                gs[1][i - 1] <<= _FINE_SHIFT
+            gs[2] = FINE
+            return n
+        return _to_fine(value)
+
+    def values(
+        self,
+        gs: list[Any],
+        as_of: int,
+        pending: list[Pending] | None,
+        out: list[Any],
+    ) -> None:
+        """Write this group's feature values as of ``as_of`` into ``out`` (the general path).
+
+        ``pending`` (event rows only) are events newer than every tile's contents, all inside
+        the window as of ``as_of``; tiles older than the window (``shadow``) exist only between
+        their boundary passing ``as_of`` and the watermark passing it.
+        """
+        c = as_of // self.h - self.n
+        if pending:
+            # Bring the group to a scale that holds the pending values before reading totals.
+            for _, index in self.float_sums:
+                for event in pending:
+                    self.scaled(gs, event[1][index])
+        tiles = gs[0]
+        totals = list(gs[1])  # [count, sum_1, ...]
+        shadow = 0
+        if tiles and tiles[0][0] < c:
+            for tile in tiles:
+                if tile[0] >= c:
+                    break
+                shadow += 1
+                totals[0] -= tile[1]
+                for i in range(2, 2 + self.nsums):
+                    totals[i - 1] -= tile[i]
+        if pending:
+            totals[0] += len(pending)
+            for i, index in self.int_sums:
+                for event in pending:
+                    totals[i - 1] += event[1][index]
+            for i, index in self.float_sums:
+                for event in pending:
+                    totals[i - 1] += self.scaled(gs, event[1][index])
+        count = totals[0]
+        scale = gs[2]
+        for position, kind, index, arg in self.outputs:
+            if kind == OUT_COUNT:
+                out[position] = count
+            elif kind == OUT_COLUMN:
+                column = self.columns[index]
+                extra = [e[1][column.field] for e in pending] if pending else None
+                out[position] = column.value(gs, c, shadow, extra, arg)
+            else:
+                total = from_scaled(totals[index - 1], scale) if arg else totals[index - 1]
+                if kind == OUT_SUM:
+                    out[position] = total
+                else:
+                    out[position] = total / count if count else None
+
+
+def _quantile_of(q: float | None) -> Callable[[Quantiles], float | None]:
+    assert q is not None
+    return lambda partial: partial.quantile(q)
+
+
+class _QuantilesAggregator(Aggregator[Quantiles]):
+    """KLL partials for window tiles (the quantile is applied per feature by the column)."""
+
+    __slots__ = ()
+
+    def empty(self) -> Quantiles:
+        return Quantiles()
+
+    def add(self, p: Quantiles, t: int, v: Any) -> Quantiles:
+        p.add(v)
+        return p
+
+    def merge(self, p: Quantiles, q: Quantiles) -> Quantiles:
+        p.merge(q)
+        return p
+
+
+_QUANTILES = _QuantilesAggregator()
+
+
+class LifetimeFeatures:
+    """Features without a window: one partial each, never expiring.
+
+    ``last`` keeps ``(t, offset, value)`` and takes the greatest ``(t, offset)``: the newest
+    event, the later one in its partition on equal times, whatever order events are folded in.
+    """
+
+    __slots__ = ("aggs", "fields", "is_last", "positions")
+
+    def __init__(self, features: list[tuple[int, Feature]], view: FeatureView) -> None:
+        inputs = view.input_fields
+        types = view.source.field_types
+        self.positions = tuple(p for p, _ in features)
+        self.fields = tuple(-1 if f.field is None else inputs.index(f.field) for _, f in features)
+        self.is_last = tuple(f.agg is Aggregation.LAST for _, f in features)
+        self.aggs = tuple(
+            aggregator_for(
+                f.agg, f.quantile, float_sum=f.field is not None and types[f.field] == "float64"
+            )
+            for _, f in features
+        )
+
+    def new_state(self) -> list[Any]:
+        return [agg.empty() for agg in self.aggs]
