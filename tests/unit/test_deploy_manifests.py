@@ -546,6 +546,33 @@ def wiring_problems(docs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return problems
 
 
+def job_problems(job: Mapping[str, Any], docs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """A one-off Job (deploy/k8s/jobs): a real freshet command, config and the shared volume."""
+    container = _container(job)
+    try:
+        params = cli_params(container["args"])
+    except click.ClickException as exc:
+        return [f"job args: {exc.format_message()}"]
+    problems = env_problems(_env_names(container, docs), f"Job/{job['metadata']['name']}")
+    offline = _env_names(container, docs).get("FRESHET_OFFLINE_DIR", "")
+    mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    mount = next((m for m in mounts if offline.startswith(m.rstrip("/") + "/")), None)
+    claim = volumes.get(mounts.get(mount or "", ""), {}).get("persistentVolumeClaim", {})
+    if claim.get("claimName") != "freshet-data":
+        problems.append(f"the job writes {offline!r} outside the flow's shared volume")
+    view = params.get("view_ref") or params.get("view")
+    if view is None:
+        problems.append(f"job args {container['args']} name no view")
+    else:
+        get_view(str(view).split("@")[0])
+    return problems
+
+
+def jobs() -> dict[str, dict[str, Any]]:
+    return {p.name: load_yaml(p) for p in sorted((K8S / "jobs").glob("*.yaml"))}
+
+
 # --------------------------------------------------------------------------------------------
 # Checks: dashboard and alerts
 
@@ -652,6 +679,20 @@ def test_the_endpoint_deployment_probes_real_routes_and_autoscales() -> None:
 
 def test_services_config_and_secrets_are_wired_to_what_freshet_reads() -> None:
     assert wiring_problems(k8s_docs()) == []
+
+
+def test_one_off_jobs_run_real_commands_on_the_shared_volume() -> None:
+    assert jobs()
+    docs = k8s_docs()
+    for name, job in jobs().items():
+        assert schema_problems({name: job}) == []
+        assert job_problems(job, docs) == []
+
+
+def test_job_check_catches_a_wrong_backfill_option() -> None:
+    job = copy.deepcopy(jobs()["backfill.yaml"])
+    _container(job)["args"] = ["backfill", "card_txn", "--since", "-2h"]
+    assert job_problems(job, k8s_docs())
 
 
 def test_the_dashboard_covers_what_operators_watch() -> None:
