@@ -169,7 +169,11 @@ def test_rows_computed_while_redis_is_down_reach_it_after_its_restart(
             second = produce_stream(
                 kafka_bootstrap, topic, 2_000, seed=14, start_ms=start_ms + 60_000
             )
-            time.sleep(2)  # let the flow hit the outage (its writes now retry)
+            wait_until(
+                lambda: "redis write of" in flow.output(),
+                timeout=30,
+                what="the flow's Redis writes to fail and retry",
+            )
             assert flow.proc.poll() is None, flow.output()
             server.start()  # empty: this test's Redis keeps nothing on disk
             ref = Reference.of(VIEW, read_topic(kafka_bootstrap, topic))
