@@ -389,6 +389,12 @@ class FeatureView:
             if feature.field not in inputs:
                 inputs.append(feature.field)
         object.__setattr__(self, "input_fields", tuple(inputs))
+        windows = [f.window_seconds for f in self.features if f.window_seconds is not None]
+        if windows and self.allowed_lateness_seconds > min(windows):
+            raise DefinitionError(
+                f"{where}: allowed_lateness_seconds={self.allowed_lateness_seconds} exceeds the "
+                f"shortest window ({min(windows)} s); lateness must fit in every window"
+            )
 
     def layout(self) -> ViewLayout:
         """What the sinks need to know of this view (:class:`sinks.layout.ViewLayout`)."""

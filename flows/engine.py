@@ -189,12 +189,7 @@ class ViewEngine:
         self.source: str = compiled["__source__"]  # the compiled hot path, for reading
         # Lifetime partials other than `last` would be lost if a drained state were dropped.
         self._droppable = all(f.agg is Aggregation.LAST for _, f in lifetime)
-        windows = [f.window_seconds for f in view.features if f.window_seconds is not None]
-        if windows and view.allowed_lateness_seconds > min(windows):
-            raise ValueError(
-                f"view {view.name!r}: allowed_lateness_seconds={view.allowed_lateness_seconds} "
-                f"exceeds its shortest window ({min(windows)} s); lateness must fit in a window"
-            )
+        # Folding on arrival relies on L <= every W, which FeatureView checks when defined.
 
     def new_state(self) -> EntityState:
         """The state of an entity with no events yet."""

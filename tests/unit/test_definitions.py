@@ -152,6 +152,8 @@ def test_a_hop_override_replaces_the_default() -> None:
         (lambda: _view(ttl_seconds="1d"), r"ttl_seconds='1d' must be an int of seconds"),
         (lambda: _view(features=()), r"features must be a non-empty sequence of Feature"),
         (lambda: _view(dead_letter_topic="dlq topic"), r"dead_letter_topic='dlq topic'"),
+        (lambda: _view(Feature("n", Aggregation.COUNT, window="1m"), allowed_lateness_seconds=61),
+         r"allowed_lateness_seconds=61 exceeds the shortest window \(60 s\)"),
     ],
 )  # fmt: skip
 def test_invalid_definitions_fail_when_defined_naming_the_bad_value(

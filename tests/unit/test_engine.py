@@ -459,19 +459,6 @@ def test_distinct_count_switches_to_a_sketch_within_its_error_bound() -> None:
     assert pickle.loads(pickle.dumps(state)) == state
 
 
-def test_engine_refuses_lateness_longer_than_the_shortest_window() -> None:
-    view = FeatureView(
-        name="too_late",
-        version=1,
-        entity=ALL_AGGS.entity,
-        source=ALL_AGGS.source,
-        features=(Feature("n", Aggregation.COUNT, window="1m"),),
-        allowed_lateness_seconds=61,
-    )
-    with pytest.raises(ValueError, match="allowed_lateness_seconds=61 exceeds"):
-        ViewEngine(view)
-
-
 def test_state_of_a_demo_card_pickles_small() -> None:
     engine, state, _ = _card_engine()
     for i in range(10):
