@@ -103,7 +103,7 @@ class _Protocol(asyncio.Protocol):
             self.progress_at = asyncio.get_running_loop().time()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed by server'}"))
+        self.fail(RedisConnectionError(f"connection to Redis closed: {exc or 'EOF or by us'}"))
 
     def fail(self, error: Exception) -> None:
         if self.lost is None:
