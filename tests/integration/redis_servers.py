@@ -28,10 +28,13 @@ def free_port() -> int:
 class RedisProcess:
     """One ``redis-server`` on 127.0.0.1:``port`` with no persistence; ``start``/``stop``."""
 
-    def __init__(self, port: int, workdir: Path, *, cluster: bool = False) -> None:
+    def __init__(
+        self, port: int, workdir: Path, *, cluster: bool = False, password: str | None = None
+    ) -> None:
         self.port = port
         self.workdir = workdir
         self.cluster = cluster
+        self.password = password
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,6 +51,8 @@ class RedisProcess:
             "--appendonly", "no",
             "--dir", str(self.workdir),
         ]  # fmt: skip
+        if self.password is not None:
+            args += ["--requirepass", self.password]
         if self.cluster:
             # The bus port defaults to port + 10000, past 65535 for high free ports: pick one.
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
@@ -55,7 +60,7 @@ class RedisProcess:
         self._proc = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.workdir
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
         deadline = time.monotonic() + _START_TIMEOUT_S
         try:
             while True:

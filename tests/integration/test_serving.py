@@ -175,6 +175,28 @@ def test_a_redis_that_stops_answering_gives_503_after_the_timeout_not_a_hang() -
             assert 0.3 <= time.monotonic() - started < 5
 
 
+def test_the_endpoint_authenticates_to_redis_and_selects_the_urls_database(
+    tmp_path: Path,
+) -> None:
+    server = RedisProcess(free_port(), tmp_path / "redis", password="s3cret")
+    server.start()
+    try:
+        url = f"redis://:s3cret@127.0.0.1:{server.port}/3"
+        _write(url, [_row("c", _now_ms(), 7)])
+        wrong = f"redis://:wrong@127.0.0.1:{server.port}/3"
+        for redis_url, status in ((url, 200), (wrong, 503)):
+            app = create_app(Settings.from_env({"FRESHET_REDIS_URL": redis_url}))
+            with running_server(app) as base, httpx.Client(base_url=base) as http:
+                response = http.get("/v1/features/card_txn/c")
+                assert response.status_code == status, response.text
+                assert "s3cret" not in response.text
+                assert "wrong" not in response.text
+                if status == 200:
+                    assert response.json()["features"]["txn_count_5m"] == 7
+    finally:
+        server.stop()
+
+
 def test_api_keys_scope_views_on_a_real_server(redis_url: str) -> None:
     settings = Settings.from_env(
         {"FRESHET_REDIS_URL": redis_url, "FRESHET_API_KEYS": "k_card:card_txn;k_all:*"}
