@@ -1,0 +1,1 @@
+"""Avro schemas of the event topics (``*.avsc``), shipped with the package."""
