@@ -211,7 +211,7 @@ class FeatureApp:
         if route == "/openapi.json":
             _allow(method, "GET")
             return 200, self._openapi_body, _JSON, ()
-        path = raw_path_text(scope)
+        path = _path_text(scope)
         raise HttpError(404, "not_found", f"no such path {path!r}; see /openapi.json")
 
     def _authorize(self, scope: Scope, view: str) -> None:
@@ -311,7 +311,7 @@ def _match(raw_path: bytes) -> tuple[str, str | None, str | None]:
     return (path if path in _FIXED_ROUTES else "-"), None, None
 
 
-def raw_path_text(scope: Scope) -> str:
+def _path_text(scope: Scope) -> str:
     return str(scope.get("path", ""))
 
 
