@@ -22,6 +22,7 @@ import inspect
 import json
 import re
 import shlex
+import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from pathlib import Path
@@ -289,11 +290,31 @@ def dockerfile_problems(text: str) -> list[str]:
     exposed = {int(p.split("/")[0]) for p in words.get("EXPOSE", "").split()}
     wanted = {option_default("serve", "port"), option_default("run", "metrics_port")}
     problems += [f"port {p} of the CLI is not EXPOSEd" for p in sorted(wanted - exposed)]
-    for word, args in stage:
-        if word == "COPY" and not args.startswith("--from"):
-            *sources, _ = shlex.split(args)
-            problems += [f"COPY {s}: no such path" for s in sources if not (ROOT / s).exists()]
+    for source in copied_paths(text):
+        if not (ROOT / source).exists():
+            problems.append(f"COPY {source}: no such path")
+    if not any(w == "COPY" and a.startswith("--from") for w, a in stage):
+        problems.append("the final stage copies nothing from the build stage")
+    # The dependency layer installs pyproject.toml with empty stand-ins for the packages, so
+    # it must create every package setuptools is told to ship, and the image must copy each.
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for package in packages["packages"]:
+        path = package.replace(".", "/")
+        if f"{path}/__init__.py" not in text:
+            problems.append(f"the dependency layer does not create package {package!r}")
+        if path.split("/")[0] not in copied_paths(text):
+            problems.append(f"package {package!r} is never copied into the image")
     return problems
+
+
+def copied_paths(text: str) -> set[str]:
+    """Paths of the build context that any stage COPYs."""
+    return {
+        source
+        for word, args in dockerfile_instructions(text)
+        if word == "COPY" and not args.startswith("--from")
+        for source in shlex.split(args)[:-1]
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -624,9 +645,8 @@ def test_the_dockerfile_runs_freshet_as_non_root_and_exposes_the_cli_ports() -> 
 
 def test_dockerignore_keeps_what_the_image_copies() -> None:
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
-    stage = final_stage(dockerfile_instructions((ROOT / "deploy/Dockerfile").read_text()))
-    copied = {s for w, a in stage if w == "COPY" and "--from" not in a for s in shlex.split(a)[:-1]}
-    assert copied
+    copied = copied_paths((ROOT / "deploy/Dockerfile").read_text())
+    assert {"flows", "sinks", "serving", "schemas", "pyproject.toml"} <= copied
     assert not copied & ignored
 
 
@@ -834,3 +854,4 @@ def test_dockerfile_check_catches_root_a_wrong_entrypoint_and_a_missing_port() -
     assert dockerfile_problems(text.replace("USER 10001:10001", "USER root"))
     assert dockerfile_problems(text.replace('"tini", "--", "freshet"', '"tini", "--", "fresh"'))
     assert dockerfile_problems(text.replace("EXPOSE 8000 9108 2101", "EXPOSE 8080 9108"))
+    assert dockerfile_problems(text.replace(" schemas/__init__.py", ""))  # a package left out
