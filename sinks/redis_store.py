@@ -139,6 +139,11 @@ _TRANSIENT: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     BusyLoadingError,
+    # Redis Cluster: CLUSTERDOWN / MASTERDOWN while a primary fails over or rejoins, TRYAGAIN
+    # while its slots migrate. Rows wait for the cluster instead of crashing the flow
+    # (tests/integration/test_redis_cluster.py restarts a primary under a write).
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
 )
 
 FeatureStatus = Literal["present", "not_found", "expired"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -316,3 +317,31 @@ def test_flow_then_verify_and_reconcile_on_the_cluster(
     passed = runner.invoke(cli, verify_args, env=env)
     assert passed.exit_code == 0, passed.output
     assert set(_cluster_records(cluster_url, entities)) == set(entities)
+
+
+def test_a_write_waits_for_a_restarting_primary_and_loses_no_row(tmp_path: Path) -> None:
+    """A primary going down and rejoining (CLUSTERDOWN meanwhile) delays the batch, never fails
+    or drops it: every row is in the cluster afterwards."""
+    nodes = start_cluster(tmp_path / "restart")
+    url = f"redis://127.0.0.1:{nodes[0].port}/0?cluster=true"
+    client = connect(url)
+    try:
+        writer = RedisFeatureWriter(
+            client, {LAYOUT.name: LAYOUT}, backoff_max_s=0.5, give_up_after_s=60
+        )
+        rows = [_row(f"card-{i}", NOW_MS, i, i) for i in range(300)]
+        assert writer.write(rows[:10]) == 10
+        nodes[2].stop()
+        restart = threading.Timer(2.0, nodes[2].start)  # rejoins with its nodes.conf, empty
+        restart.start()
+        try:
+            assert writer.write(rows) == 300
+        finally:
+            restart.join()
+        reader = RedisFeatureReader(client, {LAYOUT.name: LAYOUT}, clock_ms=lambda: NOW_MS)
+        lookups = reader.get_many(VIEW.name, [row.entity for row in rows])
+        assert all(lk["found"] for lk in lookups)
+    finally:
+        client.close()
+        for node in nodes:
+            node.stop()
