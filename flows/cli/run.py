@@ -74,12 +74,25 @@ def _die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def _supervise(processes: int, argv: Sequence[str]) -> int:
-    """Run ``processes`` copies of this command as one cluster; the first failure stops all."""
+def _supervise(processes: int, argv: Sequence[str], metrics_port: int) -> int:
+    """Run ``processes`` copies of this command as one cluster; the first failure stops all.
+
+    They share this host, so child ``i`` serves its metrics on ``metrics_port + i``.
+    """
     addresses = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(processes))
     children = [
         subprocess.Popen(
-            [*_FRESHET, "run", *argv, "-i", str(i), "-a", addresses],
+            [
+                *_FRESHET,
+                "run",
+                *argv,
+                "-i",
+                str(i),
+                "-a",
+                addresses,
+                "--metrics-port",
+                str(metrics_port + i if metrics_port else 0),
+            ],
             preexec_fn=_die_with_parent,
         )
         for i in range(processes)
@@ -301,7 +314,7 @@ def _ensure_topics(config: Mapping[str, Any], topics: dict[str, int]) -> None:
     type=click.IntRange(0, 65535),
     default=_DEFAULT_METRICS_PORT,
     show_default=True,
-    help="Serve /metrics here (process i uses port+i; 0: off).",
+    help="Serve /metrics here (0: off). With -p N, local process i uses port+i.",
 )
 @click.option(
     "--metrics-host", default="0.0.0.0", show_default=True, help="Interface of the /metrics server."
@@ -408,7 +421,7 @@ def run(
         if recovery_dir is not None:
             _init_recovery(recovery_dir, total_workers, layout, create=True)
         _ensure_dead_letter_topics(settings, views)
-        sys.exit(_supervise(processes, argv))
+        sys.exit(_supervise(processes, argv, metrics_port))
 
     clock_offset_ms = 0
     if recovery_dir is not None:
@@ -426,7 +439,7 @@ def run(
 
     _freeze_gc_periodically()
     if metrics_port:
-        serve_metrics(metrics_port + (process_id or 0), metrics_host)
+        serve_metrics(metrics_port, metrics_host)
     io = KafkaIO(
         settings=settings,
         start=start_at,  # type: ignore[arg-type]  # parse_start returns the StartAt values
