@@ -54,6 +54,7 @@ from flows.deadletter import DeadLetter, late_letter
 from flows.decode import Event, decoder_for
 from flows.definitions import FeatureView
 from flows.engine import EntityState, ViewEngine
+from sinks.faults import crash_point
 from sinks.rows import Row
 
 __all__ = [
@@ -368,6 +369,7 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
                 saved[entity] = (self._next_at.get(entity), pickle.dumps(state, protocol=5))
         self._pickled_counter.inc(len(self._dirty))
         self._dirty.clear()
+        crash_point("engine.shard_snapshot")
         # A copy: Bytewax pickles it later, while this shard keeps changing ``saved``.
         snapshot = dict(saved)
         metrics.STATE_SNAPSHOT_SECONDS.observe(self._view.name, time.perf_counter() - started)

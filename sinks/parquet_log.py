@@ -61,6 +61,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from sinks.faults import crash_point
 from sinks.layout import ViewLayout
 from sinks.rows import Row
 
@@ -322,8 +323,10 @@ class ParquetLogWriter:
             pq.write_table(table, f, compression="zstd")
             f.flush()
             os.fsync(f.fileno())
+        crash_point("parquet.segment_tmp_written")
         os.replace(tmp, final)
         _fsync_dir(date_dir)
+        crash_point("parquet.segment_renamed")
         return final
 
 

@@ -77,6 +77,7 @@ import redis.cluster
 from redis.crc import key_slot
 from redis.exceptions import BusyLoadingError, NoScriptError
 
+from sinks.faults import crash_point
 from sinks.layout import ViewLayout
 from sinks.rows import Row
 
@@ -374,6 +375,7 @@ class RedisFeatureWriter:
                 for args in calls:
                     pipe.execute_command("EVALSHA", self._sha, *args)
             results = pipe.execute(raise_on_error=False)
+            crash_point("redis.batch_written")
             if any(isinstance(r, NoScriptError) for r in results):
                 self._sha = None  # Redis restarted or SCRIPT FLUSH: reload, re-send the batch
                 continue
