@@ -133,7 +133,8 @@ class EntityState:
             self.pending, groups, life,
         ) = state  # fmt: skip
         self.groups = [
-            [[_unpack_all(tile) for tile in gs[0]], _unpack_all(gs[1]), *gs[2:]] for gs in groups
+            [[tuple(_unpack_all(tile)) for tile in gs[0]], _unpack_all(gs[1]), *gs[2:]]
+            for gs in groups
         ]
         self.life = [tuple(_unpack_all(p)) if type(p) is tuple else _unpack(p) for p in life]
 

@@ -130,6 +130,8 @@ def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
     for g, group in enumerate(engine._groups):
         env[f"G{g}"] = group
         h, w = group.h, group.w
+        # Slots of the updated tile, as expressions over the old tile ``tile``.
+        slots = ["k", "tile[1] + 1"]
         new_tile = ["k", "0", *["0"] * group.nsums]
         for j, column in enumerate(group.columns):
             env[f"C{g}_{j}"] = column
@@ -140,20 +142,26 @@ def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
                 new_tile.append(f"set() if type(gs[{gc}]) is dict else C{g}_{j}.new_tile(gs)")
             else:
                 new_tile.append(f"C{g}_{j}.new_tile(gs)")
+        src += [f"    # window {w} ms, hop {h} ms", f"    gs = groups[{g}]"]
+        # Sums first: a value off the coarse scale rewrites every tile at the fine scale.
+        for i, index in group.float_sums:
+            src += [
+                f"    x{i} = n{index} if n{index} is not None and gs[2] == COARSE"
+                f" else G{g}.scaled(gs, f{index})"
+            ]
         src += [
-            f"    # window {w} ms, hop {h} ms",
-            f"    gs = groups[{g}]",
             "    tiles = gs[0]",
             f"    k = t // {h}",
             "    if tiles and tiles[-1][0] == k:",
             "        tile = tiles[-1]",
+            "        fresh = False",
             "    elif not tiles or tiles[-1][0] < k:",
             "        if not tiles:",
             f"            b = (k + 1) * {h} + {w}",
             "            if nb is None or b < nb:",
             "                nb = b",
-            f"        tile = [{', '.join(new_tile)}]",
-            "        tiles.append(tile)",
+            f"        tile = ({', '.join(new_tile)},)",
+            "        fresh = True",
             "    else:",
             "        tile = None",
             f"        b = G{g}.fold(gs, t, fields)",
@@ -161,31 +169,33 @@ def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
             "            nb = b",
             "    if tile is not None:",
             "        totals = gs[1]",
-            "        tile[1] += 1",
             "        totals[0] += 1",
         ]
-        for i, index in group.int_sums:
-            src += [f"        tile[{i}] += f{index}", f"        totals[{i - 1}] += f{index}"]
-        for i, index in group.float_sums:
-            src += [
-                f"        n = n{index} if n{index} is not None and gs[2] == COARSE"
-                f" else G{g}.scaled(gs, f{index})",
-                f"        tile[{i}] += n",
-                f"        totals[{i - 1}] += n",
-            ]
+        float_slots = {i for i, _ in group.float_sums}
+        for i in range(2, 2 + group.nsums):
+            if i in float_slots:
+                src += [f"        totals[{i - 1}] += x{i}"]
+                slots.append(f"tile[{i}] + x{i}")
+            else:
+                index = dict(group.int_sums)[i]
+                src += [f"        totals[{i - 1}] += f{index}"]
+                slots.append(f"tile[{i}] + f{index}")
+        post: list[str] = []
         for j, column in enumerate(group.columns):
             c, gc, v = column.tcol, column.gcol, f"f{column.field}"
             if type(column) in (MaxColumn, MinColumn):
                 better = ">" if type(column) is MaxColumn else "<"
                 worse = "<=" if type(column) is MaxColumn else ">="
                 src += [
-                    f"        if tile[{c}] is None or {v} {better} tile[{c}]:",
-                    f"            tile[{c}] = {v}",
+                    f"        m{c} = tile[{c}]",
+                    f"        if m{c} is None or {v} {better} m{c}:",
+                    f"            m{c} = {v}",
                     f"            queue = gs[{gc}]",
                     f"            while queue and queue[-1][1] {worse} {v}:",
                     "                queue.pop()",
                     f"            queue.append((k, {v}))",
                 ]
+                slots.append(f"m{c}")
             elif type(column) is DistinctColumn:
                 src += [
                     f"        counts = gs[{gc}]",
@@ -194,13 +204,26 @@ def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
                     f"            if {v} not in seen:",
                     f"                seen.add({v})",
                     f"                counts[{v}] = counts.get({v}, 0) + 1",
-                    "                if len(counts) > LIMIT:",
-                    f"                    C{g}_{j}._to_sketch(gs)",
                     "        else:",
                     f"            C{g}_{j}.add(gs, tile, {v})",
                 ]
+                slots.append(f"tile[{c}]")
+                post += [
+                    f"        counts = gs[{gc}]",
+                    "        if type(counts) is dict and len(counts) > LIMIT:",
+                    f"            C{g}_{j}.to_sketch(gs)",
+                ]
             else:
                 src += [f"        C{g}_{j}.add(gs, tile, {v})"]
+                slots.append(f"tile[{c}]")
+        src += [
+            f"        tile = ({', '.join(slots)},)",
+            "        if fresh:",
+            "            tiles.append(tile)",
+            "        else:",
+            "            tiles[-1] = tile",
+            *post,
+        ]
     src += ["    st.nb = nb"]
     if engine._lifetime is not None:
         src += ["    life = st.life"]

@@ -2,8 +2,8 @@
 
 Implements the state side of ``../shared/DESIGN.md``, section "Window semantics". The features
 of a view that share ``(W, h)`` form a :class:`WindowGroup`; one entity's state of a group is a
-plain list ``[tiles, totals, sum scale, column states...]``, each tile a list
-``[k, count, sum_1, ..., column_1, ...]`` holding the events with ``k*h <= t < (k+1)*h``,
+plain list ``[tiles, totals, sum scale, column states...]``, each tile a tuple
+``(k, count, sum_1, ..., column_1, ...)`` holding the events with ``k*h <= t < (k+1)*h``,
 oldest tile first. Features without a window live in :class:`LifetimeFeatures`.
 
 Per-event cost does not grow with ``W/h``: counts and sums are running totals (a tile is
@@ -46,12 +46,17 @@ __all__ = [
     "MinColumn",
     "Pending",
     "SketchColumn",
+    "Tile",
     "WindowGroup",
     "from_scaled",
     "to_coarse",
 ]
 
 NEVER = -(1 << 62)  # "minus infinity" for event times and watermarks, still an int
+# A tile: (k, count, sum_1, ..., column_1, ...). Immutable, replaced when it changes: tuples of
+# plain values are untracked by Python's cyclic GC, whose full collections otherwise scan every
+# tile of every entity.
+Tile = tuple[Any, ...]
 # A pending event: (event time, fields, partition, offset).
 Pending = tuple[int, tuple[Any, ...], int, int]
 
@@ -64,6 +69,8 @@ Pending = tuple[int, tuple[Any, ...], int, int]
 
 
 class Column:
+    """A window column kept per tile (``tile[tcol]``) and per group state (``gs[gcol]``)."""
+
     __slots__ = ("field", "gcol", "tcol")
 
     def __init__(self, field: int, tcol: int, gcol: int) -> None:
@@ -78,14 +85,13 @@ class Column:
         raise NotImplementedError
 
     def add(self, gs: list[Any], tile: list[Any], v: Any) -> None:
-        """Fold ``v`` into ``tile``, which is the newest tile."""
+        """Fold ``v`` into ``tile`` (a tile being rebuilt as a list: set ``tile[tcol]``)."""
         raise NotImplementedError
 
-    def add_old(self, gs: list[Any], tile: list[Any], v: Any) -> None:
-        """Fold ``v`` into ``tile``, an older tile (rare: an out-of-order event)."""
-        raise NotImplementedError
+    def refresh(self, gs: list[Any]) -> None:
+        """Bring the group-level state up to date after :meth:`add` (the slow, general path)."""
 
-    def drop(self, gs: list[Any], dropped: list[list[Any]]) -> None:
+    def drop(self, gs: list[Any], dropped: list[Tile]) -> None:
         """``dropped`` (the oldest tiles) have left the window for good."""
         raise NotImplementedError
 
@@ -98,7 +104,10 @@ class Column:
 
 
 class MaxColumn(Column):
-    """Window max: a monotonic queue of ``(k, tile max)`` with strictly decreasing values."""
+    """Window max: a monotonic queue of ``(k, tile max)`` with strictly decreasing values.
+
+    The common case (a value into the newest tile: pop the dominated tail, append) is inlined
+    by :mod:`flows.hotpath`; :meth:`add` + :meth:`refresh` rebuild the queue (rare)."""
 
     __slots__ = ()
 
@@ -109,22 +118,11 @@ class MaxColumn(Column):
         return None
 
     def add(self, gs: list[Any], tile: list[Any], v: Any) -> None:
-        col = self.tcol
-        current = tile[col]
+        current = tile[self.tcol]
         if current is None or v > current:
-            tile[col] = v
-            queue = gs[self.gcol]
-            while queue and queue[-1][1] <= v:
-                queue.pop()
-            queue.append((tile[0], v))
+            tile[self.tcol] = v
 
-    def add_old(self, gs: list[Any], tile: list[Any], v: Any) -> None:
-        col = self.tcol
-        if tile[col] is None or v > tile[col]:
-            tile[col] = v
-            self._rebuild(gs)
-
-    def _rebuild(self, gs: list[Any]) -> None:
+    def refresh(self, gs: list[Any]) -> None:
         col = self.tcol
         queue: list[tuple[int, Any]] = []
         best = None
@@ -136,7 +134,7 @@ class MaxColumn(Column):
         queue.reverse()
         gs[self.gcol] = queue
 
-    def drop(self, gs: list[Any], dropped: list[list[Any]]) -> None:
+    def drop(self, gs: list[Any], dropped: list[Tile]) -> None:
         queue = gs[self.gcol]
         last = dropped[-1][0]
         i = 0
@@ -166,22 +164,11 @@ class MinColumn(MaxColumn):
     __slots__ = ()
 
     def add(self, gs: list[Any], tile: list[Any], v: Any) -> None:
-        col = self.tcol
-        current = tile[col]
+        current = tile[self.tcol]
         if current is None or v < current:
-            tile[col] = v
-            queue = gs[self.gcol]
-            while queue and queue[-1][1] >= v:
-                queue.pop()
-            queue.append((tile[0], v))
+            tile[self.tcol] = v
 
-    def add_old(self, gs: list[Any], tile: list[Any], v: Any) -> None:
-        col = self.tcol
-        if tile[col] is None or v < tile[col]:
-            tile[col] = v
-            self._rebuild(gs)
-
-    def _rebuild(self, gs: list[Any]) -> None:
+    def refresh(self, gs: list[Any]) -> None:
         col = self.tcol
         queue: list[tuple[int, Any]] = []
         best = None
@@ -228,14 +215,13 @@ class SketchColumn(Column):
     def new_tile(self, gs: list[Any]) -> Any:
         return self.agg.empty()
 
-    def add(self, gs: list[Any], tile: list[Any], v: Any) -> None:
-        tile[self.tcol].add(v)
+    def add(self, gs: list[Any], tile: Sequence[Any], v: Any) -> None:
+        tile[self.tcol].add(v)  # the partial is updated in place
 
-    def add_old(self, gs: list[Any], tile: list[Any], v: Any) -> None:
-        tile[self.tcol].add(v)
-        gs[self.gcol] = None
+    def refresh(self, gs: list[Any]) -> None:
+        gs[self.gcol] = None  # a complete tile may have changed: rebuild the cache when read
 
-    def drop(self, gs: list[Any], dropped: list[list[Any]]) -> None:
+    def drop(self, gs: list[Any], dropped: list[Tile]) -> None:
         gs[self.gcol] = None
 
     def merged(self, gs: list[Any], c: int) -> Any:
@@ -294,31 +280,33 @@ class DistinctColumn(SketchColumn):
     def new_tile(self, gs: list[Any]) -> Any:
         return set() if type(gs[self.gcol]) is dict else Distinct()
 
-    def add(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+    def add(self, gs: list[Any], tile: Sequence[Any], v: Any) -> None:
         counts = gs[self.gcol]
         if type(counts) is dict:
-            values = tile[self.tcol]
+            values = tile[self.tcol]  # the tile's set, updated in place
             if v not in values:
                 values.add(v)
                 counts[v] = counts.get(v, 0) + 1
-                if len(counts) > EXACT_DISTINCT_LIMIT:
-                    self._to_sketch(gs)
         else:
             tile[self.tcol].add(v)
 
-    def add_old(self, gs: list[Any], tile: list[Any], v: Any) -> None:
-        if type(gs[self.gcol]) is dict:
-            self.add(gs, tile, v)
+    def refresh(self, gs: list[Any]) -> None:
+        counts = gs[self.gcol]
+        if type(counts) is dict:
+            if len(counts) > EXACT_DISTINCT_LIMIT:
+                self.to_sketch(gs)
         else:
-            super().add_old(gs, tile, v)
+            gs[self.gcol] = None
 
-    def _to_sketch(self, gs: list[Any]) -> None:
+    def to_sketch(self, gs: list[Any]) -> None:
+        """Switch the window to sketch mode (its exact count passed the limit)."""
         col = self.tcol
-        for tile in gs[0]:
-            tile[col] = Distinct(tile[col])
+        tiles = gs[0]
+        for i, tile in enumerate(tiles):
+            tiles[i] = (*tile[:col], Distinct(tile[col]), *tile[col + 1 :])
         gs[self.gcol] = None
 
-    def drop(self, gs: list[Any], dropped: list[list[Any]]) -> None:
+    def drop(self, gs: list[Any], dropped: list[Tile]) -> None:
         counts = gs[self.gcol]
         if type(counts) is dict:
             col = self.tcol
@@ -415,9 +403,9 @@ def from_scaled(value: int, scale: int) -> float:
 class WindowGroup:
     """The features sharing one ``(W, h)``: their tiles, running totals and columns.
 
-    Group state: ``[tiles, totals, scale, column states...]``; ``tiles`` oldest first, each
-    ``[k, count, sum_1, ..., column_1, ...]``; ``totals`` = ``[count, sum_1, ...]`` over all
-    tiles held.
+    Group state: ``[tiles, totals, scale, column states...]``; ``tiles`` oldest first, each a
+    :data:`Tile` ``(k, count, sum_1, ..., column_1, ...)``; ``totals`` = ``[count, sum_1, ...]``
+    over all tiles held.
     """
 
     __slots__ = (
@@ -489,56 +477,24 @@ class WindowGroup:
         """The expiry boundary of tile ``k``: ``tile_start + h + W``."""
         return (k + 1) * self.h + self.w
 
-    def _new_tile(self, gs: list[Any], k: int) -> list[Any]:
-        tile = [k, 0]
-        if self.nsums:
-            tile += [0] * self.nsums
-        for column in self.columns:
-            tile.append(column.new_tile(gs))
-        return tile
-
     def fold(self, gs: list[Any], t: int, fields: tuple[Any, ...]) -> int | None:
-        """Add one event to its tile; returns the group's new oldest boundary if it changed."""
+        """Add one event to its tile, any tile (the general, slow path: :mod:`flows.hotpath`
+        inlines the newest-tile case); returns the group's new oldest boundary if it changed."""
+        # Convert the sums first: switching to the fine scale rewrites every tile.
+        floats = [self.scaled(gs, fields[index]) for _, index in self.float_sums]
         k = t // self.h
-        tiles = gs[0]
-        result = None
-        if tiles:
-            tile = tiles[-1]
-            if tile[0] != k:
-                if tile[0] > k:
-                    return self._fold_old(gs, k, fields)
-                tile = self._new_tile(gs, k)
-                tiles.append(tile)
-        else:
-            tile = self._new_tile(gs, k)
-            tiles.append(tile)
-            result = (k + 1) * self.h + self.w
-        totals = gs[1]
-        tile[1] += 1
-        totals[0] += 1
-        for i, index in self.int_sums:
-            v = fields[index]
-            tile[i] += v
-            totals[i - 1] += v
-        if self.float_sums:
-            self._add_floats(gs, tile, fields)
-        for column in self.columns:
-            column.add(gs, tile, fields[column.field])
-        return result
-
-    def _fold_old(self, gs: list[Any], k: int, fields: tuple[Any, ...]) -> int | None:
-        """Fold into a tile older than the newest (an out-of-order event; rare)."""
         tiles = gs[0]
         i = len(tiles) - 1
         while i >= 0 and tiles[i][0] > k:
             i -= 1
         result = None
         if i >= 0 and tiles[i][0] == k:
-            tile = tiles[i]
+            tile = list(tiles[i])
         else:
-            tile = self._new_tile(gs, k)
-            tiles.insert(i + 1, tile)
-            if i < 0:
+            tile = [k, 0, *[0] * self.nsums, *(c.new_tile(gs) for c in self.columns)]
+            i += 1
+            tiles.insert(i, ())
+            if i == 0:
                 result = (k + 1) * self.h + self.w
         totals = gs[1]
         tile[1] += 1
@@ -547,18 +503,15 @@ class WindowGroup:
             v = fields[index]
             tile[j] += v
             totals[j - 1] += v
-        if self.float_sums:
-            self._add_floats(gs, tile, fields)
+        for (j, _), n in zip(self.float_sums, floats, strict=True):
+            tile[j] += n
+            totals[j - 1] += n
         for column in self.columns:
-            column.add_old(gs, tile, fields[column.field])
+            column.add(gs, tile, fields[column.field])
+        tiles[i] = tuple(tile)
+        for column in self.columns:
+            column.refresh(gs)
         return result
-
-    def _add_floats(self, gs: list[Any], tile: list[Any], fields: tuple[Any, ...]) -> None:
-        totals = gs[1]
-        for i, index in self.float_sums:
-            n = self.scaled(gs, fields[index])
-            tile[i] += n
-            totals[i - 1] += n
 
     def scaled(self, gs: list[Any], value: float) -> int:
         """``value`` at the group's sum scale, switching the group to the fine scale if needed."""
@@ -567,10 +520,11 @@ class WindowGroup:
             if n is not None:
                 return n
             n = _to_fine(value)  # raises on non-finite values before any state changes
-            for tile in gs[0]:
-                for i, _ in self.float_sums:
-                    tile[i] <<= _FINE_SHIFT
-            for i, _ in self.float_sums:
+            slots = {i for i, _ in self.float_sums}
+            tiles = gs[0]
+            for j, tile in enumerate(tiles):
+                tiles[j] = tuple(x << _FINE_SHIFT if i in slots else x for i, x in enumerate(tile))
+            for i in slots:
                 gs[1][i - 1] <<= _FINE_SHIFT
             gs[2] = FINE
             return n
