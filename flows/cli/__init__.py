@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from typing import Any
 
 import click
@@ -67,4 +68,12 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    return cli.main(args=argv, prog_name="freshet")
+    # Views come from FRESHET_VIEWS modules, loaded by whichever command needs them: a bad
+    # module or an unknown view is the user's input, so it gets a message, not a traceback.
+    from flows.registry import RegistryError, UnknownViewError
+
+    try:
+        return cli.main(args=argv, prog_name="freshet")
+    except (RegistryError, UnknownViewError) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
