@@ -57,6 +57,7 @@ def compile_hot_path(engine: ViewEngine) -> dict[str, Any]:
         "    st = state",
         "    if t < st.wm:",
         "        return None",
+        *_check_finite(engine, env),
         "    if t > st.max_t:",
         "        st.max_t = t",
         "        st.wall = clock()",
@@ -99,6 +100,27 @@ def compile_hot_path(engine: ViewEngine) -> dict[str, Any]:
     exec(compile(source, f"<freshet engine {engine._name}>", "exec"), env)
     env["__source__"] = source
     return env
+
+
+def _check_finite(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
+    """Lines refusing, before any state changes, an event whose summed doubles are NaN or
+    infinite (exact sums cannot hold them; the decoder should dead-letter such events)."""
+    names = engine.view.input_fields
+    src = []
+    for i in sorted({i for g in engine._groups for _, i in g.float_sums}):
+        env["not_finite"] = _not_finite
+        src += [
+            f"    if fields[{i}] - fields[{i}] != 0:",
+            f"        not_finite(VIEW, {names[i]!r}, fields[{i}])",
+        ]
+    return src
+
+
+def _not_finite(view: str, field: str, value: float) -> None:
+    raise ValueError(
+        f"view {view!r}: field {field!r} = {value!r} is not a finite number; sums need finite "
+        "values (the decoder should send such events to the dead-letter topic)"
+    )
 
 
 def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:

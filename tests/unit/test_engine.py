@@ -465,3 +465,13 @@ def test_state_of_a_demo_card_pickles_small() -> None:
         _apply(engine, state, i * 360_000, 12.5 + i, f"m{i % 3}", i)
     size = len(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
     assert size < 800, size
+
+
+def test_a_nan_amount_is_refused_before_the_state_changes() -> None:
+    engine, state, _ = _card_engine()
+    _apply(engine, state, 0, 10.0, "a", 0)
+    before = pickle.dumps(state)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match=r"field 'amount' = .* is not a finite number"):
+            _apply(engine, state, 1_000, bad, "b", 1)
+    assert pickle.dumps(state) == before
