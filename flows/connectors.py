@@ -172,11 +172,16 @@ class _ParquetPartition(StatefulSinkPartition[list[Row], WriterState]):
         self._view = view
         self._writer = writer
         self._segments = metrics.SEGMENTS_WRITTEN.labels(view=view)
+        self._failed = False
 
     def write_batch(self, values: list[list[Row]]) -> None:
         rows = [row for batch in values for row in batch]
         started = time.perf_counter()
-        committed = self._writer.write(rows)
+        try:
+            committed = self._writer.write(rows)
+        except OSError as exc:
+            self._failing(exc)
+            raise
         metrics.PARQUET_WRITE_SECONDS.observe(self._view, time.perf_counter() - started)
         if committed:
             self._segments.inc(len(committed))
@@ -184,15 +189,39 @@ class _ParquetPartition(StatefulSinkPartition[list[Row], WriterState]):
     def snapshot(self) -> WriterState:
         started = time.perf_counter()
         before = self._writer.buffered
-        state = self._writer.snapshot()
+        try:
+            state = self._writer.snapshot()
+        except OSError as exc:
+            self._failing(exc)
+            raise
         if before:
             metrics.PARQUET_WRITE_SECONDS.observe(self._view, time.perf_counter() - started)
             self._segments.inc()
         return state
 
     def close(self) -> None:
-        if self._writer.close():
+        if self._failed:
+            # Bytewax closes the partition while it unwinds from the error raised above; a
+            # second error here would abort the process before that one is printed.
+            return
+        try:
+            committed = self._writer.close()
+        except OSError as exc:
+            self._failing(exc)
+            raise
+        if committed:
             self._segments.inc()
+
+    def _failing(self, exc: OSError) -> None:
+        self._failed = True
+        log.error(
+            "cannot write the offline log of view %r: %s. The flow stops with %d rows not "
+            "committed: fix the directory and restart (with --recovery-dir the flow replays "
+            "them from its last snapshot)",
+            self._view,
+            exc,
+            self._writer.buffered,
+        )
 
 
 @dataclass(frozen=True)

@@ -174,7 +174,22 @@ class ParquetLogWriter:
         self._buffer: list[Row] = []
         self._first_at = 0.0
         self._dir.mkdir(parents=True, exist_ok=True)
+        self._check_writable()
         self._next_seq = self._recover(resume_state)
+
+    def _check_writable(self) -> None:
+        """Create and remove a hidden file in the view directory: a read-only offline dir
+        fails here, at start, naming the directory, rather than at the first commit."""
+        probe = self._dir / f".{self._writer_id}-probe-{os.getpid()}"
+        try:
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise type(exc)(
+                exc.errno,
+                f"the offline log directory {str(self._dir)!r} of view {self._layout.name!r} "
+                f"is not writable ({exc.strerror}); make it writable for the flow",
+            ) from exc
 
     @property
     def buffered(self) -> int:
