@@ -148,12 +148,19 @@ def _via_redis(view: str, entity: str, names: list[str] | None) -> dict[str, Any
     except UnknownViewError as exc:
         raise click.BadParameter(str(exc), param_hint="VIEW") from None
     settings = Settings.from_env()
-    client = connect(settings.redis_url)
+    # A cluster client fails in its constructor, with an error outside redis.RedisError.
+    unavailable = (redis.RedisError, redis.exceptions.RedisClusterException)
     try:
-        lookup = RedisFeatureReader(client, {view: layout}).get(view, entity, names)
+        client = connect(settings.redis_url)
+    except unavailable as exc:
+        raise click.ClickException(f"Redis at FRESHET_REDIS_URL is unavailable: {exc}") from exc
+    try:
+        # VIEW may be NAME@N: the reader knows the view by its name.
+        reader = RedisFeatureReader(client, {layout.name: layout})
+        lookup = reader.get(layout.name, entity, names)
     except UnknownFeatureError as exc:
         raise click.BadParameter(str(exc), param_hint="--features") from None
-    except redis.RedisError as exc:
+    except unavailable as exc:
         raise click.ClickException(f"Redis at FRESHET_REDIS_URL is unavailable: {exc}") from exc
     finally:
         client.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from click.testing import CliRunner
 from http_servers import running_server
 from redis_servers import RedisProcess, free_port
@@ -286,3 +287,27 @@ def _await_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 20.
             pass
         time.sleep(0.05)
     raise AssertionError(f"freshet serve not ready at {url} after {timeout_s}s")
+
+
+def test_freshet_get_accepts_a_versioned_view_name(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    from click.testing import CliRunner
+
+    from flows.cli import cli
+    from flows.registry import get_view
+    from sinks.redis_store import RedisFeatureWriter
+    from sinks.rows import Row
+
+    layout = get_view("card_txn").layout()
+    values = (3, 30.0, 10.0, 20.0, "m_1", 2)
+    RedisFeatureWriter(redis_client, {layout.name: layout}).write(
+        [Row(layout.name, "card_v", int(time.time() * 1000), values, 0, 7)]
+    )
+    result = CliRunner().invoke(
+        cli,
+        ["get", f"card_txn@{layout.version}", "card_v", "--json"],
+        env={"FRESHET_REDIS_URL": redis_url},
+    )
+    assert result.exit_code == 0, result.output
+    assert '"merchant_last": "m_1"' in result.output

@@ -37,3 +37,11 @@ def test_serve_and_get_document_their_options() -> None:
     get = CliRunner().invoke(cli, ["get", "--help"])
     assert "--json" in get.output
     assert "--url" in get.output
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0", "redis://127.0.0.1:1/0?cluster=true"])
+def test_get_says_redis_is_unavailable_without_a_traceback(url: str) -> None:
+    result = CliRunner().invoke(cli, ["get", "card_txn", "card_1"], env={"FRESHET_REDIS_URL": url})
+    assert result.exit_code == 1
+    assert "Redis at FRESHET_REDIS_URL is unavailable" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
