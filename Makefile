@@ -81,11 +81,7 @@ test: up
 	  echo "   pytest took $${SECONDS} s (exit $$rc)"; exit $$rc
 
 demo: up
-	@if $(BIN)/python -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("flows.cli.demo") is None)'; then \
-	  $(BIN)/freshet demo; \
-	else \
-	  echo "== freshet demo is not built yet; the stack is up:"; $(BIN)/freshet dev status; \
-	fi
+	$(BIN)/freshet demo $(DEMO_ARGS)
 
 lint: $(INSTALLED)
 	@rc=0; $(BIN)/ruff check . || rc=$$?; $(BIN)/mypy || rc=$$?; exit $$rc
