@@ -53,6 +53,7 @@ import orjson
 from fastavro import parse_schema, schemaless_reader
 
 from flows.deadletter import DeadLetter, Headers, Reason
+from sinks.layout import MAX_ENTITY_LENGTH
 
 __all__ = [
     "EVENT_TIME_MAX_MS",
@@ -315,6 +316,12 @@ def _describe(value: Any) -> str:
 
 def _entity_or_invalid(value: Any, field: str) -> str:
     if value.__class__ is str:
+        if len(value) > MAX_ENTITY_LENGTH:
+            raise _Invalid(
+                "invalid_value",
+                f"entity field {field!r} is {len(value)} characters long; "
+                f"the maximum is {MAX_ENTITY_LENGTH}",
+            )
         if value:
             return str(value)
         raise _Invalid("invalid_value", f"entity field {field!r} is an empty string")
@@ -424,7 +431,7 @@ class AvroDecoder:
             event_time = record[time_field]
             if (
                 entity.__class__ is str
-                and entity
+                and 0 < len(entity) <= MAX_ENTITY_LENGTH
                 and event_time.__class__ is int
                 and EVENT_TIME_MIN_MS <= event_time < EVENT_TIME_MAX_MS
                 and buf.tell() == len(value)  # type: ignore[arg-type]
@@ -551,7 +558,7 @@ class JsonDecoder:
                 event_time = record.get(time_field)
                 if (
                     entity.__class__ is str
-                    and entity
+                    and 0 < len(entity) <= MAX_ENTITY_LENGTH
                     and event_time.__class__ is int
                     and EVENT_TIME_MIN_MS <= event_time < EVENT_TIME_MAX_MS
                 ):

@@ -45,7 +45,7 @@ from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from serving.metrics import ServingMetrics
 from serving.openapi import build_openapi
 from serving.redis_link import RedisLink
-from sinks.layout import ViewLayout
+from sinks.layout import MAX_ENTITY_LENGTH, ViewLayout
 from sinks.redis_store import (
     AsyncRedisFeatureReader,
     InvalidEntityError,
@@ -271,6 +271,13 @@ class FeatureApp:
     async def _lookup(
         self, view: str, entities: Sequence[str], features: Sequence[str] | None
     ) -> list[Lookup]:
+        for entity in entities:
+            if len(entity) > MAX_ENTITY_LENGTH:
+                raise HttpError(
+                    422,
+                    "invalid_request",
+                    f"entity of {len(entity)} characters; the maximum is {MAX_ENTITY_LENGTH}",
+                )
         try:
             lookups = await self._reader.get_many(view, entities, features)
         except UnknownFeatureError as exc:

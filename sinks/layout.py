@@ -9,7 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["FeatureColumn", "ValueType", "ViewLayout"]
+__all__ = ["MAX_ENTITY_LENGTH", "FeatureColumn", "ValueType", "ViewLayout"]
+
+# The longest entity id (in characters) freshet stores or serves. Ids are keys of Redis records
+# and of log rows: real ones (card, user, device ids) are tens of characters; a longer one is
+# a producer bug, dead-lettered by the decoder and refused by the endpoint with a 4xx.
+MAX_ENTITY_LENGTH = 1024
 
 # The value types a feature can have, named as Arrow names them.
 ValueType = Literal["int64", "float64", "string"]

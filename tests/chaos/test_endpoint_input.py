@@ -137,11 +137,6 @@ def test_a_chunked_body_past_1_mib_without_content_length_is_413(server: str) ->
         assert http.get("/healthz").status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="endpoint bug (serving/app.py): entity ids have no length limit; a 60 KB id in a "
-    "GET path or a 900 KB id in a batch is looked up and echoed back with 200",
-)
 def test_huge_entity_ids_are_a_clear_4xx(server: str) -> None:
     with httpx.Client(base_url=server, timeout=10) as http:
         single = http.get("/v1/features/card_txn/" + "x" * 60_000)

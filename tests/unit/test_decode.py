@@ -399,3 +399,19 @@ def test_decoder_for_names_the_missing_schema_file_and_unknown_encodings(tmp_pat
         decoder_for(_view("avro", tmp_path / "nope.avsc"))
     with pytest.raises(DecodeConfigError, match="'protobuf'"):
         decoder_for(_view("protobuf", None))
+
+
+def test_entity_ids_longer_than_the_store_takes_are_dead_letters_in_both_encodings() -> None:
+    from sinks.layout import MAX_ENTITY_LENGTH
+
+    longest, too_long = "c" * MAX_ENTITY_LENGTH, "c" * (MAX_ENTITY_LENGTH + 1)
+    for decoder, encode in ((avro_decoder(), avro), (json_decoder(), orjson.dumps)):
+        out = decoder.decode(
+            [msg(encode(txn(card=longest)), 1), msg(encode(txn(card=too_long)), 2)]
+        )
+
+        assert [e[0] for e in out.events] == [longest]
+        (letter,) = out.dead
+        assert letter.offset == 2
+        assert letter.reason == "invalid_value"
+        assert f"maximum is {MAX_ENTITY_LENGTH}" in letter.error
