@@ -323,7 +323,8 @@ class FeatureView:
 
     ``allowed_lateness_seconds`` is ``L`` of DESIGN "Clock and lateness"; ``ttl_seconds`` is how
     long Redis keeps an entity's values after their last change (0 = forever);
-    ``dead_letter_topic`` receives undecodable and late events (None: they are only counted).
+    ``dead_letter_topic`` receives undecodable and late events (None: ``<source topic>.dlq``,
+    see :func:`flows.deadletter.dead_letter_topic`).
     """
 
     name: str
