@@ -20,12 +20,13 @@ export FRESHET_REDIS_URL ?= redis://127.0.0.1:$(or $(FRESHET_DEV_REDIS_PORT),637
 # command -> Debian package, installed by `make system-packages` when missing.
 SYSTEM_PACKAGES := redis-server:redis-server java:openjdk-17-jre-headless mvn:maven
 
-.PHONY: help test demo lint up down status install system-packages
+.PHONY: help test demo lint soak up down status install system-packages
 
 help:
 	@echo "make test    set everything up, start Kafka + Redis, run unit + integration tests"
 	@echo "make demo    set everything up, start Kafka + Redis, run the demo"
 	@echo "make lint    ruff + mypy"
+	@echo "make soak    10-minute steady-load soak of the flow and the endpoint (not in make test)"
 	@echo "make up | status | down   the local Kafka + Redis stack (freshet dev ...)"
 
 $(BIN)/python:
@@ -82,6 +83,13 @@ test: up
 
 demo: up
 	$(BIN)/freshet demo $(DEMO_ARGS)
+
+# Nightly-style: flow + endpoint under steady load for FRESHET_SOAK_SECONDS (default 600) at
+# FRESHET_SOAK_RATE events/s (default 500); prints RSS, Redis memory and lag every 10 s.
+soak: up
+	@echo "== soak (tests/soak, marked slow)"
+	@SECONDS=0; rc=0; $(BIN)/pytest tests/soak --slow -s -p no:cacheprovider $(PYTEST_ARGS) || rc=$$?; \
+	  echo "   soak took $${SECONDS} s (exit $$rc)"; exit $$rc
 
 lint: $(INSTALLED)
 	@rc=0; $(BIN)/ruff check . || rc=$$?; $(BIN)/mypy || rc=$$?; exit $$rc

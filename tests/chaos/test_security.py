@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -231,3 +231,86 @@ def _ready(url: str) -> bool:
     except httpx.TransportError:
         time.sleep(0.1)
         return False
+
+
+def _tls_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """A redis-server answering only TLS on a free port, with a self-signed certificate for
+    127.0.0.1; returns (process, port, the certificate, which is its own CA)."""
+    workdir.mkdir(parents=True)
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+         "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+         "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis(
+        host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(cert), socket_connect_timeout=0.5
+    )
+    try:
+        wait_until(passes(lambda: _assert_ping(client)), timeout=10, what="Redis over TLS")
+    except BaseException:
+        proc.kill()
+        proc.wait(timeout=10)
+        raise
+    finally:
+        client.close()
+    return proc, port, cert
+
+
+def _assert_ping(client: redis.Redis) -> None:
+    try:
+        assert client.ping()
+    except redis.ConnectionError as exc:
+        raise AssertionError(str(exc)) from exc
+
+
+def test_flow_and_endpoint_reach_redis_over_tls_and_refuse_an_unknown_certificate(
+    kafka_bootstrap: str,
+    topic_factory: Callable[..., str],
+    offline_dir: Path,
+    tmp_path: Path,
+) -> None:
+    server, port, cert = _tls_redis(tmp_path / "redis-tls")
+    url = f"rediss://127.0.0.1:{port}/0"
+    topic, dlq = topic_factory(3), topic_factory(1)
+    counts = produce_stream(kafka_bootstrap, topic, 1_000, seed=72)
+    ref = Reference.of(VIEW, read_topic(kafka_bootstrap, topic))
+    # The test CA reaches both clients the standard way: OpenSSL's SSL_CERT_FILE.
+    env = {**flow_env(kafka_bootstrap, url, offline_dir), "SSL_CERT_FILE": str(cert)}
+    admin = redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(cert))
+    serve_port = free_port()
+    serve = _serve({"FRESHET_REDIS_URL": url, "SSL_CERT_FILE": str(cert)}, serve_port,
+                   tmp_path / "serve.log")  # fmt: skip
+    try:
+        run = FlowProcess(flow_args(topic, dlq, "--stop-at-end"), env=env, log=tmp_path / "f.log")
+        assert run.wait(timeout=60) == 0, run.output()
+        check_redis(admin, ref)
+        base = f"http://127.0.0.1:{serve_port}"
+        wait_until(lambda: _ready(base), timeout=30, what="freshet serve over TLS")
+        card = sorted(ref.applied)[0]
+        response = httpx.get(f"{base}/v1/features/card_txn/{card}")
+        assert response.json()["found"] is True
+        # Without the CA the certificate is refused: the flow stops at start, saying why.
+        untrusted = FlowProcess(
+            flow_args(topic, dlq, "--stop-at-end"),
+            env={**env, "SSL_CERT_FILE": str(tmp_path / "none.pem")},
+            log=tmp_path / "untrusted.log",
+        )
+        assert untrusted.wait(timeout=60) != 0
+        assert "CERTIFICATE_VERIFY_FAILED" in untrusted.log.read_text(), untrusted.output()
+    finally:
+        serve.terminate()
+        serve.wait(timeout=20)
+        admin.close()
+        server.kill()
+        server.wait(timeout=10)
+    print(f"\nRedis over TLS: {counts.total} records written by the flow, served by the endpoint")
