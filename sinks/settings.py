@@ -26,8 +26,9 @@ class Settings:
     offline_dir: Path = Path("data/offline")
     # Raw ``FRESHET_API_KEYS`` value (parsed by serving.auth); empty means no auth.
     api_keys: str = ""
-    # Extra librdkafka settings (security and tuning), e.g. FRESHET_KAFKA_CONFIG_SASL_MECHANISM=PLAIN
-    # becomes {"sasl.mechanism": "PLAIN"}. Values are secrets: never log them.
+    # Extra librdkafka settings (security and tuning), e.g.
+    # FRESHET_KAFKA_CONFIG_SASL_MECHANISM=PLAIN becomes {"sasl.mechanism": "PLAIN"}.
+    # Values are secrets: never log them.
     kafka_config: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
