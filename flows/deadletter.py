@@ -32,12 +32,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
 if TYPE_CHECKING:
     from confluent_kafka import Producer
+
+    from flows.definitions import FeatureView
 
 __all__ = [
     "REASONS",
@@ -97,40 +99,13 @@ class DeadLetter:
         return own
 
 
-class _Source(Protocol):
-    @property
-    def topic(self) -> str: ...
-    @property
-    def event_time_field(self) -> str: ...
-
-
-class _Entity(Protocol):
-    @property
-    def key(self) -> str: ...
-
-
-class ViewLike(Protocol):
-    """The parts of ``flows.definitions.FeatureView`` this module reads."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def source(self) -> _Source: ...
-    @property
-    def entity(self) -> _Entity: ...
-    @property
-    def input_fields(self) -> tuple[str, ...]: ...
-    @property
-    def dead_letter_topic(self) -> str | None: ...
-
-
-def dead_letter_topic(view: ViewLike) -> str:
+def dead_letter_topic(view: FeatureView) -> str:
     """The view's dead-letter topic: its own setting, else ``<source topic>.dlq``."""
     return view.dead_letter_topic or f"{view.source.topic}.dlq"
 
 
 def late_letter(
-    view: ViewLike,
+    view: FeatureView,
     event: tuple[str, int, tuple[Any, ...], int, int, int],
     *,
     watermark_ms: int,

@@ -47,13 +47,16 @@ from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, cast
 
 import orjson
 from fastavro import parse_schema, schemaless_reader
 
 from flows.deadletter import DeadLetter, Headers, Reason
 from sinks.layout import MAX_ENTITY_LENGTH
+
+if TYPE_CHECKING:
+    from flows.definitions import FeatureView
 
 __all__ = [
     "EVENT_TIME_MAX_MS",
@@ -648,35 +651,8 @@ def _coerce(record: Mapping[str, Any], spec: _FieldSpec) -> Any:
     raise _Invalid("wrong_type", f"field {name!r} must be a boolean, got {_describe(value)}")
 
 
-class _SourceLike(Protocol):
-    @property
-    def encoding(self) -> str: ...
-    @property
-    def schema_path(self) -> Path | None: ...
-    @property
-    def event_time_field(self) -> str: ...
-
-
-class _EntityLike(Protocol):
-    @property
-    def key(self) -> str: ...
-
-
-class ViewLike(Protocol):
-    """The parts of ``flows.definitions.FeatureView`` a decoder needs."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def source(self) -> _SourceLike: ...
-    @property
-    def entity(self) -> _EntityLike: ...
-    @property
-    def input_fields(self) -> tuple[str, ...]: ...
-
-
 def decoder_for(
-    view: ViewLike,
+    view: FeatureView,
     *,
     wire_format: WireFormat = "schemaless",
     schema_ids: frozenset[int] | None = None,
