@@ -47,7 +47,9 @@ def test_mutated_records_all_land_on_the_dead_letter_topic_and_good_ones_are_com
     offline_dir: Path,
     tmp_path: Path,
 ) -> None:
-    topic, dlq = topic_factory(3), topic_factory(1)
+    # One partition: a mutated record may name another card than its key, so only a single
+    # partition keeps every card's events in one order for the flow and the reference alike.
+    topic, dlq = topic_factory(1), topic_factory(1)
     rng = random.Random(81)
     stream = TransactionStream(VIEW, GeneratorConfig(cards=200, late_fraction=0, bad_fraction=0))
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": "20"})
