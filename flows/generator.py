@@ -337,6 +337,7 @@ def produce(
     by_shape: dict[str, int] = {}
     started = time.monotonic()
     deadline = started + max_seconds
+    sent = 0
     for i, rec in enumerate(records):
         if pace and i % 256 == 0:
             ahead = started + i / rate - time.monotonic()
@@ -349,6 +350,7 @@ def produce(
         while True:
             try:
                 producer.produce(topic, rec.value, rec.key, on_delivery=callbacks[rec.kind])
+                sent += 1
                 break
             except BufferError:
                 if time.monotonic() > deadline:
@@ -358,6 +360,12 @@ def produce(
             producer.poll(0)
             if on_progress is not None:
                 on_progress(_counts(acked, time.monotonic() - started))
+    if pace:
+        # Pacing sleeps once per 256 records: hold the last block to the rate too, so that
+        # ``count`` records take ``count / rate`` seconds.
+        ahead = min(started + sent / rate, deadline) - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
     remaining = producer.flush(max(5.0, deadline - time.monotonic()))
     if failures or remaining:
         raise RuntimeError(
