@@ -53,10 +53,12 @@ import orjson
 from fastavro import parse_schema, schemaless_reader
 
 from flows.deadletter import DeadLetter, Headers, Reason
-from sinks.layout import MAX_ENTITY_LENGTH
+from sinks.layout import ENTITY_FORBIDDEN_CHARS, MAX_ENTITY_LENGTH
 
 if TYPE_CHECKING:
     from flows.definitions import FeatureView
+
+_forbidden_char = ENTITY_FORBIDDEN_CHARS.search
 
 __all__ = [
     "EVENT_TIME_MAX_MS",
@@ -325,9 +327,14 @@ def _entity_or_invalid(value: Any, field: str) -> str:
                 f"entity field {field!r} is {len(value)} characters long; "
                 f"the maximum is {MAX_ENTITY_LENGTH}",
             )
-        if value:
-            return str(value)
-        raise _Invalid("invalid_value", f"entity field {field!r} is an empty string")
+        if not value:
+            raise _Invalid("invalid_value", f"entity field {field!r} is an empty string")
+        if _forbidden_char(value):
+            raise _Invalid(
+                "invalid_value",
+                f"entity field {field!r} holds control characters: {value!r}"[:300],
+            )
+        return str(value)
     if value.__class__ is int:
         return str(value)
     if value is None:
@@ -435,6 +442,7 @@ class AvroDecoder:
             if (
                 entity.__class__ is str
                 and 0 < len(entity) <= MAX_ENTITY_LENGTH
+                and not _forbidden_char(entity)
                 and event_time.__class__ is int
                 and EVENT_TIME_MIN_MS <= event_time < EVENT_TIME_MAX_MS
                 and buf.tell() == len(value)  # type: ignore[arg-type]
@@ -562,6 +570,7 @@ class JsonDecoder:
                 if (
                     entity.__class__ is str
                     and 0 < len(entity) <= MAX_ENTITY_LENGTH
+                    and not _forbidden_char(entity)
                     and event_time.__class__ is int
                     and EVENT_TIME_MIN_MS <= event_time < EVENT_TIME_MAX_MS
                 ):

@@ -45,7 +45,7 @@ from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from serving.metrics import ServingMetrics
 from serving.openapi import build_openapi
 from serving.redis_link import RedisLink
-from sinks.layout import MAX_ENTITY_LENGTH, ViewLayout
+from sinks.layout import ENTITY_FORBIDDEN_CHARS, MAX_ENTITY_LENGTH, ViewLayout
 from sinks.redis_store import (
     AsyncRedisFeatureReader,
     InvalidEntityError,
@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 1_000
 MAX_BODY_BYTES = 1 << 20
+_forbidden_char = ENTITY_FORBIDDEN_CHARS.search
 RETRY_AFTER_S = 1
 
 Scope = dict[str, Any]
@@ -277,6 +278,15 @@ class FeatureApp:
                     422,
                     "invalid_request",
                     f"entity of {len(entity)} characters; the maximum is {MAX_ENTITY_LENGTH}",
+                )
+            if _forbidden_char(entity):
+                # Control characters and bytes that are not UTF-8 (lone surrogates here) can
+                # never be stored: the decoders dead-letter such ids.
+                raise HttpError(
+                    422,
+                    "invalid_request",
+                    "entity ids are UTF-8 text without control characters; "
+                    f"got {entity.encode('utf-8', 'surrogateescape')!r}"[:200],
                 )
         try:
             lookups = await self._reader.get_many(view, entities, features)

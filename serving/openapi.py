@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sinks.layout import ViewLayout
+from sinks.layout import ENTITY_JSON_PATTERN, MAX_ENTITY_LENGTH, ViewLayout
 
 __all__ = ["build_openapi"]
 
@@ -72,8 +72,15 @@ def build_openapi(
                             "name": "entity",
                             "in": "path",
                             "required": True,
-                            "description": "Entity key, percent-encoded (any bytes)",
-                            "schema": {"type": "string"},
+                            "description": (
+                                "Entity key, percent-encoded UTF-8 without control characters "
+                                f"(at most {MAX_ENTITY_LENGTH} characters; 422 otherwise)"
+                            ),
+                            "schema": {
+                                "type": "string",
+                                "maxLength": MAX_ENTITY_LENGTH,
+                                "pattern": ENTITY_JSON_PATTERN,
+                            },
                         },
                         {
                             "name": "features",
@@ -248,7 +255,11 @@ def _schemas(max_batch: int, feature_names: Sequence[str]) -> dict[str, Any]:
                 "entities": {
                     "type": "array",
                     "maxItems": max_batch,
-                    "items": {"type": "string"},
+                    "items": {
+                        "type": "string",
+                        "maxLength": MAX_ENTITY_LENGTH,
+                        "pattern": ENTITY_JSON_PATTERN,
+                    },
                 },
                 "features": {
                     "type": "array",

@@ -345,7 +345,12 @@ def test_json_without_schema_only_checks_entity_time_and_presence() -> None:
 
 # --- both, and the view entry point ------------------------------------------------------
 
-_cards = st.text(min_size=1, max_size=20)
+# Valid entity ids hold no control characters (sinks.layout.ENTITY_FORBIDDEN_CHARS).
+_cards = st.text(
+    st.characters(exclude_categories=("Cc", "Cs")),
+    min_size=1,
+    max_size=20,
+)
 _amounts = st.floats(allow_nan=False, allow_infinity=False, width=64)
 _times = st.integers(min_value=EVENT_TIME_MIN_MS, max_value=EVENT_TIME_MAX_MS - 1)
 
@@ -415,3 +420,13 @@ def test_entity_ids_longer_than_the_store_takes_are_dead_letters_in_both_encodin
         assert letter.offset == 2
         assert letter.reason == "invalid_value"
         assert f"maximum is {MAX_ENTITY_LENGTH}" in letter.error
+
+
+def test_entity_ids_with_control_characters_are_dead_letters_in_both_encodings() -> None:
+    for decoder, encode in ((avro_decoder(), avro), (json_decoder(), orjson.dumps)):
+        out = decoder.decode([msg(encode(txn(card="c\n1")), 1), msg(encode(txn(card="c 1")), 2)])
+
+        assert [e[0] for e in out.events] == ["c 1"]
+        (letter,) = out.dead
+        assert (letter.offset, letter.reason) == (1, "invalid_value")
+        assert "control characters" in letter.error

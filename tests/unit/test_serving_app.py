@@ -232,16 +232,23 @@ def test_unexpected_errors_are_500_without_a_traceback(caplog: pytest.LogCapture
     assert "ZeroDivisionError" in caplog.text  # but the server log has it
 
 
-def test_entities_are_opaque_bytes_and_cannot_reach_other_keys() -> None:
-    raw = b"a/b:{c}\xff"
-    entity = raw.decode("utf-8", "surrogateescape")
+def test_entities_are_opaque_text_and_cannot_reach_other_keys() -> None:
+    entity = "a/b:{c}é"
     store = _store({entity: VALUES, "a": (0, 0.0, 0.0, 0.0, "victim", 0)}, _now_ms())
-    response = _call(_app(store), "GET", "/v1/features/card_txn/a%2Fb%3A%7Bc%7D%FF")
+    response = _call(_app(store), "GET", "/v1/features/card_txn/a%2Fb%3A%7Bc%7D%C3%A9")
     assert response.status_code == 200
     body = response.json()
     assert body["found"] is True
     assert body["features"]["merchant_last"] == "m_0012"
-    assert body["entity"] == "a/b:{c}\ufffd"  # echoed as valid JSON text
+    assert body["entity"] == entity
+
+
+@pytest.mark.parametrize("path_entity", ["a%FFb", "a%00b", "a%0A%0Db", "a%1B%5B2J"])
+def test_entity_ids_with_control_characters_or_non_utf8_bytes_are_a_422(path_entity: str) -> None:
+    response = _call(_app(), "GET", f"/v1/features/card_txn/{path_entity}")
+    assert response.status_code == 422
+    assert response.json()["error"] == "invalid_request"
+    assert "without control characters" in response.json()["message"]
 
 
 def test_views_lists_the_registry() -> None:
