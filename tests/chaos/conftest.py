@@ -7,7 +7,6 @@ and, like it, fail instead of skipping when the stack is down. Every test here i
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -20,30 +19,7 @@ if str(_INTEGRATION) not in sys.path:
     sys.path.insert(0, str(_INTEGRATION))
 
 
-def _load_integration_fixtures() -> object:
-    # Loaded under its own name: pytest already knows tests/integration/conftest.py as a
-    # conftest module; importing it as "conftest" again would clash.
-    name = "freshet_integration_fixtures"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, _INTEGRATION / "conftest.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_fixtures = _load_integration_fixtures()
-dev_stack = _fixtures.dev_stack  # type: ignore[attr-defined]
-kafka_bootstrap = _fixtures.kafka_bootstrap  # type: ignore[attr-defined]
-kafka_admin = _fixtures.kafka_admin  # type: ignore[attr-defined]
-_redis_db = _fixtures._redis_db  # type: ignore[attr-defined]
-redis_url = _fixtures.redis_url  # type: ignore[attr-defined]
-redis_client = _fixtures.redis_client  # type: ignore[attr-defined]
-topic_factory = _fixtures.topic_factory  # type: ignore[attr-defined]
-offline_dir = _fixtures.offline_dir  # type: ignore[attr-defined]
+from fixtures_reexport import *  # noqa: E402, F403  (the integration fixtures)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
