@@ -183,6 +183,9 @@ class Distinct:
     def __eq__(self, other: object) -> bool:  # for tests: same exact set or same sketch bytes
         if not isinstance(other, Distinct):
             return NotImplemented
+        if self._values is not None or other._values is not None:
+            # Sets: their pickled tuples list the same values in hash-seed-dependent orders.
+            return self._values == other._values
         return self.__getstate__() == other.__getstate__()
 
     __hash__ = None  # type: ignore[assignment]

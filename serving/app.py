@@ -273,6 +273,8 @@ class FeatureApp:
         self, view: str, entities: Sequence[str], features: Sequence[str] | None
     ) -> list[Lookup]:
         for entity in entities:
+            if not entity:
+                raise HttpError(422, "invalid_request", "entity ids are non-empty strings")
             if len(entity) > MAX_ENTITY_LENGTH:
                 raise HttpError(
                     422,

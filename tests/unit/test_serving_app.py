@@ -347,3 +347,9 @@ def test_metrics_count_requests_per_route_view_and_status() -> None:
         'freshet_http_request_seconds_bucket{le="0.001",route="/v1/features/{view}/{entity}"'
         in text
     )
+
+
+def test_an_empty_entity_id_in_a_batch_is_a_422() -> None:
+    response = _call(_app(), "POST", "/v1/features/card_txn", json={"entities": ["c1", ""]})
+    assert response.status_code == 422
+    assert "non-empty" in response.json()["message"]
