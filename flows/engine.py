@@ -29,8 +29,9 @@ Cost per event does not grow with ``W/h``: the tile state and its generic operat
 :mod:`flows.tiles` (running totals, monotonic queues, value -> tile-count maps, cached sketch
 merges); :mod:`flows.hotpath` compiles each view's common cases into straight-line code.
 
-The state of one entity, :class:`EntityState`, is plain lists, tuples, dicts and sets (sketches
-in serial form when pickled), so it pickles small into Bytewax recovery snapshots.
+The state of one entity, :class:`EntityState`, is a few ints and one flat list of plain lists,
+dicts and sets (sketches in serial form when pickled), so it pickles small into Bytewax recovery
+snapshots.
 """
 
 from __future__ import annotations
@@ -91,15 +92,16 @@ class EntityState:
     seen; ``part``/``off``: source position of the last applied event; ``fpart``/``foff``: that
     of the highest-offset event folded into the tiles; ``nb``: the next expiry boundary among
     the tiles (None: none); ``pending``: ``(t, fields, partition, offset)`` of the events newer
-    than the watermark, not yet in tiles, sorted by ``t`` (ties in arrival order); ``groups``:
-    one state per window group; ``life``: the lifetime features' partials.
+    than the watermark, not yet in tiles, sorted by ``t`` (ties in arrival order); ``d``: the
+    window groups' slots, one flat list (layout in :mod:`flows.tiles`); ``life``: the lifetime
+    features' partials.
     """
 
     __slots__ = (
-        "foff", "fpart", "groups", "life", "max_t", "nb", "off", "part", "pending", "wall", "wm",
+        "d", "foff", "fpart", "life", "max_t", "nb", "off", "part", "pending", "wall", "wm",
     )  # fmt: skip
 
-    def __init__(self, groups: list[list[Any]], life: list[Any]) -> None:
+    def __init__(self, d: list[Any], life: list[Any]) -> None:
         self.max_t = NEVER
         self.wall = 0
         self.wm = NEVER
@@ -109,33 +111,36 @@ class EntityState:
         self.foff = -1
         self.nb: int | None = None
         self.pending: list[Pending] = []
-        self.groups = groups
+        self.d = d
         self.life = life
 
     def _fields(self) -> tuple[Any, ...]:
         return (
             self.max_t, self.wall, self.wm, self.part, self.off, self.fpart, self.foff, self.nb,
-            self.pending, self.groups, self.life,
+            self.pending, self.d, self.life,
         )  # fmt: skip
 
     def __getstate__(self) -> tuple[Any, ...]:
         # Exact float sums are ~1,100-bit ints (scaled by 2**1074) with long runs of trailing
         # zero bits: pickle them as (mantissa, shift), which is ~15 bytes instead of ~140.
-        groups = [
-            [[_pack_all(tile) for tile in gs[0]], _pack_all(gs[1]), *gs[2:]] for gs in self.groups
-        ]
+        d = [
+            [_pack_all(tile) for tile in x] if type(x) is list and x and type(x[0]) is list
+            else _pack(x)
+            for x in self.d
+        ]  # fmt: skip
         life = [tuple(_pack_all(p)) if type(p) is tuple else _pack(p) for p in self.life]
-        return (*self._fields()[:-2], groups, life)
+        return (*self._fields()[:-2], d, life)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (
             self.max_t, self.wall, self.wm, self.part, self.off, self.fpart, self.foff, self.nb,
-            self.pending, groups, life,
+            self.pending, d, life,
         ) = state  # fmt: skip
-        self.groups = [
-            [[tuple(_unpack_all(tile)) for tile in gs[0]], _unpack_all(gs[1]), *gs[2:]]
-            for gs in groups
-        ]
+        self.d = [
+            [_unpack_all(tile) for tile in x] if type(x) is list and x and type(x[0]) is list
+            else _unpack(x)
+            for x in d
+        ]  # fmt: skip
         self.life = [tuple(_unpack_all(p)) if type(p) is tuple else _unpack(p) for p in life]
 
     def __eq__(self, other: object) -> bool:
@@ -148,7 +153,7 @@ class EntityState:
     def __repr__(self) -> str:
         return (
             f"EntityState(max_t={self.max_t}, wm={self.wm}, next_boundary={self.nb}, "
-            f"pending={len(self.pending)}, tiles={[len(g[0]) for g in self.groups]})"
+            f"pending={len(self.pending)}, d={self.d!r})"
         )
 
 
@@ -178,9 +183,12 @@ class ViewEngine:
                 assert feature.hop_seconds is not None
                 key = (feature.window_seconds * 1000, feature.hop_seconds * 1000)
                 by_window.setdefault(key, []).append((position, feature))
-        self._groups = tuple(
-            WindowGroup(w, h, features, view) for (w, h), features in by_window.items()
-        )
+        groups: list[WindowGroup] = []
+        offset = 0
+        for (w, h), features in by_window.items():
+            groups.append(WindowGroup(w, h, features, view, offset))
+            offset += groups[-1].size
+        self._groups = tuple(groups)
         self._lifetime = LifetimeFeatures(lifetime, view) if lifetime else None
         compiled = compile_hot_path(self)
         self._apply: Callable[..., list[Row] | None] = compiled["apply"]
@@ -195,7 +203,7 @@ class ViewEngine:
     def new_state(self) -> EntityState:
         """The state of an entity with no events yet."""
         life = self._lifetime.new_state() if self._lifetime is not None else []
-        return EntityState([g.new_state() for g in self._groups], life)
+        return EntityState([slot for g in self._groups for slot in g.new_state()], life)
 
     # -- public operations ---------------------------------------------------------------------
 
@@ -257,7 +265,8 @@ class ViewEngine:
         window is empty, nothing is pending and the lifetime features are only ``last``."""
         if not self._droppable or state.pending or state.max_t == NEVER:
             return False
-        return all(not gs[0] for gs in state.groups)
+        d = state.d
+        return all(not d[g.o] for g in self._groups)
 
     # -- internals -----------------------------------------------------------------------------
 

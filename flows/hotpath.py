@@ -1,7 +1,7 @@
 """The compiled hot path: per view, straight-line Python for the common cases of the engine.
 
 Per event, the generic code of :mod:`flows.tiles` costs a dozen method calls and loops over
-small tuples; at the target rate (> 150k events/s on one core) that overhead is most of the
+small lists; at the target rate (> 150k events/s on one core) that overhead is most of the
 budget. So each :class:`~flows.engine.ViewEngine` compiles, from its view's plan, functions with
 every group and feature unrolled: ``apply`` (fold the event into every tile inline and read its
 row off the running state), ``fold``, ``values`` (no pending event, no tile older than the
@@ -52,9 +52,9 @@ def compile_hot_path(engine: ViewEngine) -> dict[str, Any]:
         "FINE_SCALE": FINE_SCALE, "LIMIT": EXACT_DISTINCT_LIMIT, "VIEW": engine._name,
         "LATENESS": engine._lateness, "WIDTH": engine._width, "to_coarse": to_coarse,
     }  # fmt: skip
+    prelude, exprs = _value_exprs(engine, env)
     src = [
-        "def apply(state, entity, t, fields, partition, offset):",
-        "    st = state",
+        "def apply(st, entity, t, fields, partition, offset):",
         "    if t < st.wm:",
         "        return None",
         *_check_finite(engine, env),
@@ -65,41 +65,62 @@ def compile_hot_path(engine: ViewEngine) -> dict[str, Any]:
         "        if wm > st.wm:",
         "            st.wm = wm",
         "    wm = st.wm",
-        "    rows = []",
         "    nb = st.nb",
         "    pending = st.pending",
         "    if (nb is not None and nb < wm) or (pending and pending[0][0] <= wm):",
+        "        rows = []",
         "        expire(st, entity, rows)",
         "        nb = st.nb",
+        "    else:",
+        "        rows = None",
         "    if nb is not None and nb < t:  # an expiry row still due may need it left out",
         "        insort(pending, (t, fields, partition, offset), key=by_time)",
         "        st.part = partition",
         "        st.off = offset",
-        "        rows.append(new_row(Row, (VIEW, entity, st.max_t, values_at(st, st.max_t,"
-        " pending), partition, offset)))",
-        "        return rows",
-        *_compile_fold(engine, env),
-        "    st.part = partition",
-        "    st.off = offset",
-        "    if pending or (nb is not None and nb <= st.max_t):",
-        "        values_now = values_at(st, st.max_t, pending)",
+        "        max_t = st.max_t",
+        "        row = new_row(Row, (VIEW, entity, max_t, values_at(st, max_t, pending),"
+        " partition, offset))",
         "    else:",
-        "        values_now = values(groups, life)",
-        "    rows.append(new_row(Row, (VIEW, entity, st.max_t, values_now, partition, offset)))",
+        "        d = st.d",
+        *_indent(_compile_fold(engine, env)),
+        "        st.part = partition",
+        "        st.off = offset",
+        "        max_t = st.max_t",
+        "        if pending or (nb is not None and nb <= max_t):",
+        "            row = new_row(Row, (VIEW, entity, max_t, values_at(st, max_t, pending),"
+        " partition, offset))",
+        "        else:",
+        *_indent(_indent(prelude)),
+        "            row = new_row(Row, (VIEW, entity, max_t, (",
+        *(f"                {e}," for e in exprs),
+        "            ), partition, offset))",
+        "    if rows is None:",
+        "        return [row]",
+        "    rows.append(row)",
         "    return rows",
         "",
         "def fold(st, t, fields, partition, offset):",
         "    nb = st.nb",
+        "    d = st.d",
         *_compile_fold(engine, env),
         "",
+        "def values(d, life):",
+        *prelude,
+        "    return (",
+        *(f"        {e}," for e in exprs),
+        "    )",
+        "",
     ]
-    src += _compile_values(engine, env)
     src += _compile_values_at(engine, env)
     src += _compile_expire(engine, env)
     source = "\n".join(src)
     exec(compile(source, f"<freshet engine {engine._name}>", "exec"), env)
     env["__source__"] = source
     return env
+
+
+def _indent(lines: list[str]) -> list[str]:
+    return ["    " + line if line else line for line in lines]
 
 
 def _check_finite(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
@@ -124,8 +145,8 @@ def _not_finite(view: str, field: str, value: float) -> None:
 
 
 def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
-    """Lines folding event ``t, fields`` into every tile and lifetime partial (``nb`` in scope,
-    stored back to ``st.nb``); leaves ``groups`` and ``life`` bound."""
+    """Lines folding event ``t, fields`` into every tile and lifetime partial, in place
+    (``st``, ``d = st.d`` and ``nb`` in scope; ``nb`` is stored back to ``st.nb``)."""
     fields = sorted(
         {i for g in engine._groups for _, i in g.int_sums + g.float_sums}
         | {c.field for g in engine._groups for c in g.columns}
@@ -136,7 +157,6 @@ def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
         "    if offset >= st.foff:",
         "        st.foff = offset",
         "        st.fpart = partition",
-        "    groups = st.groups",
     ]
     src += [f"    f{i} = fields[{i}]" for i in fields]
     for i in float_fields:  # the value at the coarse sum scale, or None
@@ -146,14 +166,12 @@ def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
             f"        n{i} = int(x)",
             f"        if n{i} != x:",
             f"            n{i} = None",
-            "    except (OverflowError, ValueError):",
+            "    except OverflowError:  # finite (checked first), but too large for 2**64",
             f"        n{i} = None",
         ]
     for g, group in enumerate(engine._groups):
         env[f"G{g}"] = group
-        h, w = group.h, group.w
-        # Slots of the updated tile, as expressions over the old tile ``tile``.
-        slots = ["k", "tile[1] + 1"]
+        h, w, o = group.h, group.w, group.o
         new_tile = ["k", "0", *["0"] * group.nsums]
         for j, column in enumerate(group.columns):
             env[f"C{g}_{j}"] = column
@@ -161,91 +179,71 @@ def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
                 new_tile.append("None")
             elif type(column) is DistinctColumn:
                 gc = column.gcol
-                new_tile.append(f"set() if type(gs[{gc}]) is dict else C{g}_{j}.new_tile(gs)")
+                new_tile.append(f"set() if type(d[{gc}]) is dict else C{g}_{j}.new_tile(d)")
             else:
-                new_tile.append(f"C{g}_{j}.new_tile(gs)")
-        src += [f"    # window {w} ms, hop {h} ms", f"    gs = groups[{g}]"]
+                new_tile.append(f"C{g}_{j}.new_tile(d)")
+        src += [f"    # window {w} ms, hop {h} ms: slots d[{o}:{o + group.size}]"]
         # Sums first: a value off the coarse scale rewrites every tile at the fine scale.
         for i, index in group.float_sums:
             src += [
-                f"    x{i} = n{index} if n{index} is not None and gs[2] == COARSE"
-                f" else G{g}.scaled(gs, f{index})"
+                f"    x{i} = n{index} if n{index} is not None and d[{o + 1}] == COARSE"
+                f" else G{g}.scaled(d, f{index})"
             ]
         src += [
-            "    tiles = gs[0]",
+            f"    tiles = d[{o}]",
             f"    k = t // {h}",
             "    if tiles and tiles[-1][0] == k:",
             "        tile = tiles[-1]",
-            "        fresh = False",
             "    elif not tiles or tiles[-1][0] < k:",
             "        if not tiles:",
             f"            b = (k + 1) * {h} + {w}",
             "            if nb is None or b < nb:",
             "                nb = b",
-            f"        tile = ({', '.join(new_tile)},)",
-            "        fresh = True",
+            f"        tile = [{', '.join(new_tile)}]",
+            "        tiles.append(tile)",
             "    else:",
             "        tile = None",
-            f"        b = G{g}.fold(gs, t, fields)",
+            f"        b = G{g}.fold(d, t, fields)",
             "        if b is not None and (nb is None or b < nb):",
             "            nb = b",
             "    if tile is not None:",
-            "        totals = gs[1]",
-            "        totals[0] += 1",
+            "        tile[1] += 1",
+            f"        d[{o + 2}] += 1",
         ]
         float_slots = {i for i, _ in group.float_sums}
         for i in range(2, 2 + group.nsums):
-            if i in float_slots:
-                src += [f"        totals[{i - 1}] += x{i}"]
-                slots.append(f"tile[{i}] + x{i}")
-            else:
-                index = dict(group.int_sums)[i]
-                src += [f"        totals[{i - 1}] += f{index}"]
-                slots.append(f"tile[{i}] + f{index}")
-        post: list[str] = []
+            v = f"x{i}" if i in float_slots else f"f{dict(group.int_sums)[i]}"
+            src += [f"        tile[{i}] += {v}", f"        d[{o + 1 + i}] += {v}"]
         for j, column in enumerate(group.columns):
             c, gc, v = column.tcol, column.gcol, f"f{column.field}"
             if type(column) in (MaxColumn, MinColumn):
                 better = ">" if type(column) is MaxColumn else "<"
                 worse = "<=" if type(column) is MaxColumn else ">="
                 src += [
-                    f"        m{c} = tile[{c}]",
-                    f"        if m{c} is None or {v} {better} m{c}:",
-                    f"            m{c} = {v}",
-                    f"            queue = gs[{gc}]",
+                    f"        m = tile[{c}]",
+                    f"        if m is None or {v} {better} m:",
+                    f"            tile[{c}] = {v}",
+                    f"            queue = d[{gc}]",
                     f"            while queue and queue[-1][1] {worse} {v}:",
                     "                queue.pop()",
                     f"            queue.append((k, {v}))",
                 ]
-                slots.append(f"m{c}")
             elif type(column) is DistinctColumn:
                 src += [
-                    f"        counts = gs[{gc}]",
+                    f"        counts = d[{gc}]",
                     "        if type(counts) is dict:",
                     f"            seen = tile[{c}]",
                     f"            if {v} not in seen:",
                     f"                seen.add({v})",
-                    f"                counts[{v}] = counts.get({v}, 0) + 1",
+                    f"                m = counts.get({v}, 0)",
+                    f"                counts[{v}] = m + 1",
+                    "                if not m and len(counts) > LIMIT:",
+                    f"                    C{g}_{j}.to_sketch(d)",
                     "        else:",
-                    f"            C{g}_{j}.add(gs, tile, {v})",
-                ]
-                slots.append(f"tile[{c}]")
-                post += [
-                    f"        counts = gs[{gc}]",
-                    "        if type(counts) is dict and len(counts) > LIMIT:",
-                    f"            C{g}_{j}.to_sketch(gs)",
+                    f"            C{g}_{j}.add(d, tile, {v})",
                 ]
             else:
-                src += [f"        C{g}_{j}.add(gs, tile, {v})"]
-                slots.append(f"tile[{c}]")
-        src += [
-            f"        tile = ({', '.join(slots)},)",
-            "        if fresh:",
-            "            tiles.append(tile)",
-            "        else:",
-            "            tiles[-1] = tile",
-            *post,
-        ]
+                src += [f"        C{g}_{j}.add(d, tile, {v})"]
     src += ["    st.nb = nb"]
     if engine._lifetime is not None:
         src += ["    life = st.life"]
@@ -268,22 +266,23 @@ def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
     return src
 
 
-def _compile_values(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
-    """``values(groups, life)``: every feature read off the running state (no pending event,
-    no tile older than the window)."""
-    src = ["def values(groups, life):"]
+def _value_exprs(engine: ViewEngine, env: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Every feature read off the running state (no pending event, no tile older than the
+    window): prelude lines over ``d`` and ``life``, and one expression per feature."""
+    src: list[str] = []
     exprs: dict[int, str] = {}
     for g, group in enumerate(engine._groups):
-        src += [f"    g{g} = groups[{g}]", f"    t{g} = g{g}[1]"]
+        o = group.o
+        count = f"d[{o + 2}]"
         for position, kind, index, arg in group.outputs:
             if kind == OUT_COUNT:
-                exprs[position] = f"t{g}[0]"
+                exprs[position] = count
             elif kind in (OUT_SUM, OUT_MEAN):
-                total = f"t{g}[{index - 1}]"
+                total = f"d[{o + 1 + index}]"
                 if arg:  # a float sum at the group's scale
                     name = f"s{g}_{index}"
                     line = (
-                        f"    {name} = {total} * INV_TWO_64 if g{g}[2] == COARSE"
+                        f"    {name} = {total} * INV_TWO_64 if d[{o + 1}] == COARSE"
                         f" else {total} / FINE_SCALE"
                     )
                     if line not in src:
@@ -292,17 +291,17 @@ def _compile_values(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
                 if kind == OUT_SUM:
                     exprs[position] = total
                 else:
-                    exprs[position] = f"({total} / t{g}[0] if t{g}[0] else None)"
+                    exprs[position] = f"({total} / {count} if {count} else None)"
             else:
                 column = group.columns[index]
                 env[f"C{g}_{index}"] = column
                 env[f"A{position}"] = arg
-                slow = f"C{g}_{index}.value(g{g}, NEVER, 0, None, A{position})"
+                slow = f"C{g}_{index}.value(d, NEVER, 0, None, A{position})"
                 if type(column) in (MaxColumn, MinColumn):
-                    src += [f"    q{position} = g{g}[{column.gcol}]"]
+                    src += [f"    q{position} = d[{column.gcol}]"]
                     exprs[position] = f"(q{position}[0][1] if q{position} else None)"
                 elif type(column) is DistinctColumn:
-                    src += [f"    d{position} = g{g}[{column.gcol}]"]
+                    src += [f"    d{position} = d[{column.gcol}]"]
                     exprs[position] = f"(len(d{position}) if type(d{position}) is dict else {slow})"
                 else:
                     exprs[position] = slow
@@ -313,11 +312,11 @@ def _compile_values(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
         ):
             env[f"L{i}"] = agg
             if is_last:
-                exprs[position] = f"(None if life[{i}] is None else life[{i}][2])"
+                src += [f"    p{position} = life[{i}]"]
+                exprs[position] = f"(None if p{position} is None else p{position}[2])"
             else:
                 exprs[position] = f"L{i}.result(life[{i}])"
-    src += ["    return (", *(f"        {exprs[p]}," for p in sorted(exprs)), "    )", ""]
-    return src
+    return src, [exprs[p] for p in sorted(exprs)]
 
 
 def _compile_values_at(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
@@ -326,31 +325,29 @@ def _compile_values_at(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
     mode, a pending value off the coarse scale) go through ``WindowGroup.values``."""
     src = [
         "def values_at(st, as_of, pending):",
-        "    groups = st.groups",
+        "    d = st.d",
         "    out = [None] * WIDTH",
     ]
     for g, group in enumerate(engine._groups):
         env[f"G{g}"] = group
-        h, n = group.h, group.n
+        h, n, o = group.h, group.n, group.o
         rare = []
         if group.float_sums:
-            rare.append("gs[2] != COARSE")
+            rare.append(f"d[{o + 1}] != COARSE")
         for column in group.columns:
             if type(column) is DistinctColumn:
-                rare.append(f"type(gs[{column.gcol}]) is not dict")
+                rare.append(f"type(d[{column.gcol}]) is not dict")
             elif type(column) not in (MaxColumn, MinColumn):
                 rare.append("True")
         sums = [f"s{i}" for i in range(2, 2 + group.nsums)]
         src += [
             f"    # window {group.w} ms, hop {h} ms",
-            f"    gs = groups[{g}]",
-            "    tiles = gs[0]",
+            f"    tiles = d[{o}]",
             f"    c = as_of // {h} - {n}",
             f"    rare = {' or '.join(rare) or 'False'}",
             "    if not rare:",
-            "        totals = gs[1]",
-            "        count = totals[0]",
-            *[f"        {name} = totals[{i + 1}]" for i, name in enumerate(sums)],
+            f"        count = d[{o + 2}]",
+            *[f"        {name} = d[{o + 3 + i}]" for i, name in enumerate(sums)],
             "        shadow = 0",
             "        if tiles and tiles[0][0] < c:",
             "            for tile in tiles:",
@@ -376,7 +373,7 @@ def _compile_values_at(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
                 ]
             else:
                 src += [f"                s{i} += f[{index}]"]
-        src += ["    if rare:", f"        G{g}.values(gs, as_of, pending, out)", "    else:"]
+        src += ["    if rare:", f"        G{g}.values(d, as_of, pending, out)", "    else:"]
         for position, kind, index, arg in group.outputs:
             if kind == OUT_COUNT:
                 src += [f"        out[{position}] = count"]
@@ -394,7 +391,7 @@ def _compile_values_at(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
                     better = ">" if type(column) is MaxColumn else "<"
                     src += [
                         "        best = None",
-                        f"        for kk, v in gs[{gc}]:",
+                        f"        for kk, v in d[{gc}]:",
                         "            if kk >= c:",
                         "                best = v",
                         "                break",
@@ -406,14 +403,14 @@ def _compile_values_at(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
                     ]
                 else:  # exact distinct count
                     src += [
-                        f"        counts = gs[{gc}]",
+                        f"        counts = d[{gc}]",
                         "        distinct = len(counts)",
                         "        if not shadow:",
                         f"            new = {{e[1][{fi}] for e in pending}}.difference(counts)",
                         "            distinct += len(new)",
                         "        if shadow or distinct > LIMIT:",
                         f"            extra = [e[1][{fi}] for e in pending]",
-                        f"            distinct = C{g}_{index}.value(gs, c, shadow, extra, None)",
+                        f"            distinct = C{g}_{index}.value(d, c, shadow, extra, None)",
                         f"        out[{position}] = distinct",
                     ]
     if engine._lifetime is not None:
@@ -447,6 +444,7 @@ def _compile_expire(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
     src = [
         "def expire(st, entity, rows):",
         "    wm = st.wm",
+        "    d = st.d",
         "    while True:",
         "        nb = st.nb",
         "        pending = st.pending",
@@ -457,35 +455,32 @@ def _compile_expire(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
         "                nb = st.nb",
         "        if nb is None or nb >= wm:",
         "            return",
-        "        groups = st.groups",
         "        following = None",
     ]
     for g, group in enumerate(engine._groups):
-        h, w = group.h, group.w
+        h, w, o = group.h, group.w, group.o
         src += [
             f"        # window {w} ms, hop {h} ms: drop the tiles whose boundary is nb",
-            f"        gs = groups[{g}]",
-            "        tiles = gs[0]",
+            f"        tiles = d[{o}]",
             f"        if tiles and (tiles[0][0] + 1) * {h} + {w} <= nb:",
             f"            c = (nb - {w}) // {h}",
-            "            totals = gs[1]",
             "            while tiles and tiles[0][0] < c:",
             "                tile = tiles.pop(0)",
-            "                totals[0] -= tile[1]",
+            f"                d[{o + 2}] -= tile[1]",
         ]
-        src += [f"                totals[{i - 1}] -= tile[{i}]" for i in range(2, 2 + group.nsums)]
+        src += [f"                d[{o + 1 + i}] -= tile[{i}]" for i in range(2, 2 + group.nsums)]
         for j, column in enumerate(group.columns):
             env[f"C{g}_{j}"] = column
             c, gc = column.tcol, column.gcol
             if type(column) in (MaxColumn, MinColumn):
                 src += [
-                    f"                queue = gs[{gc}]",
+                    f"                queue = d[{gc}]",
                     "                while queue and queue[0][0] <= tile[0]:",
                     "                    del queue[0]",
                 ]
             elif type(column) is DistinctColumn:
                 src += [
-                    f"                counts = gs[{gc}]",
+                    f"                counts = d[{gc}]",
                     "                if type(counts) is dict:",
                     f"                    for v in tile[{c}]:",
                     "                        n = counts[v] - 1",
@@ -494,14 +489,14 @@ def _compile_expire(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
                     "                        else:",
                     "                            del counts[v]",
                     "                else:",
-                    f"                    C{g}_{j}.drop(gs, [tile])",
+                    f"                    C{g}_{j}.drop(d, [tile])",
                 ]
             else:
-                src += [f"                C{g}_{j}.drop(gs, [tile])"]
+                src += [f"                C{g}_{j}.drop(d, [tile])"]
         src += [
             "            if not tiles:",
-            f"                gs[1] = [0] * {1 + group.nsums}",
-            "                gs[2] = COARSE",
+            *[f"                d[{o + 2 + i}] = 0" for i in range(1 + group.nsums)],
+            f"                d[{o + 1}] = COARSE",
             "        if tiles:",
             f"            b = (tiles[0][0] + 1) * {h} + {w}",
             "            if following is None or b < following:",
@@ -509,7 +504,7 @@ def _compile_expire(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
         ]
     src += [
         "        st.nb = following",
-        "        rows.append(new_row(Row, (VIEW, entity, nb, values(groups, st.life), st.fpart,"
+        "        rows.append(new_row(Row, (VIEW, entity, nb, values(d, st.life), st.fpart,"
         " st.foff)))",
         "",
     ]

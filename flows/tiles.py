@@ -1,10 +1,13 @@
 """Tiles: a view's per-entity window state, its layout and the generic operations on it.
 
 Implements the state side of ``../shared/DESIGN.md``, section "Window semantics". The features
-of a view that share ``(W, h)`` form a :class:`WindowGroup`; one entity's state of a group is a
-plain list ``[tiles, totals, sum scale, column states...]``, each tile a tuple
-``(k, count, sum_1, ..., column_1, ...)`` holding the events with ``k*h <= t < (k+1)*h``,
-oldest tile first. Features without a window live in :class:`LifetimeFeatures`.
+of a view that share ``(W, h)`` form a :class:`WindowGroup`. One entity's window state is one flat
+list ``d`` (``EntityState.d``) in which each group owns the slots ``o, o+1, ...`` from its offset
+``o``: ``[tiles, sum scale, total count, total sum_1, ..., column states...]``; ``tiles`` holds
+the tiles oldest first, each a list ``[k, count, sum_1, ..., column_1, ...]`` of the events with
+``k*h <= t < (k+1)*h``, updated in place. Flat slots and mutable tiles keep the per-event path
+to a few list subscripts (measured: rebuilding the newest tile as a tuple on every event cost
+~25 % of the engine's time). Features without a window live in :class:`LifetimeFeatures`.
 
 Per-event cost does not grow with ``W/h``: counts and sums are running totals (a tile is
 subtracted when it expires), min/max keep a monotonic queue of tile extremes, exact distinct
@@ -53,50 +56,48 @@ __all__ = [
 ]
 
 NEVER = -(1 << 62)  # "minus infinity" for event times and watermarks, still an int
-# A tile: (k, count, sum_1, ..., column_1, ...). Immutable, replaced when it changes: tuples of
-# plain values are untracked by Python's cyclic GC, whose full collections otherwise scan every
-# tile of every entity.
-Tile = tuple[Any, ...]
+# A tile: [k, count, sum_1, ..., column_1, ...], updated in place.
+Tile = list[Any]
 # A pending event: (event time, fields, partition, offset).
 Pending = tuple[int, tuple[Any, ...], int, int]
 
 
 # --- window columns that are not running totals -------------------------------------------
 #
-# A column owns one slot in every tile (``tile[self.tcol]``) and one slot in the group state
-# (``gs[self.gcol]``). Group state layout: gs[0] = tiles (oldest first), gs[1] = running totals
-# [count, sum_1, ...], gs[2:] = column states. Tile layout: [k, count, sum_1, ..., col_1, ...].
+# A column owns one slot in every tile (``tile[self.tcol]``) and one slot of the entity's flat
+# state (``d[self.gcol]``); ``d[self.tix]`` is its group's tiles (see the module docstring).
 
 
 class Column:
-    """A window column kept per tile (``tile[tcol]``) and per group state (``gs[gcol]``)."""
+    """A window column kept per tile (``tile[tcol]``) and per entity state (``d[gcol]``)."""
 
-    __slots__ = ("field", "gcol", "tcol")
+    __slots__ = ("field", "gcol", "tcol", "tix")
 
-    def __init__(self, field: int, tcol: int, gcol: int) -> None:
+    def __init__(self, field: int, tcol: int, gcol: int, tix: int) -> None:
         self.field = field  # index into the event's fields tuple
         self.tcol = tcol
         self.gcol = gcol
+        self.tix = tix
 
     def new_state(self) -> Any:
         raise NotImplementedError
 
-    def new_tile(self, gs: list[Any]) -> Any:
+    def new_tile(self, d: list[Any]) -> Any:
         raise NotImplementedError
 
-    def add(self, gs: list[Any], tile: list[Any], v: Any) -> None:
-        """Fold ``v`` into ``tile`` (a tile being rebuilt as a list: set ``tile[tcol]``)."""
+    def add(self, d: list[Any], tile: Tile, v: Any) -> None:
+        """Fold ``v`` into ``tile`` (``tile[tcol]``)."""
         raise NotImplementedError
 
-    def refresh(self, gs: list[Any]) -> None:
+    def refresh(self, d: list[Any]) -> None:
         """Bring the group-level state up to date after :meth:`add` (the slow, general path)."""
 
-    def drop(self, gs: list[Any], dropped: list[Tile]) -> None:
+    def drop(self, d: list[Any], dropped: list[Tile]) -> None:
         """``dropped`` (the oldest tiles) have left the window for good."""
         raise NotImplementedError
 
     def value(
-        self, gs: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
+        self, d: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
     ) -> Any:
         """The window value over tiles ``k >= c`` (the first ``shadow`` tiles are older than
         ``c``) plus the ``extra`` pending values."""
@@ -114,28 +115,28 @@ class MaxColumn(Column):
     def new_state(self) -> list[tuple[int, Any]]:
         return []
 
-    def new_tile(self, gs: list[Any]) -> Any:
+    def new_tile(self, d: list[Any]) -> Any:
         return None
 
-    def add(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+    def add(self, d: list[Any], tile: Tile, v: Any) -> None:
         current = tile[self.tcol]
         if current is None or v > current:
             tile[self.tcol] = v
 
-    def refresh(self, gs: list[Any]) -> None:
+    def refresh(self, d: list[Any]) -> None:
         col = self.tcol
         queue: list[tuple[int, Any]] = []
         best = None
-        for tile in reversed(gs[0]):
+        for tile in reversed(d[self.tix]):
             v = tile[col]
             if v is not None and (best is None or v > best):
                 best = v
                 queue.append((tile[0], v))
         queue.reverse()
-        gs[self.gcol] = queue
+        d[self.gcol] = queue
 
-    def drop(self, gs: list[Any], dropped: list[Tile]) -> None:
-        queue = gs[self.gcol]
+    def drop(self, d: list[Any], dropped: list[Tile]) -> None:
+        queue = d[self.gcol]
         last = dropped[-1][0]
         i = 0
         while i < len(queue) and queue[i][0] <= last:
@@ -144,10 +145,10 @@ class MaxColumn(Column):
             del queue[:i]
 
     def value(
-        self, gs: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
+        self, d: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
     ) -> Any:
         best = None
-        for k, v in gs[self.gcol]:
+        for k, v in d[self.gcol]:
             if k >= c:
                 best = v
                 break
@@ -163,28 +164,28 @@ class MinColumn(MaxColumn):
 
     __slots__ = ()
 
-    def add(self, gs: list[Any], tile: list[Any], v: Any) -> None:
+    def add(self, d: list[Any], tile: Tile, v: Any) -> None:
         current = tile[self.tcol]
         if current is None or v < current:
             tile[self.tcol] = v
 
-    def refresh(self, gs: list[Any]) -> None:
+    def refresh(self, d: list[Any]) -> None:
         col = self.tcol
         queue: list[tuple[int, Any]] = []
         best = None
-        for tile in reversed(gs[0]):
+        for tile in reversed(d[self.tix]):
             v = tile[col]
             if v is not None and (best is None or v < best):
                 best = v
                 queue.append((tile[0], v))
         queue.reverse()
-        gs[self.gcol] = queue
+        d[self.gcol] = queue
 
     def value(
-        self, gs: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
+        self, d: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
     ) -> Any:
         best = None
-        for k, v in gs[self.gcol]:
+        for k, v in d[self.gcol]:
             if k >= c:
                 best = v
                 break
@@ -205,28 +206,28 @@ class SketchColumn(Column):
 
     __slots__ = ("agg",)
 
-    def __init__(self, field: int, tcol: int, gcol: int, agg: Aggregator[Any]) -> None:
-        super().__init__(field, tcol, gcol)
+    def __init__(self, field: int, tcol: int, gcol: int, tix: int, agg: Aggregator[Any]) -> None:
+        super().__init__(field, tcol, gcol, tix)
         self.agg = agg
 
     def new_state(self) -> Any:
         return None
 
-    def new_tile(self, gs: list[Any]) -> Any:
+    def new_tile(self, d: list[Any]) -> Any:
         return self.agg.empty()
 
-    def add(self, gs: list[Any], tile: Sequence[Any], v: Any) -> None:
+    def add(self, d: list[Any], tile: Tile, v: Any) -> None:
         tile[self.tcol].add(v)  # the partial is updated in place
 
-    def refresh(self, gs: list[Any]) -> None:
-        gs[self.gcol] = None  # a complete tile may have changed: rebuild the cache when read
+    def refresh(self, d: list[Any]) -> None:
+        d[self.gcol] = None  # a complete tile may have changed: rebuild the cache when read
 
-    def drop(self, gs: list[Any], dropped: list[Tile]) -> None:
-        gs[self.gcol] = None
+    def drop(self, d: list[Any], dropped: list[Tile]) -> None:
+        d[self.gcol] = None
 
-    def merged(self, gs: list[Any], c: int) -> Any:
+    def merged(self, d: list[Any], c: int) -> Any:
         """A fresh partial: the merge of every tile ``k >= c`` (the caller may mutate it)."""
-        tiles = gs[0]
+        tiles = d[self.tix]
         col = self.tcol
         agg = self.agg
         newest = tiles[-1]
@@ -234,13 +235,13 @@ class SketchColumn(Column):
             if tile[0] >= c:
                 c = tile[0]
                 break
-        cache = gs[self.gcol]
+        cache = d[self.gcol]
         if cache is None or cache[0] != c or cache[1] > newest[0]:
             partial = agg.empty()
             for tile in tiles[:-1]:
                 if tile[0] >= c:
                     partial = agg.merge(partial, tile[col])
-            cache = gs[self.gcol] = [c, newest[0], partial]
+            cache = d[self.gcol] = [c, newest[0], partial]
         elif cache[1] < newest[0]:
             # Tiles created since the cache was built: fold the ones now complete.
             for tile in tiles[:-1]:
@@ -253,10 +254,10 @@ class SketchColumn(Column):
         return result
 
     def value(
-        self, gs: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
+        self, d: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
     ) -> Any:
         agg = self.agg
-        partial = self.merged(gs, c) if gs[0] else agg.empty()
+        partial = self.merged(d, c) if d[self.tix] else agg.empty()
         if extra:
             for v in extra:
                 partial = agg.add(partial, 0, v)
@@ -277,11 +278,11 @@ class DistinctColumn(SketchColumn):
     def new_state(self) -> Any:
         return {}
 
-    def new_tile(self, gs: list[Any]) -> Any:
-        return set() if type(gs[self.gcol]) is dict else Distinct()
+    def new_tile(self, d: list[Any]) -> Any:
+        return set() if type(d[self.gcol]) is dict else Distinct()
 
-    def add(self, gs: list[Any], tile: Sequence[Any], v: Any) -> None:
-        counts = gs[self.gcol]
+    def add(self, d: list[Any], tile: Tile, v: Any) -> None:
+        counts = d[self.gcol]
         if type(counts) is dict:
             values = tile[self.tcol]  # the tile's set, updated in place
             if v not in values:
@@ -290,24 +291,23 @@ class DistinctColumn(SketchColumn):
         else:
             tile[self.tcol].add(v)
 
-    def refresh(self, gs: list[Any]) -> None:
-        counts = gs[self.gcol]
+    def refresh(self, d: list[Any]) -> None:
+        counts = d[self.gcol]
         if type(counts) is dict:
             if len(counts) > EXACT_DISTINCT_LIMIT:
-                self.to_sketch(gs)
+                self.to_sketch(d)
         else:
-            gs[self.gcol] = None
+            d[self.gcol] = None
 
-    def to_sketch(self, gs: list[Any]) -> None:
+    def to_sketch(self, d: list[Any]) -> None:
         """Switch the window to sketch mode (its exact count passed the limit)."""
         col = self.tcol
-        tiles = gs[0]
-        for i, tile in enumerate(tiles):
-            tiles[i] = (*tile[:col], Distinct(tile[col]), *tile[col + 1 :])
-        gs[self.gcol] = None
+        for tile in d[self.tix]:
+            tile[col] = Distinct(tile[col])
+        d[self.gcol] = None
 
-    def drop(self, gs: list[Any], dropped: list[Tile]) -> None:
-        counts = gs[self.gcol]
+    def drop(self, d: list[Any], dropped: list[Tile]) -> None:
+        counts = d[self.gcol]
         if type(counts) is dict:
             col = self.tcol
             for tile in dropped:
@@ -317,17 +317,17 @@ class DistinctColumn(SketchColumn):
                         counts[v] = n
                     else:
                         del counts[v]
-        elif gs[0]:
-            gs[self.gcol] = None
+        elif d[self.tix]:
+            d[self.gcol] = None
         else:
-            gs[self.gcol] = {}  # the window is empty: back to exact mode
+            d[self.gcol] = {}  # the window is empty: back to exact mode
 
     def value(
-        self, gs: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
+        self, d: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
     ) -> Any:
-        counts = gs[self.gcol]
+        counts = d[self.gcol]
         if type(counts) is not dict:
-            partial = self.merged(gs, c)
+            partial = self.merged(d, c)
             if extra:
                 for v in extra:
                     partial.add(v)
@@ -342,7 +342,7 @@ class DistinctColumn(SketchColumn):
             # Values held only by tiles older than c do not count.
             col = self.tcol
             seen: dict[Any, int] = {}
-            for tile in gs[0][:shadow]:
+            for tile in d[self.tix][:shadow]:
                 for v in tile[col]:
                     seen[v] = seen.get(v, 0) + 1
             gone = {v for v, m in seen.items() if counts[v] == m}
@@ -360,7 +360,7 @@ class DistinctColumn(SketchColumn):
 #
 # Float sums are exact integers: ``value * 2**64`` while every value added is a multiple of
 # 2**-64 (any double >= 2**-12 in magnitude is), else ``value * 2**1074`` (every double is a
-# multiple of 2**-1074). The scale is per group state (gs[2]) and drops back to 2**64 when the
+# multiple of 2**-1074). The scale is per group (``d[o + 1]``) and drops back to 2**64 when the
 # window empties. Both give sums that do not depend on the order of additions; the small scale
 # keeps the ints short (fast to add and convert, small to pickle).
 
@@ -403,13 +403,14 @@ def from_scaled(value: int, scale: int) -> float:
 class WindowGroup:
     """The features sharing one ``(W, h)``: their tiles, running totals and columns.
 
-    Group state: ``[tiles, totals, scale, column states...]``; ``tiles`` oldest first, each a
-    :data:`Tile` ``(k, count, sum_1, ..., column_1, ...)``; ``totals`` = ``[count, sum_1, ...]``
-    over all tiles held.
+    Its slots in an entity's flat state ``d``, from ``o = self.o``: ``d[o]`` the tiles, oldest
+    first, each a :data:`Tile` ``[k, count, sum_1, ..., column_1, ...]``; ``d[o + 1]`` the sum
+    scale; ``d[o + 2]`` the count and ``d[o + 2 + j]`` sum ``j`` over all tiles held (tile slot
+    ``i`` is totalled at ``d[o + 1 + i]``); then one slot per column.
     """
 
     __slots__ = (
-        "columns", "float_sums", "h", "int_sums", "n", "nsums", "outputs", "w",
+        "columns", "float_sums", "h", "int_sums", "n", "nsums", "o", "outputs", "size", "w",
     )  # fmt: skip
 
     def __init__(
@@ -418,10 +419,12 @@ class WindowGroup:
         hop_ms: int,
         features: list[tuple[int, Feature]],
         view: FeatureView,
+        offset: int = 0,
     ) -> None:
         self.w = window_ms
         self.h = hop_ms
         self.n = window_ms // hop_ms
+        self.o = offset
         inputs = view.input_fields
         types = view.source.field_types
         sum_fields: list[int] = []
@@ -442,18 +445,20 @@ class WindowGroup:
         self.int_sums = tuple((2 + i, f) for i, f in enumerate(sum_fields) if not is_float[i])
         self.float_sums = tuple((2 + i, f) for i, f in enumerate(sum_fields) if is_float[i])
         first_column = 2 + len(sum_fields)
+        first_gcol = offset + 3 + len(sum_fields)
         columns: list[Column] = []
         for j, (agg, field) in enumerate(column_keys):
-            tcol, gcol = first_column + j, 3 + j
+            tcol, gcol = first_column + j, first_gcol + j
             if agg is Aggregation.MAX:
-                columns.append(MaxColumn(field, tcol, gcol))
+                columns.append(MaxColumn(field, tcol, gcol, offset))
             elif agg is Aggregation.MIN:
-                columns.append(MinColumn(field, tcol, gcol))
+                columns.append(MinColumn(field, tcol, gcol, offset))
             elif agg is Aggregation.DISTINCT_COUNT:
-                columns.append(DistinctColumn(field, tcol, gcol, aggregator_for(agg)))
+                columns.append(DistinctColumn(field, tcol, gcol, offset, aggregator_for(agg)))
             else:  # approx_percentile: a KLL per tile; the quantile is chosen per feature
-                columns.append(SketchColumn(field, tcol, gcol, _QUANTILES))
+                columns.append(SketchColumn(field, tcol, gcol, offset, _QUANTILES))
         self.columns = tuple(columns)
+        self.size = 3 + len(sum_fields) + len(columns)
         outputs: list[tuple[int, int, int, Any]] = []
         for position, feature in features:
             if feature.agg is Aggregation.COUNT:
@@ -471,68 +476,69 @@ class WindowGroup:
         self.outputs = tuple(outputs)
 
     def new_state(self) -> list[Any]:
-        return [[], [0] * (1 + self.nsums), COARSE, *(c.new_state() for c in self.columns)]
+        """This group's slots of a new entity state (``d[o : o + size]``)."""
+        return [[], COARSE, 0, *[0] * self.nsums, *(c.new_state() for c in self.columns)]
 
     def boundary(self, k: int) -> int:
         """The expiry boundary of tile ``k``: ``tile_start + h + W``."""
         return (k + 1) * self.h + self.w
 
-    def fold(self, gs: list[Any], t: int, fields: tuple[Any, ...]) -> int | None:
+    def fold(self, d: list[Any], t: int, fields: tuple[Any, ...]) -> int | None:
         """Add one event to its tile, any tile (the general, slow path: :mod:`flows.hotpath`
         inlines the newest-tile case); returns the group's new oldest boundary if it changed."""
         # Convert the sums first: switching to the fine scale rewrites every tile.
-        floats = [self.scaled(gs, fields[index]) for _, index in self.float_sums]
+        floats = [self.scaled(d, fields[index]) for _, index in self.float_sums]
+        o = self.o
         k = t // self.h
-        tiles = gs[0]
+        tiles = d[o]
         i = len(tiles) - 1
         while i >= 0 and tiles[i][0] > k:
             i -= 1
         result = None
         if i >= 0 and tiles[i][0] == k:
-            tile = list(tiles[i])
+            tile = tiles[i]
         else:
-            tile = [k, 0, *[0] * self.nsums, *(c.new_tile(gs) for c in self.columns)]
+            tile = [k, 0, *[0] * self.nsums, *(c.new_tile(d) for c in self.columns)]
             i += 1
-            tiles.insert(i, ())
+            tiles.insert(i, tile)
             if i == 0:
                 result = (k + 1) * self.h + self.w
-        totals = gs[1]
         tile[1] += 1
-        totals[0] += 1
+        d[o + 2] += 1
         for j, index in self.int_sums:
             v = fields[index]
             tile[j] += v
-            totals[j - 1] += v
+            d[o + 1 + j] += v
         for (j, _), n in zip(self.float_sums, floats, strict=True):
             tile[j] += n
-            totals[j - 1] += n
+            d[o + 1 + j] += n
         for column in self.columns:
-            column.add(gs, tile, fields[column.field])
-        tiles[i] = tuple(tile)
+            column.add(d, tile, fields[column.field])
         for column in self.columns:
-            column.refresh(gs)
+            column.refresh(d)
         return result
 
-    def scaled(self, gs: list[Any], value: float) -> int:
+    def scaled(self, d: list[Any], value: float) -> int:
         """``value`` at the group's sum scale, switching the group to the fine scale if needed."""
-        if gs[2] == COARSE:
+        o = self.o
+        if d[o + 1] == COARSE:
             n = to_coarse(value)
             if n is not None:
                 return n
             n = _to_fine(value)  # raises on non-finite values before any state changes
-            slots = {i for i, _ in self.float_sums}
-            tiles = gs[0]
-            for j, tile in enumerate(tiles):
-                tiles[j] = tuple(x << _FINE_SHIFT if i in slots else x for i, x in enumerate(tile))
+            slots = [i for i, _ in self.float_sums]
+            for tile in d[o]:
+                for i in slots:
+                    tile[i] <<= _FINE_SHIFT
             for i in slots:
-                gs[1][i - 1] <<= _FINE_SHIFT
-            gs[2] = FINE
+                d[o + 1 + i] <<= _FINE_SHIFT
+            d[o + 1] = FINE
             return n
         return _to_fine(value)
 
     def values(
         self,
-        gs: list[Any],
+        d: list[Any],
         as_of: int,
         pending: list[Pending] | None,
         out: list[Any],
@@ -543,14 +549,15 @@ class WindowGroup:
         the window as of ``as_of``; tiles older than the window (``shadow``) exist only between
         their boundary passing ``as_of`` and the watermark passing it.
         """
+        o = self.o
         c = as_of // self.h - self.n
         if pending:
             # Bring the group to a scale that holds the pending values before reading totals.
             for _, index in self.float_sums:
                 for event in pending:
-                    self.scaled(gs, event[1][index])
-        tiles = gs[0]
-        totals = list(gs[1])  # [count, sum_1, ...]
+                    self.scaled(d, event[1][index])
+        tiles = d[o]
+        totals = d[o + 2 : o + 3 + self.nsums]  # [count, sum_1, ...]
         shadow = 0
         if tiles and tiles[0][0] < c:
             for tile in tiles:
@@ -567,16 +574,16 @@ class WindowGroup:
                     totals[i - 1] += event[1][index]
             for i, index in self.float_sums:
                 for event in pending:
-                    totals[i - 1] += self.scaled(gs, event[1][index])
+                    totals[i - 1] += self.scaled(d, event[1][index])
         count = totals[0]
-        scale = gs[2]
+        scale = d[o + 1]
         for position, kind, index, arg in self.outputs:
             if kind == OUT_COUNT:
                 out[position] = count
             elif kind == OUT_COLUMN:
                 column = self.columns[index]
                 extra = [e[1][column.field] for e in pending] if pending else None
-                out[position] = column.value(gs, c, shadow, extra, arg)
+                out[position] = column.value(d, c, shadow, extra, arg)
             else:
                 total = from_scaled(totals[index - 1], scale) if arg else totals[index - 1]
                 if kind == OUT_SUM:
