@@ -93,15 +93,15 @@ class EntityState:
     of the highest-offset event folded into the tiles; ``nb``: the next expiry boundary among
     the tiles (None: none); ``pending``: ``(t, fields, partition, offset)`` of the events newer
     than the watermark, not yet in tiles, sorted by ``t`` (ties in arrival order); ``d``: the
-    window groups' slots, one flat list (layout in :mod:`flows.tiles`); ``life``: the lifetime
-    features' partials.
+    window groups' and then the lifetime features' slots, one flat list (layout in
+    :mod:`flows.tiles`).
     """
 
     __slots__ = (
-        "d", "foff", "fpart", "life", "max_t", "nb", "off", "part", "pending", "wall", "wm",
+        "d", "foff", "fpart", "max_t", "nb", "off", "part", "pending", "wall", "wm",
     )  # fmt: skip
 
-    def __init__(self, d: list[Any], life: list[Any]) -> None:
+    def __init__(self, d: list[Any]) -> None:
         self.max_t = NEVER
         self.wall = 0
         self.wm = NEVER
@@ -112,12 +112,11 @@ class EntityState:
         self.nb: int | None = None
         self.pending: list[Pending] = []
         self.d = d
-        self.life = life
 
     def _fields(self) -> tuple[Any, ...]:
         return (
             self.max_t, self.wall, self.wm, self.part, self.off, self.fpart, self.foff, self.nb,
-            self.pending, self.d, self.life,
+            self.pending, self.d,
         )  # fmt: skip
 
     def __getstate__(self) -> tuple[Any, ...]:
@@ -125,23 +124,23 @@ class EntityState:
         # zero bits: pickle them as (mantissa, shift), which is ~15 bytes instead of ~140.
         d = [
             [_pack_all(tile) for tile in x] if type(x) is list and x and type(x[0]) is list
+            else tuple(_pack_all(x)) if type(x) is tuple  # lifetime partials
             else _pack(x)
             for x in self.d
         ]  # fmt: skip
-        life = [tuple(_pack_all(p)) if type(p) is tuple else _pack(p) for p in self.life]
-        return (*self._fields()[:-2], d, life)
+        return (*self._fields()[:-1], d)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (
             self.max_t, self.wall, self.wm, self.part, self.off, self.fpart, self.foff, self.nb,
-            self.pending, d, life,
+            self.pending, d,
         ) = state  # fmt: skip
         self.d = [
             [_unpack_all(tile) for tile in x] if type(x) is list and x and type(x[0]) is list
+            else tuple(_unpack_all(x)) if type(x) is tuple
             else _unpack(x)
             for x in d
         ]  # fmt: skip
-        self.life = [tuple(_unpack_all(p)) if type(p) is tuple else _unpack(p) for p in life]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, EntityState):
@@ -189,7 +188,7 @@ class ViewEngine:
             groups.append(WindowGroup(w, h, features, view, offset))
             offset += groups[-1].size
         self._groups = tuple(groups)
-        self._lifetime = LifetimeFeatures(lifetime, view) if lifetime else None
+        self._lifetime = LifetimeFeatures(lifetime, view, offset) if lifetime else None
         compiled = compile_hot_path(self)
         self._apply: Callable[..., list[Row] | None] = compiled["apply"]
         self.apply = self._apply  # type: ignore[method-assign]
@@ -202,8 +201,10 @@ class ViewEngine:
 
     def new_state(self) -> EntityState:
         """The state of an entity with no events yet."""
-        life = self._lifetime.new_state() if self._lifetime is not None else []
-        return EntityState([slot for g in self._groups for slot in g.new_state()], life)
+        d = [slot for g in self._groups for slot in g.new_state()]
+        if self._lifetime is not None:
+            d += self._lifetime.new_state()
+        return EntityState(d)
 
     # -- public operations ---------------------------------------------------------------------
 
@@ -266,7 +267,7 @@ class ViewEngine:
         if not self._droppable or state.pending or state.max_t == NEVER:
             return False
         d = state.d
-        return all(not d[g.o] for g in self._groups)
+        return all(g.is_empty(d) for g in self._groups)
 
     # -- internals -----------------------------------------------------------------------------
 

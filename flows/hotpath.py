@@ -55,16 +55,16 @@ def compile_hot_path(engine: ViewEngine) -> dict[str, Any]:
     prelude, exprs = _value_exprs(engine, env)
     src = [
         "def apply(st, entity, t, fields, partition, offset):",
-        "    if t < st.wm:",
+        "    wm = st.wm",
+        "    if t < wm:",
         "        return None",
         *_check_finite(engine, env),
-        "    if t > st.max_t:",
-        "        st.max_t = t",
+        "    max_t = st.max_t",
+        "    if t > max_t:",
+        "        st.max_t = max_t = t",
         "        st.wall = clock()",
-        "        wm = t - LATENESS",
-        "        if wm > st.wm:",
-        "            st.wm = wm",
-        "    wm = st.wm",
+        "        if t - LATENESS > wm:",
+        "            st.wm = wm = t - LATENESS",
         "    nb = st.nb",
         "    pending = st.pending",
         "    if (nb is not None and nb < wm) or (pending and pending[0][0] <= wm):",
@@ -77,7 +77,6 @@ def compile_hot_path(engine: ViewEngine) -> dict[str, Any]:
         "        insort(pending, (t, fields, partition, offset), key=by_time)",
         "        st.part = partition",
         "        st.off = offset",
-        "        max_t = st.max_t",
         "        row = new_row(Row, (VIEW, entity, max_t, values_at(st, max_t, pending),"
         " partition, offset))",
         "    else:",
@@ -85,7 +84,6 @@ def compile_hot_path(engine: ViewEngine) -> dict[str, Any]:
         *_indent(_compile_fold(engine, env)),
         "        st.part = partition",
         "        st.off = offset",
-        "        max_t = st.max_t",
         "        if pending or (nb is not None and nb <= max_t):",
         "            row = new_row(Row, (VIEW, entity, max_t, values_at(st, max_t, pending),"
         " partition, offset))",
@@ -104,7 +102,7 @@ def compile_hot_path(engine: ViewEngine) -> dict[str, Any]:
         "    d = st.d",
         *_compile_fold(engine, env),
         "",
-        "def values(d, life):",
+        "def values(d):",
         *prelude,
         "    return (",
         *(f"        {e}," for e in exprs),
@@ -171,104 +169,133 @@ def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
         ]
     for g, group in enumerate(engine._groups):
         env[f"G{g}"] = group
-        h, w, o = group.h, group.w, group.o
-        new_tile = ["k", "0", *["0"] * group.nsums]
-        for j, column in enumerate(group.columns):
-            env[f"C{g}_{j}"] = column
-            if type(column) in (MaxColumn, MinColumn):
-                new_tile.append("None")
-            elif type(column) is DistinctColumn:
-                gc = column.gcol
-                new_tile.append(f"set() if type(d[{gc}]) is dict else C{g}_{j}.new_tile(d)")
-            else:
-                new_tile.append(f"C{g}_{j}.new_tile(d)")
-        src += [f"    # window {w} ms, hop {h} ms: slots d[{o}:{o + group.size}]"]
+        h, w, o, kix = group.h, group.w, group.o, group.kix
+        src += [f"    # window {w} ms, hop {h} ms: d[{o}:{o + group.size}], open tile at {kix}"]
         # Sums first: a value off the coarse scale rewrites every tile at the fine scale.
         for i, index in group.float_sums:
             src += [
                 f"    x{i} = n{index} if n{index} is not None and d[{o + 1}] == COARSE"
                 f" else G{g}.scaled(d, f{index})"
             ]
-        src += [
-            f"    tiles = d[{o}]",
-            f"    k = t // {h}",
-            "    if tiles and tiles[-1][0] == k:",
-            "        tile = tiles[-1]",
-            "    elif not tiles or tiles[-1][0] < k:",
-            "        if not tiles:",
+        float_slots = {i for i, _ in group.float_sums}
+        sums = {
+            i: f"x{i}" if i in float_slots else f"f{dict(group.int_sums)[i]}"
+            for i in range(2, 2 + group.nsums)
+        }
+        # (1) The event falls into the open tile.
+        same = [f"        d[{kix + 1}] += 1", f"        d[{o + 2}] += 1"]
+        for i, v in sums.items():
+            same += [f"        d[{kix + i}] += {v}", f"        d[{o + 1 + i}] += {v}"]
+        # (2) It opens a new newest tile (the open one, if any, is sealed into ``tiles``).
+        opened = ["k, 1", *sums.values()]
+        fresh = [
+            "        if kk is not None:",
+            f"            tiles.append(d[{kix}:{kix + group.tlen}])",
+            "        elif not tiles:",
             f"            b = (k + 1) * {h} + {w}",
             "            if nb is None or b < nb:",
             "                nb = b",
-            f"        tile = [{', '.join(new_tile)}]",
-            "        tiles.append(tile)",
-            "    else:",
-            "        tile = None",
-            f"        b = G{g}.fold(d, t, fields)",
-            "        if b is not None and (nb is None or b < nb):",
-            "            nb = b",
-            "    if tile is not None:",
-            "        tile[1] += 1",
             f"        d[{o + 2}] += 1",
         ]
-        float_slots = {i for i, _ in group.float_sums}
-        for i in range(2, 2 + group.nsums):
-            v = f"x{i}" if i in float_slots else f"f{dict(group.int_sums)[i]}"
-            src += [f"        tile[{i}] += {v}", f"        d[{o + 1 + i}] += {v}"]
+        fresh += [f"        d[{o + 1 + i}] += {v}" for i, v in sums.items()]
         for j, column in enumerate(group.columns):
-            c, gc, v = column.tcol, column.gcol, f"f{column.field}"
+            env[f"C{g}_{j}"] = column
+            c, gc, v = kix + column.tcol, column.gcol, f"f{column.field}"
             if type(column) in (MaxColumn, MinColumn):
                 better = ">" if type(column) is MaxColumn else "<"
                 worse = "<=" if type(column) is MaxColumn else ">="
-                src += [
-                    f"        m = tile[{c}]",
+                same += [
+                    f"        m = d[{c}]",
                     f"        if m is None or {v} {better} m:",
-                    f"            tile[{c}] = {v}",
+                    f"            d[{c}] = {v}",
                     f"            queue = d[{gc}]",
                     f"            while queue and queue[-1][1] {worse} {v}:",
                     "                queue.pop()",
                     f"            queue.append((k, {v}))",
                 ]
+                opened.append(v)
+                fresh += [
+                    f"        queue = d[{gc}]",
+                    f"        while queue and queue[-1][1] {worse} {v}:",
+                    "            queue.pop()",
+                    f"        queue.append((k, {v}))",
+                ]
             elif type(column) is DistinctColumn:
-                src += [
-                    f"        counts = d[{gc}]",
-                    "        if type(counts) is dict:",
-                    f"            seen = tile[{c}]",
-                    f"            if {v} not in seen:",
-                    f"                seen.add({v})",
+                exact = [
                     f"                m = counts.get({v}, 0)",
                     f"                counts[{v}] = m + 1",
                     "                if not m and len(counts) > LIMIT:",
-                    f"                    C{g}_{j}.to_sketch(d)",
-                    "        else:",
-                    f"            C{g}_{j}.add(d, tile, {v})",
+                    f"                    G{g}.to_sketch(d, {j})",
                 ]
-            else:
-                src += [f"        C{g}_{j}.add(d, tile, {v})"]
+                same += [
+                    f"        counts = d[{gc}]",
+                    "        if type(counts) is dict:",
+                    f"            seen = d[{c}]",
+                    f"            if {v} not in seen:",
+                    f"                seen.add({v})",
+                    *exact,
+                    "        else:",
+                    f"            d[{c}].add({v})",
+                ]
+                opened.append(f"p{j}")
+                fresh += [
+                    f"        counts = d[{gc}]",
+                    "        if type(counts) is dict:",
+                    f"            p{j} = {{{v}}}",
+                    *[line[4:] for line in exact[:2]],
+                    "        else:",
+                    f"            p{j} = C{g}_{j}.new_tile(d)",
+                    f"            p{j}.add({v})",
+                ]
+            else:  # a sketch per tile
+                same += [f"        d[{c}].add({v})"]
+                opened.append(f"p{j}")
+                fresh += [f"        p{j} = C{g}_{j}.new_tile(d)", f"        p{j}.add({v})"]
+        fresh += [f"        d[{kix}:{kix + group.tlen}] = ({', '.join(opened)},)"]
+        for j, column in enumerate(group.columns):  # the limit is checked once the tile is open
+            if type(column) is DistinctColumn:
+                fresh += [
+                    f"        counts = d[{column.gcol}]",
+                    "        if type(counts) is dict and len(counts) > LIMIT:",
+                    f"            G{g}.to_sketch(d, {j})",
+                ]
+        src += [
+            f"    k = t // {h}",
+            f"    kk = d[{kix}]",
+            "    if kk == k:",
+            *same,
+            "    else:",
+            f"        tiles = d[{o}]",
+            "        if kk < k if kk is not None else not tiles or tiles[-1][0] < k:",
+            *_indent(fresh),
+            "        else:  # an older tile: the general path",
+            f"            b = G{g}.fold(d, t, fields)",
+            "            if b is not None and (nb is None or b < nb):",
+            "                nb = b",
+        ]
     src += ["    st.nb = nb"]
     if engine._lifetime is not None:
-        src += ["    life = st.life"]
         lifetime = engine._lifetime
-        for i, (agg, index, is_last) in enumerate(
-            zip(lifetime.aggs, lifetime.fields, lifetime.is_last, strict=True)
+        for i, (agg, index, is_last, x) in enumerate(
+            zip(lifetime.aggs, lifetime.fields, lifetime.is_last, lifetime.slots, strict=True)
         ):
             env[f"L{i}"] = agg
             if is_last:
                 src += [
-                    f"    p = life[{i}]",
-                    "    if p is None or t > p[0] or (t == p[0] and offset >= p[1]):",
-                    f"        life[{i}] = (t, offset, f{index})",
+                    f"    if t > d[{x}] or (t == d[{x}] and offset >= d[{x + 1}]):",
+                    f"        d[{x}] = t",
+                    f"        d[{x + 1}] = offset",
+                    f"        d[{x + 2}] = f{index}",
                 ]
             else:
                 value = f"f{index}" if index >= 0 else "None"
-                src += [f"    life[{i}] = L{i}.add(life[{i}], t, {value})"]
-    else:
-        src += ["    life = st.life"]
+                src += [f"    d[{x}] = L{i}.add(d[{x}], t, {value})"]
     return src
 
 
 def _value_exprs(engine: ViewEngine, env: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Every feature read off the running state (no pending event, no tile older than the
-    window): prelude lines over ``d`` and ``life``, and one expression per feature."""
+    window): prelude lines over ``d``, and one expression per feature."""
     src: list[str] = []
     exprs: dict[int, str] = {}
     for g, group in enumerate(engine._groups):
@@ -296,7 +323,7 @@ def _value_exprs(engine: ViewEngine, env: dict[str, Any]) -> tuple[list[str], li
                 column = group.columns[index]
                 env[f"C{g}_{index}"] = column
                 env[f"A{position}"] = arg
-                slow = f"C{g}_{index}.value(d, NEVER, 0, None, A{position})"
+                slow = f"G{g}.column_value(d, {index}, A{position})"
                 if type(column) in (MaxColumn, MinColumn):
                     src += [f"    q{position} = d[{column.gcol}]"]
                     exprs[position] = f"(q{position}[0][1] if q{position} else None)"
@@ -307,15 +334,11 @@ def _value_exprs(engine: ViewEngine, env: dict[str, Any]) -> tuple[list[str], li
                     exprs[position] = slow
     if engine._lifetime is not None:
         lifetime = engine._lifetime
-        for i, (agg, position, is_last) in enumerate(
-            zip(lifetime.aggs, lifetime.positions, lifetime.is_last, strict=True)
+        for i, (agg, position, is_last, x) in enumerate(
+            zip(lifetime.aggs, lifetime.positions, lifetime.is_last, lifetime.slots, strict=True)
         ):
             env[f"L{i}"] = agg
-            if is_last:
-                src += [f"    p{position} = life[{i}]"]
-                exprs[position] = f"(None if p{position} is None else p{position}[2])"
-            else:
-                exprs[position] = f"L{i}.result(life[{i}])"
+            exprs[position] = f"d[{x + 2}]" if is_last else f"L{i}.result(d[{x}])"
     return src, [exprs[p] for p in sorted(exprs)]
 
 
@@ -327,6 +350,7 @@ def _compile_values_at(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
         "def values_at(st, as_of, pending):",
         "    d = st.d",
         "    out = [None] * WIDTH",
+        *[f"    G{g}.seal(d)" for g in range(len(engine._groups))],
     ]
     for g, group in enumerate(engine._groups):
         env[f"G{g}"] = group
@@ -415,25 +439,30 @@ def _compile_values_at(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
                     ]
     if engine._lifetime is not None:
         lifetime = engine._lifetime
-        src += ["    life = st.life"]
-        for i, (agg, index, position, is_last) in enumerate(
-            zip(lifetime.aggs, lifetime.fields, lifetime.positions, lifetime.is_last, strict=True)
-        ):
+        for i, (agg, index, position, is_last, x) in enumerate(
+            zip(
+                lifetime.aggs, lifetime.fields, lifetime.positions, lifetime.is_last,
+                lifetime.slots, strict=True,
+            )
+        ):  # fmt: skip
             env[f"L{i}"] = agg
             if is_last:
                 src += [
-                    f"    best = life[{i}]",
+                    f"    best = (d[{x}], d[{x + 1}])",
+                    f"    value = d[{x + 2}]",
                     "    for e in pending:",
-                    "        if best is None or (e[0], e[3]) >= best[:2]:",
-                    f"            best = (e[0], e[3], e[1][{index}])",
-                    f"    out[{position}] = None if best is None else best[2]",
+                    "        if (e[0], e[3]) >= best:",
+                    "            best = (e[0], e[3])",
+                    f"            value = e[1][{index}]",
+                    f"    out[{position}] = value",
                 ]
             else:
                 value = f"e[1][{index}]" if index >= 0 else "None"
                 src += [
                     f"    extra = [(e[0], {value}) for e in pending]",
-                    f"    out[{position}] = L{i}.peek(life[{i}], extra)",
+                    f"    out[{position}] = L{i}.peek(d[{x}], extra)",
                 ]
+    src += [*[f"    G{g}.unseal(d)" for g in range(len(engine._groups))]]
     src += ["    return tuple(out)", ""]
     return src
 
@@ -459,10 +488,14 @@ def _compile_expire(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
     ]
     for g, group in enumerate(engine._groups):
         h, w, o = group.h, group.w, group.o
+        kix, tlen = group.kix, group.tlen
+        env[f"G{g}"] = group
         src += [
             f"        # window {w} ms, hop {h} ms: drop the tiles whose boundary is nb",
             f"        tiles = d[{o}]",
-            f"        if tiles and (tiles[0][0] + 1) * {h} + {w} <= nb:",
+            f"        first = tiles[0][0] if tiles else d[{kix}]",
+            f"        if first is not None and (first + 1) * {h} + {w} <= nb:",
+            f"            G{g}.seal(d)",
             f"            c = (nb - {w}) // {h}",
             "            while tiles and tiles[0][0] < c:",
             "                tile = tiles.pop(0)",
@@ -497,15 +530,17 @@ def _compile_expire(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
             "            if not tiles:",
             *[f"                d[{o + 2 + i}] = 0" for i in range(1 + group.nsums)],
             f"                d[{o + 1}] = COARSE",
-            "        if tiles:",
-            f"            b = (tiles[0][0] + 1) * {h} + {w}",
+            "            else:",
+            f"                d[{kix}:{kix + tlen}] = tiles.pop()  # unseal",
+            f"            first = tiles[0][0] if tiles else d[{kix}]",
+            "        if first is not None:",
+            f"            b = (first + 1) * {h} + {w}",
             "            if following is None or b < following:",
             "                following = b",
         ]
     src += [
         "        st.nb = following",
-        "        rows.append(new_row(Row, (VIEW, entity, nb, values(d, st.life), st.fpart,"
-        " st.foff)))",
+        "        rows.append(new_row(Row, (VIEW, entity, nb, values(d), st.fpart, st.foff)))",
         "",
     ]
     return src
