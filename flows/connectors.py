@@ -3,7 +3,9 @@
 * :class:`StartingKafkaSource` — Bytewax's ``KafkaSource`` whose *first* start position is
   ``earliest``, ``latest`` or a time (``offsets_for_times``), resolved per partition to an
   absolute offset so a recovery snapshot taken before any record arrived still means "here";
-  a resumed partition always continues from its snapshot.
+  a resumed partition always continues from its snapshot. Its partitions emit the consumer's
+  ``confluent_kafka.Message`` objects as they are (Bytewax's own partition copies each into a
+  frozen ``KafkaSourceMessage``: 3.9-5.7 µs per record, more than decoding it).
 * :class:`RedisSink` — per worker, one pipelined newer-wins write per batch
   (``sinks.redis_store.RedisFeatureWriter``, which retries with backoff and never drops rows),
   then records write latency and freshness (Kafka timestamp -> write done).
@@ -20,21 +22,30 @@ Connections are made in ``build``/``build_part`` (on the worker) and fail fast.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from bytewax.connectors.kafka import KafkaSource
+from bytewax.connectors.kafka import BYTEWAX_CONSUMER_LAG_GAUGE, KafkaSource
+from bytewax.inputs import StatefulSourcePartition
 from bytewax.outputs import (
     DynamicSink,
     FixedPartitionedSink,
     StatefulSinkPartition,
     StatelessSinkPartition,
 )
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from flows import metrics
 from flows.deadletter import DeadLetter, DeadLetterProducer, dead_letter_topic
@@ -92,7 +103,26 @@ class StartingKafkaSource(KafkaSource):
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> Any:
         if resume_state is None and self._start != "earliest":
             resume_state = self._first_offset(for_part)
-        return super().build_part(step_id, for_part, resume_state)
+        idx, topic = for_part.split("-", 1)
+        if topic not in self._topics:
+            raise SourceError(f"cannot resume partition {for_part!r}: not a topic of this flow")
+        config = {
+            # No consumer group: offsets live in Bytewax's recovery snapshots.
+            "group.id": "BYTEWAX_IGNORED",
+            "enable.auto.commit": "false",
+            "bootstrap.servers": ",".join(self._brokers),
+            "enable.partition.eof": str(not self._tail),
+            "statistics.interval.ms": 1000,
+            **self._add_config,
+        }
+        return _KafkaPartition(
+            step_id,
+            config,
+            topic,
+            int(idx),
+            OFFSET_BEGINNING if resume_state is None else resume_state,
+            batch_size=self._batch_size,
+        )
 
     def _first_offset(self, for_part: str) -> int:
         idx, topic = for_part.split("-", 1)
@@ -118,6 +148,67 @@ class StartingKafkaSource(KafkaSource):
             ) from exc
         finally:
             consumer.close()
+
+
+class _KafkaPartition(StatefulSourcePartition[Message, int]):
+    """One Kafka partition read with ``assign`` from ``offset``; emits consumer messages.
+
+    The same contract as Bytewax's Kafka partition (snapshot = the next offset to read; with
+    ``enable.partition.eof`` the partition ends at the end of the topic; a consumer error
+    stops the flow), without a per-record copy.
+    """
+
+    def __init__(
+        self, step_id: str, config: dict[str, Any], topic: str, idx: int, offset: int, *,
+        batch_size: int,
+    ) -> None:  # fmt: skip
+        self._offset = offset
+        self._topic = topic
+        self._idx = idx
+        self._batch_size = batch_size
+        self._eof = False
+        self._lag = BYTEWAX_CONSUMER_LAG_GAUGE.labels(step_id=step_id, topic=topic, partition=idx)
+        consumer = Consumer({**config, "stats_cb": self._stats})
+        consumer.assign([TopicPartition(topic, idx, offset)])
+        self._consumer = consumer
+
+    def _stats(self, json_stats: str) -> None:
+        """librdkafka's statistics (once a second): consumer lag, re-exported by
+        ``flows.metrics`` as ``freshet_consumer_lag``."""
+        if self._offset > 0:
+            stats = json.loads(json_stats)["topics"][self._topic]["partitions"][str(self._idx)]
+            self._lag.set(stats["ls_offset"] - self._offset)
+
+    def next_batch(self) -> list[Message]:
+        if self._eof:
+            raise StopIteration
+        batch = self._consumer.consume(self._batch_size, 0.001)
+        if not batch:
+            return batch
+        if any(m.error() is not None for m in batch):
+            batch = self._without_errors(batch)
+        if batch:
+            self._offset = cast(int, batch[-1].offset()) + 1  # set on consumed records
+        return batch
+
+    def _without_errors(self, batch: list[Message]) -> list[Message]:
+        """The records before the end of the partition; any other error stops the flow."""
+        for i, message in enumerate(batch):
+            error = message.error()
+            if error is None:
+                continue
+            if error.code() == KafkaError._PARTITION_EOF:
+                # Ends at the next call, so the records before it are emitted first.
+                self._eof = True
+                return batch[:i]
+            raise RuntimeError(f"error consuming from Kafka topic {self._topic!r}: {error}")
+        return batch
+
+    def snapshot(self) -> int:
+        return self._offset
+
+    def close(self) -> None:
+        self._consumer.close()
 
 
 class _RedisPartition(StatelessSinkPartition[tuple[str, Changes]]):

@@ -1,10 +1,12 @@
 """Decoding: a batch of Kafka messages of a view's source -> engine events and dead letters.
 
-Input items are what Bytewax's ``KafkaSource`` (``bytewax.connectors.kafka``, ``kop.input``)
-emits: ``KafkaSourceMessage``, a frozen dataclass with the *attributes* ``key``, ``value``,
-``topic``, ``headers``, ``partition``, ``offset`` and ``timestamp`` (a librdkafka
-``(type, ms)`` pair). :class:`RawMessage` is the same shape without Bytewax, e.g. for a plain
-confluent-kafka consumer (:meth:`RawMessage.from_confluent`).
+Input: a batch of consumed records, either all ``confluent_kafka.Message`` as the consumer
+returns them (what the flow's Kafka source emits: fields are *methods*, ``m.value()``), or all
+:class:`SourceMessage`-like records whose fields are *attributes* (Bytewax's
+``KafkaSourceMessage``, :class:`RawMessage`; tests and callers without a consumer). The hot
+loop reads consumer messages as they are: measured, wrapping each in a ``KafkaSourceMessage``
+cost 3.9-5.7 µs per record, more than decoding it (``tests/bench/pipeline``, README).
+Attribute-style records go through a small adapter (slower; not the flow's path).
 
 Output: :class:`Decoded` ``(events, dead)``. An event is the plain tuple
 
@@ -50,6 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, cast
 
 import orjson
+from confluent_kafka import Message
 from fastavro import parse_schema, schemaless_reader
 
 from flows.deadletter import DeadLetter, Headers, Reason
@@ -123,22 +126,56 @@ class SourceMessage(Protocol):
 
 
 class _Message(Protocol):
-    """A :class:`SourceMessage` as a consumer really fills it: topic, partition, offset set."""
+    """A consumed record with confluent-kafka's accessors (``confluent_kafka.Message``), as a
+    consumer fills it: topic, partition and offset set."""
 
-    @property
     def key(self) -> bytes | None: ...
-    @property
     def value(self) -> bytes | None: ...
-    @property
     def topic(self) -> str: ...
-    @property
     def headers(self) -> Sequence[tuple[str, str | bytes | None]] | None: ...
-    @property
     def partition(self) -> int: ...
-    @property
     def offset(self) -> int: ...
-    @property
     def timestamp(self) -> tuple[int, int] | None: ...
+
+
+class _Accessors:
+    """A :class:`SourceMessage` (attributes) seen through ``confluent_kafka.Message``'s
+    methods, so one decode loop serves both."""
+
+    __slots__ = ("_m",)
+
+    def __init__(self, message: SourceMessage) -> None:
+        self._m = message
+
+    def key(self) -> bytes | None:
+        return self._m.key
+
+    def value(self) -> bytes | None:
+        return self._m.value
+
+    # Consumers (Bytewax's KafkaSource included) always set topic, partition and offset.
+    def topic(self) -> str:
+        return cast(str, self._m.topic)
+
+    def headers(self) -> Sequence[tuple[str, str | bytes | None]] | None:
+        return self._m.headers
+
+    def partition(self) -> int:
+        return cast(int, self._m.partition)
+
+    def offset(self) -> int:
+        return cast(int, self._m.offset)
+
+    def timestamp(self) -> tuple[int, int] | None:
+        return self._m.timestamp
+
+
+def _consumer_messages(messages: Sequence[Any]) -> Sequence[_Message]:
+    """``messages`` with consumer accessors: as they are when they are consumer messages
+    (checked on the first; a batch is of one kind), else each behind :class:`_Accessors`."""
+    if not messages or messages[0].__class__ is Message:
+        return cast("Sequence[_Message]", messages)
+    return [_Accessors(m) for m in messages]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +210,7 @@ class Decoded(NamedTuple):
 
 
 class Decoder(Protocol):
-    def decode(self, messages: Sequence[SourceMessage]) -> Decoded: ...
+    def decode(self, messages: Sequence[SourceMessage] | Sequence[Message]) -> Decoded: ...
 
 
 # Field kinds a JSON value is checked against (derived from the Avro type).
@@ -294,7 +331,7 @@ def _getter(fields: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
 
 
 def _kafka_ts(message: _Message) -> int:
-    ts = message.timestamp
+    ts = message.timestamp()
     return ts[1] if ts is not None and ts[0] else -1
 
 
@@ -303,12 +340,12 @@ def _dead(message: _Message, view: str, reason: Reason, error: str) -> DeadLette
         reason=reason,
         error=error,
         view=view,
-        key=message.key,
-        value=message.value,
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        headers=list(message.headers) if message.headers else None,
+        key=message.key(),
+        value=message.value(),
+        topic=message.topic(),
+        partition=message.partition(),
+        offset=message.offset(),
+        headers=list(headers) if (headers := message.headers()) else None,
     )
 
 
@@ -411,7 +448,7 @@ class AvroDecoder:
         self._skip = 5 if wire_format == "confluent" else 0
         self._schema_ids = schema_ids
 
-    def decode(self, messages: Sequence[SourceMessage]) -> Decoded:
+    def decode(self, messages: Sequence[SourceMessage] | Sequence[Message]) -> Decoded:
         """Decode a batch; never raises for bad records (they become dead letters)."""
         events: list[Event] = []
         dead: list[DeadLetter] = []
@@ -422,9 +459,8 @@ class AvroDecoder:
         entity_field = self._entity_field
         time_field = self._time_field
         fields = self._fields
-        # Consumers (Bytewax's KafkaSource included) always set topic, partition and offset.
-        for m in cast("Sequence[_Message]", messages):
-            value = m.value
+        for m in _consumer_messages(messages):
+            value = m.value()
             try:
                 buf = BytesIO(value)  # type: ignore[arg-type]  # None is refused below
                 if skip:
@@ -447,14 +483,14 @@ class AvroDecoder:
                 and EVENT_TIME_MIN_MS <= event_time < EVENT_TIME_MAX_MS
                 and buf.tell() == len(value)  # type: ignore[arg-type]
             ):
-                ts = m.timestamp
+                ts = m.timestamp()
                 add(
                     (
                         entity,
                         event_time,
                         fields(record),
-                        m.partition,
-                        m.offset,
+                        m.partition(),
+                        m.offset(),
                         ts[1] if ts is not None and ts[0] else -1,
                     )
                 )
@@ -471,8 +507,8 @@ class AvroDecoder:
                         _entity_or_invalid(entity, entity_field),
                         _time_or_invalid(event_time, time_field),
                         fields(record),
-                        m.partition,
-                        m.offset,
+                        m.partition(),
+                        m.offset(),
                         _kafka_ts(m),
                     )
                 )
@@ -546,7 +582,7 @@ class JsonDecoder:
         self._exact_types = None if None in self._fast_types else self._fast_types
         self._fields = _getter(self._input_fields)
 
-    def decode(self, messages: Sequence[SourceMessage]) -> Decoded:
+    def decode(self, messages: Sequence[SourceMessage] | Sequence[Message]) -> Decoded:
         """Decode a batch; never raises for bad records (they become dead letters)."""
         events: list[Event] = []
         dead: list[DeadLetter] = []
@@ -558,11 +594,11 @@ class JsonDecoder:
         fast_types = self._fast_types
         exact_types = self._exact_types
         all_any = self._all_any
-        for m in cast("Sequence[_Message]", messages):
+        for m in _consumer_messages(messages):
             try:
-                record = loads(m.value)  # type: ignore[arg-type]  # None is refused below
+                record = loads(m.value())  # type: ignore[arg-type]  # None is refused below
             except Exception as exc:  # orjson.JSONDecodeError, TypeError for None
-                dead.append(_dead(m, self._view, "undecodable", self._undecodable(m.value, exc)))
+                dead.append(_dead(m, self._view, "undecodable", self._undecodable(m.value(), exc)))
                 continue
             if record.__class__ is dict:
                 entity = record.get(entity_field)
@@ -588,14 +624,14 @@ class JsonDecoder:
                                 for v, t in zip(values, fast_types, strict=True)
                             )
                         ):
-                            ts = m.timestamp
+                            ts = m.timestamp()
                             add(
                                 (
                                     entity,
                                     event_time,
                                     values,
-                                    m.partition,
-                                    m.offset,
+                                    m.partition(),
+                                    m.offset(),
                                     ts[1] if ts is not None and ts[0] else -1,
                                 )
                             )
@@ -615,7 +651,7 @@ class JsonDecoder:
         entity = _entity_or_invalid(record.get(self._entity_field), self._entity_field)
         event_time = _time_or_invalid(record.get(self._time_field), self._time_field)
         values = tuple(_coerce(record, spec) for spec in self._specs)
-        return (entity, event_time, values, m.partition, m.offset, _kafka_ts(m))
+        return (entity, event_time, values, m.partition(), m.offset(), _kafka_ts(m))
 
     @staticmethod
     def _undecodable(value: bytes | None, exc: Exception) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 from bytewax.connectors.kafka import KafkaSourceMessage
+from confluent_kafka import Message
 from fastavro import parse_schema, schemaless_writer
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -122,6 +123,39 @@ def test_avro_decoder_accepts_bytewax_kafka_source_messages() -> None:
     out = avro_decoder().decode([item])
 
     assert out.events == [("c1", T0, (12.5, "m7"), 2, 42, T0 + 9)]
+
+
+def consumer_message(raw: RawMessage) -> Message:
+    """``raw`` as the Kafka consumer returns it (fields are methods)."""
+    return Message(
+        topic=raw.topic,
+        partition=raw.partition,
+        offset=raw.offset,
+        key=raw.key,
+        value=raw.value,
+        timestamp=raw.timestamp or (0, -1),
+        headers=raw.headers,
+    )
+
+
+@pytest.mark.parametrize("decoder", [avro_decoder, json_decoder])
+def test_consumer_messages_decode_like_their_attribute_copies(decoder: Any) -> None:
+    encode = avro if decoder is avro_decoder else orjson.dumps
+    records = [
+        msg(encode(txn("c1", 10.0)), 5),
+        msg(b"\xff\xfe not a record", 6, key=b"bad"),
+        msg(encode(txn("c2", 3.5, t=T0 + 1)), 7, partition=0),
+        msg(None, 8),
+    ]
+
+    native = decoder().decode([consumer_message(r) for r in records])
+
+    assert native == decoder().decode(records)
+    assert [e[4] for e in native.events] == [5, 7]
+    assert [(d.offset, d.key, d.headers) for d in native.dead] == [
+        (6, b"bad", [("trace", b"abc")]),
+        (8, b"k", [("trace", b"abc")]),
+    ]
 
 
 def test_missing_kafka_timestamp_is_minus_one() -> None:
