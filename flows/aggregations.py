@@ -230,6 +230,13 @@ class Quantiles:
     def __setstate__(self, state: bytes) -> None:
         self._kll = datasketches.kll_doubles_sketch.deserialize(state)
 
+    def __eq__(self, other: object) -> bool:  # for tests: the same sketch bytes
+        if not isinstance(other, Quantiles):
+            return NotImplemented
+        return self.__getstate__() == other.__getstate__()
+
+    __hash__ = None  # type: ignore[assignment]
+
     def __repr__(self) -> str:
         return f"Quantiles(n={self.n})"
 

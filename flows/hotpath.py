@@ -53,49 +53,31 @@ def compile_hot_path(engine: ViewEngine) -> dict[str, Any]:
         "LATENESS": engine._lateness, "WIDTH": engine._width, "to_coarse": to_coarse,
     }  # fmt: skip
     prelude, exprs = _value_exprs(engine, env)
+    late = ["        return None"]
+    batch_late = ["        late.append(event)", "        continue"]
+    batch_emit = [
+        "    if exp is not None:",
+        "        rows.extend(exp)",
+        "        kafka_ts.extend([-1] * len(exp))",
+        "    append_row(row)",
+        "    append_ts(ts)",
+        "    touched[entity] = st",
+    ]
+    emit = ["    if exp is None:", "        return [row]", "    exp.append(row)", "    return exp"]
     src = [
         "def apply(st, entity, t, fields, partition, offset):",
-        "    wm = st.wm",
-        "    if t < wm:",
-        "        return None",
-        *_check_finite(engine, env),
-        "    max_t = st.max_t",
-        "    if t > max_t:",
-        "        st.max_t = max_t = t",
-        "        st.wall = clock()",
-        "        if t - LATENESS > wm:",
-        "            st.wm = wm = t - LATENESS",
-        "    nb = st.nb",
-        "    pending = st.pending",
-        "    if (nb is not None and nb < wm) or (pending and pending[0][0] <= wm):",
-        "        rows = []",
-        "        expire(st, entity, rows)",
-        "        nb = st.nb",
-        "    else:",
-        "        rows = None",
-        "    if nb is not None and nb < t:  # an expiry row still due may need it left out",
-        "        insort(pending, (t, fields, partition, offset), key=by_time)",
-        "        st.part = partition",
-        "        st.off = offset",
-        "        row = new_row(Row, (VIEW, entity, max_t, values_at(st, max_t, pending),"
-        " partition, offset))",
-        "    else:",
-        "        d = st.d",
-        *_indent(_compile_fold(engine, env)),
-        "        st.part = partition",
-        "        st.off = offset",
-        "        if pending or (nb is not None and nb <= max_t):",
-        "            row = new_row(Row, (VIEW, entity, max_t, values_at(st, max_t, pending),"
-        " partition, offset))",
-        "        else:",
-        *_indent(_indent(prelude)),
-        "            row = new_row(Row, (VIEW, entity, max_t, (",
-        *(f"                {e}," for e in exprs),
-        "            ), partition, offset))",
-        "    if rows is None:",
-        "        return [row]",
-        "    rows.append(row)",
-        "    return rows",
+        *_apply_body(engine, env, prelude, exprs, late, emit),
+        "",
+        "def apply_batch(states, events, missing, rows, kafka_ts, late, touched):",
+        "    get = states.get",
+        "    append_row = rows.append",
+        "    append_ts = kafka_ts.append",
+        "    for event in events:",
+        "        entity, t, fields, partition, offset, ts = event",
+        "        st = get(entity)",
+        "        if st is None:",
+        "            st = missing(entity)",
+        *_indent(_apply_body(engine, env, prelude, exprs, batch_late, batch_emit)),
         "",
         "def fold(st, t, fields, partition, offset):",
         "    nb = st.nb",
@@ -115,6 +97,63 @@ def compile_hot_path(engine: ViewEngine) -> dict[str, Any]:
     exec(compile(source, f"<freshet engine {engine._name}>", "exec"), env)
     env["__source__"] = source
     return env
+
+
+def _apply_body(
+    engine: ViewEngine,
+    env: dict[str, Any],
+    prelude: list[str],
+    exprs: list[str],
+    late: list[str],
+    emit: list[str],
+) -> list[str]:
+    """The body of ``apply`` for one event ``st, entity, t, fields, partition, offset``:
+    ``late`` are the lines run for a late event, ``emit`` those run with the event's ``row``
+    and ``exp``, the expiry rows due before it (None: none)."""
+    return [
+        "    wm = st.wm",
+        "    if t < wm:",
+        *late,
+        *_check_finite(engine, env),
+        "    max_t = st.max_t",
+        "    if t > max_t:",
+        "        st.max_t = max_t = t",
+        "        st.wall = clock()",
+        "        if t - LATENESS > wm:",
+        "            st.wm = wm = t - LATENESS",
+        "    nb = st.nb",
+        "    pending = st.pending",
+        "    if (nb is not None and nb < wm) or (pending and pending[0][0] <= wm):",
+        "        exp = []",
+        "        expire(st, entity, exp)",
+        "        nb = st.nb",
+        "        pending = st.pending",
+        "    else:",
+        "        exp = None",
+        "    if nb is not None and nb < t:  # an expiry row still due may need it left out",
+        "        if pending is None:",
+        "            st.pending = pending = [(t, fields, partition, offset)]",
+        "        else:",
+        "            insort(pending, (t, fields, partition, offset), key=by_time)",
+        "        st.part = partition",
+        "        st.off = offset",
+        "        row = new_row(Row, (VIEW, entity, max_t, values_at(st, max_t, pending),"
+        " partition, offset))",
+        "    else:",
+        "        d = st.d",
+        *_indent(_compile_fold(engine, env)),
+        "        st.part = partition",
+        "        st.off = offset",
+        "        if pending or (nb is not None and nb <= max_t):",
+        "            row = new_row(Row, (VIEW, entity, max_t, values_at(st, max_t, pending),"
+        " partition, offset))",
+        "        else:",
+        *_indent(_indent(prelude)),
+        "            row = new_row(Row, (VIEW, entity, max_t, (",
+        *(f"                {e}," for e in exprs),
+        "            ), partition, offset))",
+        *emit,
+    ]
 
 
 def _indent(lines: list[str]) -> list[str]:
@@ -348,6 +387,8 @@ def _compile_values_at(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
     mode, a pending value off the coarse scale) go through ``WindowGroup.values``."""
     src = [
         "def values_at(st, as_of, pending):",
+        "    if pending is None:",
+        "        pending = ()",
         "    d = st.d",
         "    out = [None] * WIDTH",
         *[f"    G{g}.seal(d)" for g in range(len(engine._groups))],

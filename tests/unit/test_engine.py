@@ -280,6 +280,57 @@ def _same_rows_any_timing(view: FeatureView, data: st.DataObject) -> None:
     assert run(plain) == run(timed)
 
 
+@pytest.mark.parametrize("view", [ALL_AGGS, CARD_TXN], ids=lambda v: v.name)
+def test_apply_batch_gives_the_rows_of_apply_event_by_event(
+    view: FeatureView, request: pytest.FixtureRequest
+) -> None:
+    _check(request, 40, lambda data: _batch_equals_single(view, data))
+
+
+def _batch_equals_single(view: FeatureView, data: st.DataObject) -> None:
+    streams = data.draw(entity_streams(view))
+    ops = _interleave(streams, random.Random(data.draw(st.integers(0, 2**32))))
+    events = [
+        (op[1], op[2], op[3], 3, i, 50_000 + i) for i, op in enumerate(ops) if op[0] == "event"
+    ]
+    single = ViewEngine(view, clock=lambda: 0)
+    states: dict[str, EntityState] = {}
+    rows: list[Row] = []
+    kafka_ts: list[int] = []
+    late: list[Any] = []
+    for event in events:
+        state = states.setdefault(event[0], single.new_state())
+        out = single.apply(state, *event[:5])
+        if out is None:
+            late.append(event)
+        else:
+            rows += out
+            kafka_ts += [-1] * (len(out) - 1) + [event[5]]
+
+    batched = ViewEngine(view, clock=lambda: 0)
+    states_b: dict[str, EntityState] = {}
+    rows_b: list[Row] = []
+    kafka_ts_b: list[int] = []
+    late_b: list[Any] = []
+    touched: dict[str, EntityState] = {}
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), max_size=6)))
+    for start, end in zip([0, *cuts], [*cuts, len(events)], strict=True):
+        batched.apply_batch(
+            states_b,
+            events[start:end],
+            lambda entity: states_b.setdefault(entity, batched.new_state()),
+            rows_b,
+            kafka_ts_b,
+            late_b,
+            touched,
+        )
+    assert rows_b == rows
+    assert kafka_ts_b == kafka_ts
+    assert late_b == late
+    assert states_b == states
+    assert set(touched) == {e[0] for e in events if e not in late}
+
+
 def test_a_pickled_state_resumes_with_identical_rows(request: pytest.FixtureRequest) -> None:
     _check(request, 40, _a_pickled_state_resumes_with_identical_rows)
 
