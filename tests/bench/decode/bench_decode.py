@@ -1,15 +1,16 @@
 """How close is freshet's batch decoder to the bare codec? Measured, interleaved, same data.
 
 For the demo views (Avro ``card_txn``, JSON ``card_txn_json``) this decodes the same generated
-records (with the generator's default 0.5 % malformed and 1 % late) as Bytewax's
-``KafkaSourceMessage`` items, in batches of 1,000 (``KafkaSource``'s default), with:
+records (with the generator's default 0.5 % malformed and 1 % late) as the consumer's
+``confluent_kafka.Message`` items (what the flow's Kafka source emits), in batches of 1,000,
+with:
 
   limit   the bare codec loop collecting its dicts: ``schemaless_reader(BytesIO(value), schema)``
           with the schema as written (timestamp-millis -> datetime), or ``orjson.loads(value)``;
           no checks;
   plain   the same bare loop with time logical types stripped (what freshet parses);
   freshet ``decoder_for(view).decode(batch)``: validation, field extraction, event tuples,
-          dead letters.
+          dead letters (Avro: the reader generated for the schema, ``flows.avro_reader``).
 
 Runs alternate (limit, plain, freshet) ``--runs`` times; prints events/s as median and p99
 (the slow tail over runs) and freshet's ratio to the limit of the same run. Usage::
@@ -27,7 +28,7 @@ from io import BytesIO
 from typing import Any
 
 import orjson
-from bytewax.connectors.kafka import KafkaSourceMessage
+from confluent_kafka import Message
 from fastavro import parse_schema, schemaless_reader
 
 from flows.decode import decoder_for, load_schema, strip_time_logical_types
@@ -41,11 +42,10 @@ START = 1_714_564_800_000
 def _batches(view_name: str, events: int) -> list[list[Any]]:
     stream = TransactionStream(get_view(view_name), GeneratorConfig(seed=1))
     items = [
-        KafkaSourceMessage(
+        Message(
             key=r.key,
             value=r.value,
             topic="bench",
-            headers=[],
             offset=i,
             partition=0,
             timestamp=(1, START + i),
@@ -60,7 +60,7 @@ def _avro_loop(schema: Any) -> Callable[[Sequence[Any]], list[Any]]:
         out = []
         for m in batch:
             try:  # noqa: SIM105  # contextlib.suppress costs more than the decode in a loop
-                out.append(schemaless_reader(BytesIO(m.value), schema, None))
+                out.append(schemaless_reader(BytesIO(m.value()), schema, None))
             except Exception:  # the malformed records: the limit pays for trying too
                 pass
         return out
@@ -73,7 +73,7 @@ def _json_loop(batch: Sequence[Any]) -> list[Any]:
     out = []
     for m in batch:
         try:  # noqa: SIM105  # as above
-            out.append(loads(m.value))
+            out.append(loads(m.value()))
         except orjson.JSONDecodeError:
             pass
     return out
