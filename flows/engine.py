@@ -92,8 +92,8 @@ class EntityState:
     """One entity's window state for one view (opaque to callers; picklable and compact).
 
     ``max_t``/``wm``: max event time and watermark (ms); ``wall``: wall time when ``max_t`` was
-    seen; ``part``/``off``: source position of the last applied event; ``fpart``/``foff``: that
-    of the highest-offset event folded into the tiles; ``nb``: the next expiry boundary among
+    seen; ``fpart``/``foff``: source position of the highest-offset event folded into the
+    tiles (expiry rows carry it); ``nb``: the next expiry boundary among
     the tiles (None: none); ``pending``: ``(t, fields, partition, offset)`` of the events newer
     than the watermark, not yet in tiles, sorted by ``t`` (ties in arrival order); ``d``: the
     window groups' and then the lifetime features' slots, one flat list (layout in
@@ -101,15 +101,13 @@ class EntityState:
     """
 
     __slots__ = (
-        "d", "foff", "fpart", "max_t", "nb", "off", "part", "pending", "wall", "wm",
+        "d", "foff", "fpart", "max_t", "nb", "pending", "wall", "wm",
     )  # fmt: skip
 
     def __init__(self, d: list[Any]) -> None:
         self.max_t = NEVER
         self.wall = 0
         self.wm = NEVER
-        self.part = -1
-        self.off = -1
         self.fpart = -1
         self.foff = -1
         self.nb: int | None = None
@@ -118,7 +116,7 @@ class EntityState:
 
     def _fields(self) -> tuple[Any, ...]:
         return (
-            self.max_t, self.wall, self.wm, self.part, self.off, self.fpart, self.foff, self.nb,
+            self.max_t, self.wall, self.wm, self.fpart, self.foff, self.nb,
             self.pending, self.d,
         )  # fmt: skip
 
@@ -135,7 +133,7 @@ class EntityState:
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         (
-            self.max_t, self.wall, self.wm, self.part, self.off, self.fpart, self.foff, self.nb,
+            self.max_t, self.wall, self.wm, self.fpart, self.foff, self.nb,
             self.pending, d,
         ) = state  # fmt: skip
         self.d = [

@@ -80,6 +80,7 @@ def compile_hot_path(engine: ViewEngine) -> dict[str, Any]:
         *_indent(_apply_body(engine, env, prelude, exprs, batch_late, batch_emit)),
         "",
         "def fold(st, t, fields, partition, offset):",
+        *_coarse_sums(engine, env),
         "    nb = st.nb",
         "    d = st.d",
         *_compile_fold(engine, env),
@@ -114,7 +115,7 @@ def _apply_body(
         "    wm = st.wm",
         "    if t < wm:",
         *late,
-        *_check_finite(engine, env),
+        *_coarse_sums(engine, env),
         "    max_t = st.max_t",
         "    if t > max_t:",
         "        st.max_t = max_t = t",
@@ -135,15 +136,11 @@ def _apply_body(
         "            st.pending = pending = [(t, fields, partition, offset)]",
         "        else:",
         "            insort(pending, (t, fields, partition, offset), key=by_time)",
-        "        st.part = partition",
-        "        st.off = offset",
         "        row = new_row(Row, (VIEW, entity, max_t, values_at(st, max_t, pending),"
         " partition, offset))",
         "    else:",
         "        d = st.d",
         *_indent(_compile_fold(engine, env)),
-        "        st.part = partition",
-        "        st.off = offset",
         "        if pending or (nb is not None and nb <= max_t):",
         "            row = new_row(Row, (VIEW, entity, max_t, values_at(st, max_t, pending),"
         " partition, offset))",
@@ -160,16 +157,25 @@ def _indent(lines: list[str]) -> list[str]:
     return ["    " + line if line else line for line in lines]
 
 
-def _check_finite(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
-    """Lines refusing, before any state changes, an event whose summed doubles are NaN or
-    infinite (exact sums cannot hold them; the decoder should dead-letter such events)."""
+def _coarse_sums(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
+    """Lines binding ``f<i>`` and ``n<i>``, each summed double and its value at the coarse sum
+    scale (None if off it), and refusing, before any state changes, a NaN or infinite one
+    (exact sums cannot hold them; the decoder should dead-letter such events)."""
     names = engine.view.input_fields
     src = []
     for i in sorted({i for g in engine._groups for _, i in g.float_sums}):
         env["not_finite"] = _not_finite
         src += [
-            f"    if fields[{i}] - fields[{i}] != 0:",
-            f"        not_finite(VIEW, {names[i]!r}, fields[{i}])",
+            f"    f{i} = fields[{i}]",
+            f"    x = f{i} * TWO_64",
+            "    try:",
+            f"        n{i} = int(x)",
+            f"        if n{i} != x:",
+            f"            n{i} = None",
+            "    except (OverflowError, ValueError):",
+            f"        if f{i} - f{i} != 0:",
+            f"            not_finite(VIEW, {names[i]!r}, f{i})",
+            f"        n{i} = None  # finite, but too large for the coarse scale",
         ]
     return src
 
@@ -195,17 +201,7 @@ def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
         "        st.foff = offset",
         "        st.fpart = partition",
     ]
-    src += [f"    f{i} = fields[{i}]" for i in fields]
-    for i in float_fields:  # the value at the coarse sum scale, or None
-        src += [
-            f"    x = f{i} * TWO_64",
-            "    try:",
-            f"        n{i} = int(x)",
-            f"        if n{i} != x:",
-            f"            n{i} = None",
-            "    except OverflowError:  # finite (checked first), but too large for 2**64",
-            f"        n{i} = None",
-        ]
+    src += [f"    f{i} = fields[{i}]" for i in fields if i not in float_fields]
     for g, group in enumerate(engine._groups):
         env[f"G{g}"] = group
         h, w, o, kix = group.h, group.w, group.o, group.kix
@@ -221,22 +217,20 @@ def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
             i: f"x{i}" if i in float_slots else f"f{dict(group.int_sums)[i]}"
             for i in range(2, 2 + group.nsums)
         }
-        # (1) The event falls into the open tile.
-        same = [f"        d[{kix + 1}] += 1", f"        d[{o + 2}] += 1"]
-        for i, v in sums.items():
-            same += [f"        d[{kix + i}] += {v}", f"        d[{o + 1 + i}] += {v}"]
+        # (1) The event falls into the open tile: its count and sums are the running totals
+        # minus their values when it opened, so only the totals change.
+        same = [f"        d[{o + 2}] += 1"]
+        same += [f"        d[{o + 1 + i}] += {v}" for i, v in sums.items()]
         # (2) It opens a new newest tile (the open one, if any, is sealed into ``tiles``).
-        opened = ["k, 1", *sums.values()]
+        opened = ["k", *[f"d[{o + 1 + i}]" for i in range(1, 2 + group.nsums)]]
         fresh = [
             "        if kk is not None:",
-            f"            tiles.append(d[{kix}:{kix + group.tlen}])",
+            f"            G{g}.seal(d)",
             "        elif not tiles:",
             f"            b = (k + 1) * {h} + {w}",
             "            if nb is None or b < nb:",
             "                nb = b",
-            f"        d[{o + 2}] += 1",
         ]
-        fresh += [f"        d[{o + 1 + i}] += {v}" for i, v in sums.items()]
         for j, column in enumerate(group.columns):
             env[f"C{g}_{j}"] = column
             c, gc, v = kix + column.tcol, column.gcol, f"f{column.field}"
@@ -250,6 +244,8 @@ def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
                     f"            queue = d[{gc}]",
                     f"            while queue and queue[-1][1] {worse} {v}:",
                     "                queue.pop()",
+                    "            if not queue:",
+                    f"                d[{gc + 1}] = {v}",
                     f"            queue.append((k, {v}))",
                 ]
                 opened.append(v)
@@ -257,14 +253,18 @@ def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
                     f"        queue = d[{gc}]",
                     f"        while queue and queue[-1][1] {worse} {v}:",
                     "            queue.pop()",
+                    "        if not queue:",
+                    f"            d[{gc + 1}] = {v}",
                     f"        queue.append((k, {v}))",
                 ]
             elif type(column) is DistinctColumn:
                 exact = [
                     f"                m = counts.get({v}, 0)",
                     f"                counts[{v}] = m + 1",
-                    "                if not m and len(counts) > LIMIT:",
-                    f"                    G{g}.to_sketch(d, {j})",
+                    "                if not m:",
+                    f"                    d[{gc + 1}] += 1",
+                    "                    if len(counts) > LIMIT:",
+                    f"                        G{g}.to_sketch(d, {j})",
                 ]
                 same += [
                     f"        counts = d[{gc}]",
@@ -282,6 +282,8 @@ def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
                     "        if type(counts) is dict:",
                     f"            p{j} = {{{v}}}",
                     *[line[4:] for line in exact[:2]],
+                    "            if not m:",
+                    f"                d[{gc + 1}] += 1",
                     "        else:",
                     f"            p{j} = C{g}_{j}.new_tile(d)",
                     f"            p{j}.add({v})",
@@ -291,6 +293,8 @@ def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
                 opened.append(f"p{j}")
                 fresh += [f"        p{j} = C{g}_{j}.new_tile(d)", f"        p{j}.add({v})"]
         fresh += [f"        d[{kix}:{kix + group.tlen}] = ({', '.join(opened)},)"]
+        fresh += [f"        d[{o + 2}] += 1"]
+        fresh += [f"        d[{o + 1 + i}] += {v}" for i, v in sums.items()]
         for j, column in enumerate(group.columns):  # the limit is checked once the tile is open
             if type(column) is DistinctColumn:
                 fresh += [
@@ -364,11 +368,10 @@ def _value_exprs(engine: ViewEngine, env: dict[str, Any]) -> tuple[list[str], li
                 env[f"A{position}"] = arg
                 slow = f"G{g}.column_value(d, {index}, A{position})"
                 if type(column) in (MaxColumn, MinColumn):
-                    src += [f"    q{position} = d[{column.gcol}]"]
-                    exprs[position] = f"(q{position}[0][1] if q{position} else None)"
+                    exprs[position] = f"d[{column.gcol + 1}]"
                 elif type(column) is DistinctColumn:
-                    src += [f"    d{position} = d[{column.gcol}]"]
-                    exprs[position] = f"(len(d{position}) if type(d{position}) is dict else {slow})"
+                    src += [f"    n{position} = d[{column.gcol + 1}]"]
+                    exprs[position] = f"(n{position} if n{position} is not None else {slow})"
                 else:
                     exprs[position] = slow
     if engine._lifetime is not None:
@@ -529,7 +532,7 @@ def _compile_expire(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
     ]
     for g, group in enumerate(engine._groups):
         h, w, o = group.h, group.w, group.o
-        kix, tlen = group.kix, group.tlen
+        kix = group.kix
         env[f"G{g}"] = group
         src += [
             f"        # window {w} ms, hop {h} ms: drop the tiles whose boundary is nb",
@@ -551,6 +554,7 @@ def _compile_expire(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
                     f"                queue = d[{gc}]",
                     "                while queue and queue[0][0] <= tile[0]:",
                     "                    del queue[0]",
+                    f"                d[{gc + 1}] = queue[0][1] if queue else None",
                 ]
             elif type(column) is DistinctColumn:
                 src += [
@@ -562,6 +566,7 @@ def _compile_expire(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
                     "                            counts[v] = n",
                     "                        else:",
                     "                            del counts[v]",
+                    f"                    d[{gc + 1}] = len(counts)",
                     "                else:",
                     f"                    C{g}_{j}.drop(d, [tile])",
                 ]
@@ -572,7 +577,7 @@ def _compile_expire(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
             *[f"                d[{o + 2 + i}] = 0" for i in range(1 + group.nsums)],
             f"                d[{o + 1}] = COARSE",
             "            else:",
-            f"                d[{kix}:{kix + tlen}] = tiles.pop()  # unseal",
+            f"                G{g}.unseal(d)",
             f"            first = tiles[0][0] if tiles else d[{kix}]",
             "        if first is not None:",
             f"            b = (first + 1) * {h} + {w}",

@@ -6,7 +6,8 @@ list ``d`` (``EntityState.d``) in which each group owns the slots ``o, o+1, ...`
 ``o``: ``[tiles, sum scale, total count, total sum_1, ..., column states..., open tile...]``.
 A tile is ``[k, count, sum_1, ..., column_1, ...]``, the events with ``k*h <= t < (k+1)*h``.
 The newest tile is normally *open*: its slots sit in ``d`` itself (``d[kix : kix + tlen]``, with
-``d[kix] = k``, or None when no tile is open) and ``tiles`` holds the older ones, oldest first.
+``d[kix] = k``, or None when no tile is open; its count and sums slots hold the totals' values
+when it opened) and ``tiles`` holds the older ones, oldest first.
 An event into the open tile, by far the common case, then touches no tile list at all: with
 100,000 entities the engine is bound by memory latency (measured: the same code runs 2x faster
 over 1,000 entities), so every object not touched counts. The generic code below works on
@@ -69,8 +70,10 @@ Pending = tuple[int, tuple[Any, ...], int, int]
 
 # --- window columns that are not running totals -------------------------------------------
 #
-# A column owns one slot in every tile (``tile[self.tcol]``) and one slot of the entity's flat
-# state (``d[self.gcol]``); ``d[self.tix]`` is its group's tiles (see the module docstring).
+# A column owns one slot in every tile (``tile[self.tcol]``) and two slots of the entity's flat
+# state: ``d[self.gcol]``, its state, and ``d[self.gcol + 1]``, its window value as the hot path
+# reads it (max/min: the queue's head; exact distinct: the count; kept by ``recache`` after
+# every generic change). ``d[self.tix]`` is its group's tiles (see the module docstring).
 
 
 class Column:
@@ -86,6 +89,12 @@ class Column:
 
     def new_state(self) -> Any:
         raise NotImplementedError
+
+    def new_cache(self) -> Any:
+        return None
+
+    def recache(self, d: list[Any]) -> None:
+        """Update ``d[gcol + 1]`` from the column's state."""
 
     def new_tile(self, d: list[Any]) -> Any:
         raise NotImplementedError
@@ -139,6 +148,7 @@ class MaxColumn(Column):
                 queue.append((tile[0], v))
         queue.reverse()
         d[self.gcol] = queue
+        self.recache(d)
 
     def drop(self, d: list[Any], dropped: list[Tile]) -> None:
         queue = d[self.gcol]
@@ -148,6 +158,11 @@ class MaxColumn(Column):
             i += 1
         if i:
             del queue[:i]
+        self.recache(d)
+
+    def recache(self, d: list[Any]) -> None:
+        queue = d[self.gcol]
+        d[self.gcol + 1] = queue[0][1] if queue else None
 
     def value(
         self, d: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
@@ -185,6 +200,7 @@ class MinColumn(MaxColumn):
                 queue.append((tile[0], v))
         queue.reverse()
         d[self.gcol] = queue
+        self.recache(d)
 
     def value(
         self, d: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
@@ -296,6 +312,13 @@ class DistinctColumn(SketchColumn):
         else:
             tile[self.tcol].add(v)
 
+    def new_cache(self) -> Any:
+        return 0
+
+    def recache(self, d: list[Any]) -> None:
+        counts = d[self.gcol]
+        d[self.gcol + 1] = len(counts) if type(counts) is dict else None
+
     def refresh(self, d: list[Any]) -> None:
         counts = d[self.gcol]
         if type(counts) is dict:
@@ -303,6 +326,7 @@ class DistinctColumn(SketchColumn):
                 self.to_sketch(d)
         else:
             d[self.gcol] = None
+        self.recache(d)
 
     def to_sketch(self, d: list[Any]) -> None:
         """Switch the window to sketch mode (its exact count passed the limit)."""
@@ -310,6 +334,7 @@ class DistinctColumn(SketchColumn):
         for tile in d[self.tix]:
             tile[col] = Distinct(tile[col])
         d[self.gcol] = None
+        self.recache(d)
 
     def drop(self, d: list[Any], dropped: list[Tile]) -> None:
         counts = d[self.gcol]
@@ -326,6 +351,7 @@ class DistinctColumn(SketchColumn):
             d[self.gcol] = None
         else:
             d[self.gcol] = {}  # the window is empty: back to exact mode
+        self.recache(d)
 
     def value(
         self, d: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
@@ -411,7 +437,7 @@ class WindowGroup:
     Its slots in an entity's flat state ``d``, from ``o = self.o``: ``d[o]`` the sealed tiles,
     oldest first, each a :data:`Tile` ``[k, count, sum_1, ..., column_1, ...]``; ``d[o + 1]`` the
     sum scale; ``d[o + 2]`` the count and ``d[o + 2 + j]`` sum ``j`` over all tiles held, open or
-    not (tile slot ``i`` is totalled at ``d[o + 1 + i]``); one slot per column; then the open
+    not (tile slot ``i`` is totalled at ``d[o + 1 + i]``); two slots per column; then the open
     tile, ``d[kix + i]`` being its slot ``i`` (``d[kix]`` None: no tile open). Every open tile is
     newer than every sealed one.
     """
@@ -456,7 +482,7 @@ class WindowGroup:
         first_gcol = offset + 3 + len(sum_fields)
         columns: list[Column] = []
         for j, (agg, field) in enumerate(column_keys):
-            tcol, gcol = first_column + j, first_gcol + j
+            tcol, gcol = first_column + j, first_gcol + 2 * j
             if agg is Aggregation.MAX:
                 columns.append(MaxColumn(field, tcol, gcol, offset))
             elif agg is Aggregation.MIN:
@@ -466,7 +492,7 @@ class WindowGroup:
             else:  # approx_percentile: a KLL per tile; the quantile is chosen per feature
                 columns.append(SketchColumn(field, tcol, gcol, offset, _QUANTILES))
         self.columns = tuple(columns)
-        self.kix = first_gcol + len(columns)
+        self.kix = first_gcol + 2 * len(columns)
         self.tlen = 2 + len(sum_fields) + len(columns)
         self.closed = (None,) * self.tlen
         self.size = self.kix - offset + self.tlen
@@ -488,22 +514,33 @@ class WindowGroup:
 
     def new_state(self) -> list[Any]:
         """This group's slots of a new entity state (``d[o : o + size]``)."""
-        state = [[], COARSE, 0, *[0] * self.nsums, *(c.new_state() for c in self.columns)]
+        columns = [slot for c in self.columns for slot in (c.new_state(), c.new_cache())]
+        state = [[], COARSE, 0, *[0] * self.nsums, *columns]
         return state + list(self.closed)
 
     def seal(self, d: list[Any]) -> None:
-        """Move the open tile, if any, to the end of ``tiles`` (before any generic operation)."""
+        """Move the open tile, if any, to the end of ``tiles`` (before any generic operation).
+
+        An open tile holds, in place of its count and sums, the totals' values when it opened
+        (so an event into it only adds to the totals); sealing turns them into its own."""
         kix = self.kix
         if d[kix] is not None:
-            d[self.o].append(d[kix : kix + self.tlen])
+            tile = d[kix : kix + self.tlen]
+            o = self.o
+            for i in range(1, 2 + self.nsums):
+                tile[i] = d[o + 1 + i] - tile[i]
+            d[o].append(tile)
             d[kix : kix + self.tlen] = self.closed
 
     def unseal(self, d: list[Any]) -> None:
         """Open the newest tile again (``seal``'s inverse; the hot path's fast case)."""
         tiles = d[self.o]
         if tiles and d[self.kix] is None:
-            kix = self.kix
-            d[kix : kix + self.tlen] = tiles.pop()
+            tile = tiles.pop()
+            o = self.o
+            for i in range(1, 2 + self.nsums):
+                tile[i] = d[o + 1 + i] - tile[i]
+            d[self.kix : self.kix + self.tlen] = tile
 
     def is_empty(self, d: list[Any]) -> bool:
         return not d[self.o] and d[self.kix] is None
