@@ -12,7 +12,8 @@
 * :class:`ParquetSink` — a ``FixedPartitionedSink``: each partition is a
   ``sinks.parquet_log.ParquetLogWriter`` whose writer id is the partition name and whose
   resume state is the writer's ``WriterState``; the writer commits its buffer at every snapshot,
-  so after a crash + resume no row is lost and none is on disk twice.
+  so after a crash + resume no row is lost and none is on disk twice. Commits run on the
+  writer's thread (a snapshot waits for them): Parquet encoding and file I/O overlap the flow.
 * :class:`DeadLetterSink` — per worker, ``flows.deadletter.DeadLetterProducer``; flushes each
   batch before returning, so a dead letter is on the broker before the epoch that produced it
   can be snapshotted (at-least-once, never lost).
@@ -84,7 +85,7 @@ class StartingKafkaSource(KafkaSource):
         *,
         start: StartAt = "earliest",
         tail: bool = True,
-        batch_size: int = 1000,
+        batch_size: int = 10_000,
     ) -> None:
         config = dict(config)
         brokers = config.pop("bootstrap.servers").split(",")
@@ -263,19 +264,19 @@ class _ParquetPartition(StatefulSinkPartition[list[Row], WriterState]):
         self._view = view
         self._writer = writer
         self._segments = metrics.SEGMENTS_WRITTEN.labels(view=view)
+        self._counted = 0
         self._failed = False
 
     def write_batch(self, values: list[list[Row]]) -> None:
         rows = [row for batch in values for row in batch]
         started = time.perf_counter()
         try:
-            committed = self._writer.write(rows)
+            self._writer.write(rows)
         except OSError as exc:
             self._failing(exc)
             raise
         metrics.PARQUET_WRITE_SECONDS.observe(self._view, time.perf_counter() - started)
-        if committed:
-            self._segments.inc(len(committed))
+        self._count_segments()
 
     def snapshot(self) -> WriterState:
         started = time.perf_counter()
@@ -287,7 +288,7 @@ class _ParquetPartition(StatefulSinkPartition[list[Row], WriterState]):
             raise
         if before:
             metrics.PARQUET_WRITE_SECONDS.observe(self._view, time.perf_counter() - started)
-            self._segments.inc()
+        self._count_segments()
         return state
 
     def close(self) -> None:
@@ -296,12 +297,17 @@ class _ParquetPartition(StatefulSinkPartition[list[Row], WriterState]):
             # second error here would abort the process before that one is printed.
             return
         try:
-            committed = self._writer.close()
+            self._writer.close()
         except OSError as exc:
             self._failing(exc)
             raise
-        if committed:
-            self._segments.inc()
+        self._count_segments()
+
+    def _count_segments(self) -> None:
+        committed = self._writer.segments_committed
+        if committed > self._counted:
+            self._segments.inc(committed - self._counted)
+            self._counted = committed
 
     def _failing(self, exc: OSError) -> None:
         self._failed = True
@@ -340,6 +346,7 @@ class ParquetSink(FixedPartitionedSink[list[Row], WriterState]):
             max_age_s=self.max_age_s,
             writer_id=for_part,
             resume_state=resume_state,
+            background=True,
         )
         return _ParquetPartition(self.view.name, writer)
 
@@ -397,7 +404,10 @@ class KafkaIO:
     settings: Settings
     start: StartAt = "earliest"
     tail: bool = True
-    kafka_batch_size: int = 1000
+    # Records per poll of a partition (at most). Measured, 10,000 over 1,000: +22 % events/s
+    # when catching up (tests/bench/pipeline; each of 256 engine shards then gets ~40 events
+    # per activation instead of ~4); a poll at a steady rate takes what is there.
+    kafka_batch_size: int = 10_000
     parquet_partitions: int = 1
     parquet_max_rows: int = 100_000
     parquet_max_age_s: float = 60.0

@@ -366,9 +366,9 @@ def _ensure_topics(config: Mapping[str, Any], topics: dict[str, int]) -> None:
 @click.option(
     "--batch-size",
     type=click.IntRange(1),
-    default=1000,
+    default=10_000,
     show_default=True,
-    help="Kafka records per poll.",
+    help="Kafka records per poll of each partition (at most; a poll takes what is there).",
 )
 def run(
     view_names: tuple[str, ...],
