@@ -12,8 +12,7 @@
 * :class:`ParquetSink` — a ``FixedPartitionedSink``: each partition is a
   ``sinks.parquet_log.ParquetLogWriter`` whose writer id is the partition name and whose
   resume state is the writer's ``WriterState``; the writer commits its buffer at every snapshot,
-  so after a crash + resume no row is lost and none is on disk twice. Commits run on the
-  writer's thread (a snapshot waits for them): Parquet encoding and file I/O overlap the flow.
+  so after a crash + resume no row is lost and none is on disk twice.
 * :class:`DeadLetterSink` — per worker, ``flows.deadletter.DeadLetterProducer``; flushes each
   batch before returning, so a dead letter is on the broker before the epoch that produced it
   can be snapshotted (at-least-once, never lost).
@@ -264,19 +263,19 @@ class _ParquetPartition(StatefulSinkPartition[list[Row], WriterState]):
         self._view = view
         self._writer = writer
         self._segments = metrics.SEGMENTS_WRITTEN.labels(view=view)
-        self._counted = 0
         self._failed = False
 
     def write_batch(self, values: list[list[Row]]) -> None:
         rows = [row for batch in values for row in batch]
         started = time.perf_counter()
         try:
-            self._writer.write(rows)
+            committed = self._writer.write(rows)
         except OSError as exc:
             self._failing(exc)
             raise
         metrics.PARQUET_WRITE_SECONDS.observe(self._view, time.perf_counter() - started)
-        self._count_segments()
+        if committed:
+            self._segments.inc(len(committed))
 
     def snapshot(self) -> WriterState:
         started = time.perf_counter()
@@ -288,7 +287,7 @@ class _ParquetPartition(StatefulSinkPartition[list[Row], WriterState]):
             raise
         if before:
             metrics.PARQUET_WRITE_SECONDS.observe(self._view, time.perf_counter() - started)
-        self._count_segments()
+            self._segments.inc()
         return state
 
     def close(self) -> None:
@@ -297,17 +296,12 @@ class _ParquetPartition(StatefulSinkPartition[list[Row], WriterState]):
             # second error here would abort the process before that one is printed.
             return
         try:
-            self._writer.close()
+            committed = self._writer.close()
         except OSError as exc:
             self._failing(exc)
             raise
-        self._count_segments()
-
-    def _count_segments(self) -> None:
-        committed = self._writer.segments_committed
-        if committed > self._counted:
-            self._segments.inc(committed - self._counted)
-            self._counted = committed
+        if committed:
+            self._segments.inc()
 
     def _failing(self, exc: OSError) -> None:
         self._failed = True
@@ -346,7 +340,6 @@ class ParquetSink(FixedPartitionedSink[list[Row], WriterState]):
             max_age_s=self.max_age_s,
             writer_id=for_part,
             resume_state=resume_state,
-            background=True,
         )
         return _ParquetPartition(self.view.name, writer)
 
