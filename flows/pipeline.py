@@ -269,26 +269,16 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
     def on_batch(self, values: list[list[Event]]) -> tuple[Iterable[Changes], bool]:
         rows: list[Row] = []
         kafka_ts: list[int] = []
-        late: list[DeadLetter] = []
-        apply = self._engine.apply
-        states = self._states
+        late_events: list[Event] = []
         touched: dict[str, EntityState] = {}
+        # The engine's compiled loop over a batch: no Python call per event.
+        apply_batch = self._engine.apply_batch
+        states = self._states
         for events in values:
-            for event in events:
-                entity, event_time, fields, partition, offset, ts = event
-                state = states.get(entity)
-                if state is None:
-                    state = self._state(entity)
-                out = apply(state, entity, event_time, fields, partition, offset)
-                if out is None:
-                    late.append(self._late_letter(state, event))
-                    continue
-                touched[entity] = state
-                if out:
-                    rows.extend(out)
-                    if len(out) > 1:
-                        kafka_ts.extend([-1] * (len(out) - 1))
-                    kafka_ts.append(ts)
+            apply_batch(states, events, self._state, rows, kafka_ts, late_events, touched)
+        # A late letter names the entity's watermark after the batch (at least the one that
+        # refused the event: watermarks never go back).
+        late = [self._late_letter(states[event[0]], event) for event in late_events]
         # Once per entity and batch: a hot entity's expiry is looked up once, not per event.
         self._dirty.update(touched)
         for entity, state in touched.items():
