@@ -534,18 +534,33 @@ def _compile_expire(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
         h, w, o = group.h, group.w, group.o
         kix = group.kix
         env[f"G{g}"] = group
+        # Sealing is needed only when the open tile goes too, or for a column in a rare state
+        # (sketches); otherwise the open tile's bases follow the totals down.
+        rare = ["kk < c"]
+        for column in group.columns:
+            if type(column) is DistinctColumn:
+                rare.append(f"type(d[{column.gcol}]) is not dict")
+            elif type(column) not in (MaxColumn, MinColumn):
+                rare.append("True")
         src += [
             f"        # window {w} ms, hop {h} ms: drop the tiles whose boundary is nb",
             f"        tiles = d[{o}]",
             f"        first = tiles[0][0] if tiles else d[{kix}]",
             f"        if first is not None and (first + 1) * {h} + {w} <= nb:",
-            f"            G{g}.seal(d)",
             f"            c = (nb - {w}) // {h}",
+            f"            kk = d[{kix}]",
+            f"            if kk is not None and ({' or '.join(rare)}):",
+            f"                G{g}.seal(d)",
+            "                kk = None",
             "            while tiles and tiles[0][0] < c:",
             "                tile = tiles.pop(0)",
             f"                d[{o + 2}] -= tile[1]",
         ]
         src += [f"                d[{o + 1 + i}] -= tile[{i}]" for i in range(2, 2 + group.nsums)]
+        src += [
+            "                if kk is not None:",
+            *[f"                    d[{kix + i}] -= tile[{i}]" for i in range(1, 2 + group.nsums)],
+        ]
         for j, column in enumerate(group.columns):
             env[f"C{g}_{j}"] = column
             c, gc = column.tcol, column.gcol
@@ -573,7 +588,9 @@ def _compile_expire(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
             else:
                 src += [f"                C{g}_{j}.drop(d, [tile])"]
         src += [
-            "            if not tiles:",
+            f"            if d[{kix}] is not None:",
+            "                pass",
+            "            elif not tiles:  # the window is empty",
             *[f"                d[{o + 2 + i}] = 0" for i in range(1 + group.nsums)],
             f"                d[{o + 1}] = COARSE",
             "            else:",
