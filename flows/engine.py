@@ -45,7 +45,14 @@ from flows.hotpath import compile_hot_path
 from flows.tiles import NEVER, LifetimeFeatures, Pending, WindowGroup
 from sinks.rows import Row
 
-__all__ = ["BatchEvent", "EntityState", "ViewEngine", "wall_clock_ms"]
+__all__ = [
+    "STATE_FORMAT",
+    "BatchEvent",
+    "EntityState",
+    "StateFormatError",
+    "ViewEngine",
+    "wall_clock_ms",
+]
 
 Clock = Callable[[], int]
 # An event as the pipeline hands it over: (entity, event time ms, fields, partition, offset,
@@ -56,6 +63,15 @@ BatchEvent = tuple[str, int, tuple[Any, ...], int, int, int]
 def wall_clock_ms() -> int:
     """The wall clock in epoch milliseconds (the engine's default clock)."""
     return time.time_ns() // 1_000_000
+
+
+# The layout of a pickled EntityState; bumped whenever it changes, so a resume from an older
+# recovery dir fails with a clear message instead of a wrong state.
+STATE_FORMAT = 2
+
+
+class StateFormatError(ValueError):
+    """A recovery snapshot holds entity states of another engine version."""
 
 
 class _Packed(tuple[int, int]):
@@ -129,11 +145,18 @@ class EntityState:
             else _pack(x)
             for x in self.d
         ]  # fmt: skip
-        return (*self._fields()[:-1], d)
+        return (STATE_FORMAT, *self._fields()[:-1], d)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
+        if not state or state[0] != STATE_FORMAT:
+            raise StateFormatError(
+                "this recovery state was written by another version of freshet's engine "
+                f"(state format {state[0] if state and type(state[0]) is int else 1}, this one "
+                f"reads {STATE_FORMAT}); start the flow with a new --recovery-dir and rebuild "
+                "the windows by replaying the topic (see README, 'Backfill')"
+            )
         (
-            self.max_t, self.wall, self.wm, self.fpart, self.foff, self.nb,
+            _, self.max_t, self.wall, self.wm, self.fpart, self.foff, self.nb,
             self.pending, d,
         ) = state  # fmt: skip
         self.d = [

@@ -23,7 +23,7 @@ from reference import Reference  # tests/unit/reference.py (pytest puts tests/un
 
 from flows.aggregations import EXACT_DISTINCT_LIMIT
 from flows.definitions import Aggregation, Entity, Feature, FeatureView, Source
-from flows.engine import EntityState, ViewEngine
+from flows.engine import EntityState, StateFormatError, ViewEngine
 from flows.views import CARD_TXN
 from sinks.rows import Row
 
@@ -508,6 +508,16 @@ def test_distinct_count_switches_to_a_sketch_within_its_error_bound() -> None:
     assert out is not None
     assert out[-1].values[5] == 1
     assert pickle.loads(pickle.dumps(state)) == state
+
+
+def test_a_state_of_another_format_is_refused_with_a_clear_error() -> None:
+    engine, state, _ = _card_engine()
+    _apply(engine, state, 0, 12.5, "m1", 0)
+    blob = pickle.dumps(state)
+    assert pickle.loads(blob) == state
+    old = state.__getstate__()[1:]  # format 1 had no version in front
+    with pytest.raises(StateFormatError, match="new --recovery-dir"):
+        EntityState.__new__(EntityState).__setstate__(old)
 
 
 def test_state_of_a_demo_card_pickles_small() -> None:
