@@ -12,7 +12,9 @@
 * :class:`ParquetSink` — a ``FixedPartitionedSink``: each partition is a
   ``sinks.parquet_log.ParquetLogWriter`` whose writer id is the partition name and whose
   resume state is the writer's ``WriterState``; the writer commits its buffer at every snapshot,
-  so after a crash + resume no row is lost and none is on disk twice.
+  so after a crash + resume no row is lost and none is on disk twice. Commits run on the
+  writer's thread, so a commit of tens of thousands of rows does not hold the flow (and its
+  Redis writes) for a quarter of a second; only a snapshot with recovery waits for them.
 * :class:`DeadLetterSink` — per worker, ``flows.deadletter.DeadLetterProducer``; flushes each
   batch before returning, so a dead letter is on the broker before the epoch that produced it
   can be snapshotted (at-least-once, never lost).
@@ -25,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -258,26 +260,33 @@ class RedisSink(DynamicSink[tuple[str, Changes]]):
         return _RedisPartition(self.view.name, writer, client)
 
 
-class _ParquetPartition(StatefulSinkPartition[list[Row], WriterState]):
-    def __init__(self, view: str, writer: ParquetLogWriter) -> None:
+class _ParquetPartition(StatefulSinkPartition[list[Row], WriterState | None]):
+    def __init__(self, view: str, writer: ParquetLogWriter, *, commit_at_snapshot: bool) -> None:
         self._view = view
         self._writer = writer
-        self._segments = metrics.SEGMENTS_WRITTEN.labels(view=view)
+        self._commit_at_snapshot = commit_at_snapshot
         self._failed = False
 
     def write_batch(self, values: list[list[Row]]) -> None:
         rows = [row for batch in values for row in batch]
         started = time.perf_counter()
         try:
-            committed = self._writer.write(rows)
+            self._writer.write(rows)
         except OSError as exc:
             self._failing(exc)
             raise
         metrics.PARQUET_WRITE_SECONDS.observe(self._view, time.perf_counter() - started)
-        if committed:
-            self._segments.inc(len(committed))
 
-    def snapshot(self) -> WriterState:
+    def snapshot(self) -> WriterState | None:
+        if not self._commit_at_snapshot:
+            # No recovery: this state is never resumed from, so the snapshot starts a commit of
+            # the buffer (rows reach disk about once per epoch) without waiting for it.
+            try:
+                self._writer.roll()
+            except OSError as exc:
+                self._failing(exc)
+                raise
+            return None
         started = time.perf_counter()
         before = self._writer.buffered
         try:
@@ -287,7 +296,6 @@ class _ParquetPartition(StatefulSinkPartition[list[Row], WriterState]):
             raise
         if before:
             metrics.PARQUET_WRITE_SECONDS.observe(self._view, time.perf_counter() - started)
-            self._segments.inc()
         return state
 
     def close(self) -> None:
@@ -296,12 +304,10 @@ class _ParquetPartition(StatefulSinkPartition[list[Row], WriterState]):
             # second error here would abort the process before that one is printed.
             return
         try:
-            committed = self._writer.close()
+            self._writer.close()
         except OSError as exc:
             self._failing(exc)
             raise
-        if committed:
-            self._segments.inc()
 
     def _failing(self, exc: OSError) -> None:
         self._failed = True
@@ -315,9 +321,19 @@ class _ParquetPartition(StatefulSinkPartition[list[Row], WriterState]):
         )
 
 
+def _counter(segments: Any) -> Callable[[list[Path]], None]:
+    """Counts committed segments (called on the writer's thread; counters are thread-safe)."""
+    return lambda paths: segments.inc(len(paths))
+
+
 @dataclass(frozen=True)
-class ParquetSink(FixedPartitionedSink[list[Row], WriterState]):
-    """One view's offline log, in ``partitions`` writers named ``<prefix>p<i>``."""
+class ParquetSink(FixedPartitionedSink[list[Row], WriterState | None]):
+    """One view's offline log, in ``partitions`` writers named ``<prefix>p<i>``.
+
+    ``commit_at_snapshot``: commit the buffer at every Bytewax snapshot, wait for it and return
+    the writer's resume state (needed with recovery: exactly once on disk); off, a snapshot
+    starts a commit of the buffer without waiting and the state is None.
+    """
 
     root: Path
     view: FeatureView
@@ -325,6 +341,7 @@ class ParquetSink(FixedPartitionedSink[list[Row], WriterState]):
     max_rows: int = 100_000
     max_age_s: float = 60.0
     prefix: str = ""
+    commit_at_snapshot: bool = True
 
     def list_parts(self) -> list[str]:
         width = len(str(self.partitions - 1))
@@ -340,8 +357,10 @@ class ParquetSink(FixedPartitionedSink[list[Row], WriterState]):
             max_age_s=self.max_age_s,
             writer_id=for_part,
             resume_state=resume_state,
+            background=True,
+            on_commit=_counter(metrics.SEGMENTS_WRITTEN.labels(view=self.view.name)),
         )
-        return _ParquetPartition(self.view.name, writer)
+        return _ParquetPartition(self.view.name, writer, commit_at_snapshot=self.commit_at_snapshot)
 
 
 class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
@@ -404,6 +423,8 @@ class KafkaIO:
     parquet_partitions: int = 1
     parquet_max_rows: int = 100_000
     parquet_max_age_s: float = 60.0
+    # With recovery: segments commit at every snapshot (exactly once on disk).
+    parquet_commit_at_snapshot: bool = True
 
     def source(self, view: FeatureView) -> StartingKafkaSource:
         return StartingKafkaSource(
@@ -424,6 +445,7 @@ class KafkaIO:
             partitions=self.parquet_partitions,
             max_rows=self.parquet_max_rows,
             max_age_s=self.parquet_max_age_s,
+            commit_at_snapshot=self.parquet_commit_at_snapshot,
         )
 
     def dead_letter_sink(self, view: FeatureView) -> DeadLetterSink:

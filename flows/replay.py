@@ -193,9 +193,13 @@ class _OnlineSink(DynamicSink[tuple[str, Changes]]):
         return _OnlinePartition(writer, client, self.lo, self.hi, self.tally)
 
 
-class _OfflinePartition(StatefulSinkPartition[list[Row], WriterState]):
+class _OfflinePartition(StatefulSinkPartition[list[Row], WriterState | None]):
     def __init__(
-        self, inner: StatefulSinkPartition[list[Row], WriterState], lo: int, hi: int, tally: Tally
+        self,
+        inner: StatefulSinkPartition[list[Row], WriterState | None],
+        lo: int,
+        hi: int,
+        tally: Tally,
     ) -> None:
         self._inner = inner
         self._lo = lo
@@ -208,7 +212,7 @@ class _OfflinePartition(StatefulSinkPartition[list[Row], WriterState]):
             self._inner.write_batch([rows])
             self._tally.add(rows_offline=len(rows))
 
-    def snapshot(self) -> WriterState:
+    def snapshot(self) -> WriterState | None:
         return self._inner.snapshot()
 
     def close(self) -> None:
@@ -216,7 +220,7 @@ class _OfflinePartition(StatefulSinkPartition[list[Row], WriterState]):
 
 
 @dataclass(frozen=True)
-class _OfflineSink(FixedPartitionedSink[list[Row], WriterState]):
+class _OfflineSink(FixedPartitionedSink[list[Row], WriterState | None]):
     inner: ParquetSink
     lo: int
     hi: int

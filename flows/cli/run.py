@@ -361,7 +361,8 @@ def _ensure_topics(config: Mapping[str, Any], topics: dict[str, int]) -> None:
     type=click.FloatRange(min=0.1),
     default=60.0,
     show_default=True,
-    help="Roll Parquet segments at this age in seconds (and at every snapshot).",
+    help="Roll Parquet segments at this age in seconds (and, with --recovery-dir, at every "
+    "snapshot).",
 )
 @click.option(
     "--batch-size",
@@ -450,6 +451,7 @@ def run(
         parquet_partitions=layout["parquet_partitions"],
         parquet_max_rows=segment_rows,
         parquet_max_age_s=segment_age,
+        parquet_commit_at_snapshot=recovery_dir is not None,
     )
     options = FlowOptions(
         shards=shards,

@@ -46,7 +46,7 @@ from flows.definitions import SCHEMAS_DIR
 from flows.engine import ViewEngine
 from flows.pipeline import Changes, FlowOptions, ShardLogic, build_flow, shard_keys, shard_of
 from flows.registry import get_view
-from sinks.parquet_log import read_log
+from sinks.parquet_log import WriterState, read_log, segment_paths
 from sinks.rows import Row
 
 VIEW = get_view("card_txn")
@@ -480,3 +480,22 @@ def test_a_recovery_dir_refuses_another_shard_count(tmp_path: Path) -> None:
     assert again["parquet_partitions"] == 2
     with pytest.raises(click.UsageError, match="--shards 128 differs from the 256"):
         _init_recovery(tmp_path, 2, {"shards": 128, "parquet_partitions": 2}, create=True)
+
+
+@pytest.mark.parametrize("recovery", [True, False])
+def test_the_offline_sink_waits_for_its_snapshot_commit_only_with_recovery(
+    tmp_path: Path, recovery: bool
+) -> None:
+    sink = ParquetSink(tmp_path, VIEW, commit_at_snapshot=recovery)
+    part = sink.build_part("parquet", sink.list_parts()[0], None)
+    row = Row(VIEW.name, "card_1", 1_714_564_800_000, (1, 2.5, 2.5, 2.5, "m1", 1), 0, 7)
+
+    part.write_batch([[row]])
+    state = part.snapshot()
+
+    # With recovery the snapshot's state covers the row, so it is on disk when it returns;
+    # without, no state is kept and the commit it started ends on the writer's thread.
+    assert state == (WriterState(1) if recovery else None)
+    part.close()
+    assert len(segment_paths(tmp_path, VIEW.name)) == 1
+    assert read_log(tmp_path, VIEW.name).num_rows == 1
