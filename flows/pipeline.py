@@ -33,10 +33,11 @@ so idle entities' windows drain on time. The engine's rows never depend on when 
 Speed (``python tests/bench/pipeline/bench_pipeline.py``: 200,000 events over 100,000 cards,
 event times over the last hour, 1.5 rows per event; ``freshet run --stop-at-end -w 1`` next to
 a plain consumer + decoder of the same topic). Per worker 30-34k events/s, 0.24-0.33 of the
-raw consume+decode rate (was 19k, 0.14-0.17, before the changes below and the engine's); freshness at a steady
-5,000 events/s p50 ~40 ms, p99 50-66 ms on quiet runs (218-437 ms before the last one; any
-stall of the shared 2-core machine shows in the plain consumer's p99 too). Where the time
-went, measured with py-spy and ``gc.callbacks``, and what changed:
+raw consume+decode rate (was 19k, 0.14-0.17, before the changes below and the engine's);
+freshness at a steady 5,000 events/s p50 ~40 ms, p99 50-66 ms on quiet runs (218-437 ms
+before the last change below; any stall of the shared 2-core machine shows in the plain
+consumer's p99 too). Where the time went, measured with py-spy and ``gc.callbacks``, and what
+changed:
 
 * the Kafka source emits the consumer's messages (Bytewax's copy into a frozen
   ``KafkaSourceMessage`` cost 3.9-5.7 µs per record, more than decoding it);
