@@ -218,6 +218,7 @@ class ViewEngine:
         self.apply = self._apply  # type: ignore[method-assign]
         self.apply_batch = compiled["apply_batch"]  # type: ignore[method-assign]
         self._fold: Callable[..., None] = compiled["fold"]
+        self._new_d: Callable[[], list[Any]] = compiled["new_d"]
         self._expire: Callable[[EntityState, str, list[Row]], None] = compiled["expire"]
         self.source: str = compiled["__source__"]  # the compiled hot path, for reading
         # Lifetime partials other than `last` would be lost if a drained state were dropped.
@@ -226,10 +227,7 @@ class ViewEngine:
 
     def new_state(self) -> EntityState:
         """The state of an entity with no events yet."""
-        d = [slot for g in self._groups for slot in g.new_state()]
-        if self._lifetime is not None:
-            d += self._lifetime.new_state()
-        return EntityState(d)
+        return EntityState(self._new_d())
 
     # -- public operations ---------------------------------------------------------------------
 

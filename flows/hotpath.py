@@ -20,6 +20,7 @@ read from one cached slot each, and an empty pending list is None.
 
 from __future__ import annotations
 
+import copy
 from bisect import insort_right
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
@@ -101,6 +102,7 @@ def compile_hot_path(engine: ViewEngine) -> dict[str, Any]:
     ]
     src += _compile_values_at(engine, env)
     src += _compile_expire(engine, env)
+    src += _compile_new_d(engine, env)
     source = "\n".join(src)
     exec(compile(source, f"<freshet engine {engine._name}>", "exec"), env)
     env["__source__"] = source
@@ -158,6 +160,25 @@ def _apply_body(
         "            ), partition, offset))",
         *emit,
     ]
+
+
+def _compile_new_d(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
+    """``new_d()``: a new entity's flat state as one list display (fresh lists and dicts;
+    other mutable partials are deep copies of a template's)."""
+    template = [slot for g in engine._groups for slot in g.new_state()]
+    if engine._lifetime is not None:
+        template += engine._lifetime.new_state()
+    env["TEMPLATE"] = template
+    env["deepcopy"] = copy.deepcopy
+    items = []
+    for i, slot in enumerate(template):
+        if type(slot) in (list, dict) and not slot:
+            items.append("[]" if type(slot) is list else "{}")
+        elif slot is None or type(slot) in (int, float, str, bool):
+            items.append(repr(slot))
+        else:
+            items.append(f"deepcopy(TEMPLATE[{i}])")
+    return ["def new_d():", f"    return [{', '.join(items)}]", ""]
 
 
 def _indent(lines: list[str]) -> list[str]:
@@ -232,7 +253,12 @@ def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
         opened = ["k", *[f"d[{o + 1 + i}]" for i in range(1, 2 + group.nsums)]]
         fresh = [
             "        if kk is not None:",
-            f"            G{g}.seal(d)",
+            f"            tile = d[{kix}:{kix + group.tlen}]  # seal the open tile",
+            *[
+                f"            tile[{i}] = d[{o + 1 + i}] - tile[{i}]"
+                for i in range(1, 2 + group.nsums)
+            ],
+            "            tiles.append(tile)",
             "        elif not tiles:",
             f"            b = (k + 1) * {h} + {w}",
             "            if nb is None or b < nb:",
