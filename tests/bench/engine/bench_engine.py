@@ -199,6 +199,13 @@ def _in_child(
     if pid == 0:  # the child
         os.close(read_fd)
         try:
+            # Touch every object of the events first: each first write to a page shared with
+            # the parent (a reference count going up) copies it, and would be timed otherwise.
+            for event in (*events, *(options.get("warm") or ())):
+                for item in event:
+                    if type(item) is tuple:
+                        for _value in item:
+                            pass
             run_s, chunks, rows, states = _run_engine(view, events, **options)
             result = pickle.dumps((run_s, chunks, rows, _state_bytes(states)))
             with os.fdopen(write_fd, "wb") as pipe:
