@@ -52,7 +52,9 @@ def test_mutated_records_all_land_on_the_dead_letter_topic_and_good_ones_are_com
     topic, dlq = topic_factory(1), topic_factory(1)
     rng = random.Random(81)
     stream = TransactionStream(VIEW, GeneratorConfig(cards=200, late_fraction=0, bad_fraction=0))
-    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": "20"})
+    producer = Producer(
+        {"bootstrap.servers": kafka_bootstrap, "linger.ms": "20", "enable.idempotence": True}
+    )
     for record in stream.records(3_000, start_ms=1_714_564_800_000, rate=500):
         value = _mutate(rng, record.value) if rng.random() < 0.2 else record.value
         producer.produce(topic, value, record.key)

@@ -50,7 +50,9 @@ def produce_history(
     stream = TransactionStream(
         CARD_TXN, GeneratorConfig(cards=40, seed=seed, late_fraction=0.01, bad_fraction=0.005)
     )
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": "20"})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": "20", "enable.idempotence": True}
+    )
     for i, rec in enumerate(stream.records(count, start_ms=start_ms, rate=rate)):
         producer.produce(topic, rec.value, rec.key, timestamp=start_ms + int(i * step))
         if i % 1000 == 0:

@@ -38,7 +38,11 @@ def test_10k_keyed_messages_come_back_in_per_key_order_across_3_partitions(
     kafka_bootstrap: str, topic_factory: Callable[..., str]
 ) -> None:
     topic = topic_factory(partitions=3)
-    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 5})
+    # Idempotence keeps per-key order across retries (a fresh topic's first sends can be
+    # retried while later batches land; without it they come back out of order).
+    producer = Producer(
+        {"bootstrap.servers": kafka_bootstrap, "linger.ms": 5, "enable.idempotence": True}
+    )
     for i in range(MESSAGES):
         key = f"card-{i % KEYS}"
         producer.produce(topic, key=key, value=f"{key}:{i // KEYS}".encode())

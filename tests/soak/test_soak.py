@@ -69,7 +69,9 @@ class Stream:
         self._schema = parse_schema(
             strip_time_logical_types(load_schema(HERE.parents[1] / "schemas/transaction.avsc"))
         )
-        self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": "20"})
+        self._producer = Producer(
+            {"bootstrap.servers": bootstrap, "linger.ms": "20", "enable.idempotence": True}
+        )
         self._topic = topic
         self._stop = stop
         self._thread = threading.Thread(target=self._run, name="soak-producer", daemon=True)
