@@ -427,7 +427,6 @@ def _compile_values_at(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
         "        pending = ()",
         "    d = st.d",
         "    out = [None] * WIDTH",
-        *[f"    G{g}.seal(d)" for g in range(len(engine._groups))],
     ]
     for g, group in enumerate(engine._groups):
         env[f"G{g}"] = group
@@ -441,6 +440,7 @@ def _compile_values_at(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
             elif type(column) not in (MaxColumn, MinColumn):
                 rare.append("True")
         sums = [f"s{i}" for i in range(2, 2 + group.nsums)]
+        kix = group.kix
         src += [
             f"    # window {group.w} ms, hop {h} ms",
             f"    tiles = d[{o}]",
@@ -457,6 +457,14 @@ def _compile_values_at(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
             "                shadow += 1",
             "                count -= tile[1]",
             *[f"                {name} -= tile[{i + 2}]" for i, name in enumerate(sums)],
+            f"        kk = d[{kix}]",
+            "        if kk is not None and kk < c and shadow == len(tiles):  # the open tile too",
+            "            shadow += 1",
+            f"            count -= d[{o + 2}] - d[{kix + 1}]",
+            *[
+                f"            {name} -= d[{o + 3 + i}] - d[{kix + 2 + i}]"
+                for i, name in enumerate(sums)
+            ],
             "        if pending:",
             "            count += len(pending)",
             "            for e in pending:",
@@ -474,7 +482,13 @@ def _compile_values_at(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
                 ]
             else:
                 src += [f"                s{i} += f[{index}]"]
-        src += ["    if rare:", f"        G{g}.values(d, as_of, pending, out)", "    else:"]
+        src += [
+            "    if rare:",
+            f"        G{g}.seal(d)",
+            f"        G{g}.values(d, as_of, pending, out)",
+            f"        G{g}.unseal(d)",
+            "    else:",
+        ]
         for position, kind, index, arg in group.outputs:
             if kind == OUT_COUNT:
                 src += [f"        out[{position}] = count"]
@@ -511,7 +525,9 @@ def _compile_values_at(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
                         "            distinct += len(new)",
                         "        if shadow or distinct > LIMIT:",
                         f"            extra = [e[1][{fi}] for e in pending]",
+                        f"            G{g}.seal(d)  # the generic path reads every tile",
                         f"            distinct = C{g}_{index}.value(d, c, shadow, extra, None)",
+                        f"            G{g}.unseal(d)",
                         f"        out[{position}] = distinct",
                     ]
     if engine._lifetime is not None:
@@ -539,7 +555,6 @@ def _compile_values_at(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
                     f"    extra = [(e[0], {value}) for e in pending]",
                     f"    out[{position}] = L{i}.peek(d[{x}], extra)",
                 ]
-    src += [*[f"    G{g}.unseal(d)" for g in range(len(engine._groups))]]
     src += ["    return tuple(out)", ""]
     return src
 
