@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import redis
 from pipeline_harness import (
+    LABEL,
     VIEW,
     FlowProcess,
     Reference,
@@ -43,7 +44,6 @@ from redis_servers import free_port
 from sinks.faults import FAULT_ENV, parse_fault
 from sinks.parquet_log import log_dir, segment_paths
 
-LABEL = f'{{view="{VIEW.name}"}}'
 # Every run: small polls (a run lasts long enough to crash in the middle of it), small segments
 # (rolls happen between snapshots too), 1 s snapshots (flow_args).
 COMMON = ["--batch-size", "50", "--segment-rows", "400"]

@@ -18,6 +18,7 @@ import redis
 from chaos_tools import BackgroundProducer, FlowWithoutOverride, slower_than
 from http_servers import running_server
 from pipeline_harness import (
+    LABEL,
     VIEW,
     FlowProcess,
     Reference,
@@ -37,7 +38,6 @@ from serving.app import create_app
 from sinks.parquet_log import log_dir
 from sinks.settings import Settings
 
-LABEL = f'{{view="{VIEW.name}"}}'
 OUTAGE_S = 10.0
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import redis
 from confluent_kafka.admin import AdminClient, NewTopic
 from pipeline_harness import (
+    LABEL,
     VIEW,
     FlowProcess,
     Reference,
@@ -27,8 +28,6 @@ from private_stack import private_stack
 from redis_servers import free_port
 
 from flows import devstack, processes
-
-LABEL = f'{{view="{VIEW.name}"}}'
 
 
 def _create_topics(bootstrap: str, topics: dict[str, int]) -> None:

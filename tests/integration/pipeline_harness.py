@@ -267,6 +267,8 @@ class FlowProcess:
 
 
 VIEW = get_view("card_txn")
+# The Prometheus label selector of the flow's per-view metrics.
+LABEL = f'{{view="{VIEW.name}"}}'
 LATENESS_MS = VIEW.allowed_lateness_seconds * 1000
 
 

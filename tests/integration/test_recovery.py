@@ -14,6 +14,7 @@ from pathlib import Path
 
 import redis
 from pipeline_harness import (
+    LABEL,
     VIEW,
     FlowProcess,
     Reference,
@@ -28,8 +29,6 @@ from pipeline_harness import (
     wait_until,
 )
 from redis_servers import free_port
-
-LABEL = f'{{view="{VIEW.name}"}}'
 
 
 def test_sigkill_twice_and_resume_loses_and_duplicates_no_row(
