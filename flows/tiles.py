@@ -717,7 +717,7 @@ class LifetimeFeatures:
     the later one in its partition on equal times, whatever order events are folded in.
     """
 
-    __slots__ = ("aggs", "fields", "is_last", "positions", "size", "slots")
+    __slots__ = ("aggs", "fields", "is_last", "positions", "slots")
 
     def __init__(
         self, features: list[tuple[int, Feature]], view: FeatureView, offset: int = 0
@@ -738,7 +738,6 @@ class LifetimeFeatures:
         # offset, value: no tuple to allocate and chase per event), the others one partial.
         widths = [3 if is_last else 1 for is_last in self.is_last]
         self.slots = tuple(offset + sum(widths[:i]) for i in range(len(widths)))
-        self.size = sum(widths)
 
     def new_state(self) -> list[Any]:
         """The lifetime features' slots of a new entity state."""
