@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any, cast
 
@@ -213,46 +215,137 @@ class _KafkaPartition(StatefulSourcePartition[Message, int]):
         self._consumer.close()
 
 
-class _RedisPartition(StatelessSinkPartition[tuple[str, Changes]]):
-    def __init__(self, view: str, writer: RedisFeatureWriter, client: Any) -> None:
+class _RedisPartition(StatefulSinkPartition[Changes, None]):
+    """Writes rows to Redis on its own thread; a snapshot waits for every write handed to it.
+
+    ``write_batch`` only queues the rows, so the flow decodes and computes the next poll while
+    Redis runs the newer-wins script for this one (measured on 1M events over 100,000 cards:
+    the blocking write cost 7 of 27.6 s, most of it waiting for the server). The thread takes
+    everything queued at once and writes each entity's newest row only: rows of an entity
+    arrive in order (``as_of`` never decreases), so under a backlog more of them coalesce.
+
+    Nothing is lost: Bytewax commits an epoch only after every partition's ``snapshot`` of it
+    returned, and ``snapshot`` returns once the queue is written (the writer retries a
+    restarting Redis with backoff, holding the queue). A crash before that replays the epoch
+    from the previous snapshot; newer-wins makes the re-sent rows harmless. At most
+    ``max_queued`` rows wait; beyond, ``write_batch`` waits for the thread (backpressure).
+    An error the writer does not retry is raised by the next ``write_batch``, ``snapshot`` or
+    ``close``, stopping the flow.
+    """
+
+    def __init__(
+        self, view: str, writer: RedisFeatureWriter, client: Any, *, max_queued: int = 200_000
+    ) -> None:
         self._view = view
         self._writer = writer
         self._client = client
-        self._latency = metrics.REDIS_WRITE_SECONDS
-        self._freshness = metrics.FRESHNESS_SECONDS
+        self._max_queued = max_queued
+        self._cond = threading.Condition()
+        self._queue: list[Changes] = []
+        self._queued_rows = 0
+        self._busy = False
+        self._closing = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"redis-{view}", daemon=True
+        )
+        self._thread.start()
 
-    def write_batch(self, items: list[tuple[str, Changes]]) -> None:
-        # Rows of an entity come in order (as_of never decreases), so its last row is its newest:
-        # write only that one. Freshness counts every row, coalesced ones included.
+    def write_batch(self, values: list[Changes]) -> None:
+        rows = sum(len(changes.rows) for changes in values)
+        if not rows:
+            return
+        with self._cond:
+            self._raise_error()
+            while self._queued_rows >= self._max_queued and self._error is None:
+                self._cond.wait()
+            self._raise_error()
+            self._queue.extend(values)
+            self._queued_rows += rows
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._queue and not self._closing:
+                    cond.wait()
+                if not self._queue:
+                    return  # closing, nothing left
+                batch, self._queue, self._queued_rows = self._queue, [], 0
+                self._busy = True
+                cond.notify_all()  # room for write_batch
+            try:
+                self._write(batch)
+            except BaseException as exc:  # noqa: BLE001 - handed to the flow's thread
+                with cond:
+                    self._error = exc
+                    self._busy = False
+                    cond.notify_all()
+                return
+            with cond:
+                self._busy = False
+                cond.notify_all()
+
+    def _write(self, batch: list[Changes]) -> None:
         latest: dict[str, Row] = {}
-        kafka_ts: list[int] = []
-        for _, changes in items:
+        for changes in batch:
             for row in changes.rows:
                 latest[row.entity] = row
-            kafka_ts.extend(changes.kafka_ts)
-        if not latest:
-            return
         started = time.perf_counter()
         self._writer.write(list(latest.values()))
         done = time.perf_counter()
-        self._latency.observe(self._view, done - started)
+        metrics.REDIS_WRITE_SECONDS.observe(self._view, done - started)
         now_ms = time.time_ns() / 1e6
-        self._freshness.observe_many(
-            self._view, [(now_ms - ts) / 1000 for ts in kafka_ts if ts >= 0]
+        metrics.FRESHNESS_SECONDS.observe_ages(
+            self._view, now_ms, list(chain.from_iterable(changes.kafka_ts for changes in batch))
         )
 
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(
+                f"writing view {self._view!r} to Redis failed: {self._error}"
+            ) from self._error
+
+    def _drain(self) -> None:
+        with self._cond:
+            while (self._queue or self._busy) and self._error is None:
+                self._cond.wait()
+            self._raise_error()
+
+    def snapshot(self) -> None:
+        self._drain()
+        return None
+
     def close(self) -> None:
-        self._client.close()
+        try:
+            self._drain()
+        finally:
+            with self._cond:
+                self._closing = True
+                self._cond.notify_all()
+            self._thread.join(timeout=5)
+            self._client.close()
 
 
 @dataclass(frozen=True)
-class RedisSink(DynamicSink[tuple[str, Changes]]):
-    """Writes each worker's rows of one view to Redis (see the module docstring)."""
+class RedisSink(FixedPartitionedSink[Changes, None]):
+    """Writes one view's rows to Redis from ``partitions`` writers (see ``_RedisPartition``).
+
+    A partitioned sink because its ``snapshot`` is the barrier that makes the threaded writes
+    durable per epoch. One partition (the default) takes every worker's rows; its writes run
+    off the worker's thread, so that worker mostly pays for building the commands.
+    """
 
     url: str
     view: FeatureView
+    partitions: int = 1
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
+    def list_parts(self) -> list[str]:
+        width = len(str(self.partitions - 1))
+        return [f"r{i:0{width}d}" for i in range(self.partitions)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _RedisPartition:
         client = connect(self.url)
         client.ping()  # fail fast on a wrong URL; later outages are retried by the writer
         layout = self.view.layout()

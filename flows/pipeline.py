@@ -252,14 +252,21 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
         # Clean entities' pickled states, reused by the next snapshot (and resume state).
         self._saved: ShardSnapshot = dict(resume) if resume else {}
         self._dirty: set[str] = set()
-        # Timers: entity -> its next expiry; the heap may hold stale entries (lazy deletion).
+        # Timers. ``_next_at``: entity -> its next expiry (wall ms). The heap holds at most one
+        # live entry per entity, ``_heaped[entity]``, at or before that time: an expiry that
+        # moves later (every event moves it with the wall clock) is not pushed again; its entry
+        # is re-pushed when it comes due early. Entries of entities whose time moved earlier or
+        # went away are stale and skipped (lazy deletion).
         self._next_at: dict[str, int] = {}
+        self._heaped: dict[str, int] = {}
         self._heap: list[tuple[int, str]] = []
         for entity, (next_at, _) in self._saved.items():
             if next_at is not None:
                 self._next_at[entity] = next_at
+                self._heaped[entity] = next_at
                 self._heap.append((next_at, entity))
         heapq.heapify(self._heap)
+        self._lateness_ms = view.allowed_lateness_seconds * 1000
         self._late_counter = metrics.EVENTS_LATE.labels(view=view.name)
         self._rows_counter = metrics.ROWS_EMITTED.labels(view=view.name)
         self._pickled_counter = metrics.STATE_ENTITIES_PICKLED.labels(view=view.name)
@@ -282,12 +289,37 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
 
     def _schedule(self, entity: str, state: EntityState) -> None:
         next_at = self._engine.next_expiry(state)
-        if next_at != self._next_at.get(entity):
-            if next_at is None:
-                del self._next_at[entity]
-            else:
-                self._next_at[entity] = next_at
-                heapq.heappush(self._heap, (next_at, entity))
+        if next_at is None:
+            self._next_at.pop(entity, None)
+            return
+        self._next_at[entity] = next_at
+        heaped = self._heaped.get(entity)
+        if heaped is None or next_at < heaped:
+            self._heaped[entity] = next_at
+            heapq.heappush(self._heap, (next_at, entity))
+
+    def _schedule_touched(self, touched: dict[str, EntityState]) -> None:
+        """:meth:`_schedule` for each entity of a batch, with ``next_expiry`` inlined for the
+        usual state (no pending events)."""
+        next_at_of = self._next_at
+        heaped_of = self._heaped
+        heap = self._heap
+        after = self._lateness_ms + 1
+        for entity, st in touched.items():
+            nb = st.nb
+            if st.pending:
+                self._schedule(entity, st)
+                continue
+            if nb is None:
+                next_at_of.pop(entity, None)
+                continue
+            # ViewEngine.next_expiry: the boundary's wall time.
+            next_at = nb - st.max_t + st.wall + after
+            next_at_of[entity] = next_at
+            heaped = heaped_of.get(entity)
+            if heaped is None or next_at < heaped:
+                heaped_of[entity] = next_at
+                heapq.heappush(heap, (next_at, entity))
 
     def on_batch(self, values: list[list[Event]]) -> tuple[Iterable[Changes], bool]:
         rows: list[Row] = []
@@ -304,8 +336,7 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
         late = [self._late_letter(states[event[0]], event) for event in late_events]
         # Once per entity and batch: a hot entity's expiry is looked up once, not per event.
         self._dirty.update(touched)
-        for entity, state in touched.items():
-            self._schedule(entity, state)
+        self._schedule_touched(touched)
         return self._emit(rows, kafka_ts, late), StatefulBatchLogic.RETAIN
 
     def _late_letter(self, state: EntityState, event: Event) -> DeadLetter:
@@ -326,10 +357,19 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
         now = self._clock_ms()
         rows: list[Row] = []
         heap = self._heap
+        heaped_of = self._heaped
         while heap and heap[0][0] <= now:
             due, entity = heapq.heappop(heap)
-            if self._next_at.get(entity) != due:
-                continue  # stale entry: the entity's expiry moved
+            if heaped_of.get(entity) != due:
+                continue  # stale entry: the entity's expiry moved earlier or went away
+            del heaped_of[entity]
+            next_at = self._next_at.get(entity)
+            if next_at is None:
+                continue  # nothing to expire any more
+            if next_at > now:  # moved later since it was pushed: wait for the new time
+                heaped_of[entity] = next_at
+                heapq.heappush(heap, (next_at, entity))
+                continue
             del self._next_at[entity]
             state = self._state(entity)
             rows.extend(self._engine.advance(state, entity, now))
@@ -361,8 +401,8 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
 
     def notify_at(self) -> datetime | None:
         heap = self._heap
-        next_at = self._next_at
-        while heap and next_at.get(heap[0][1]) != heap[0][0]:
+        heaped = self._heaped
+        while heap and heaped.get(heap[0][1]) != heap[0][0]:
             heapq.heappop(heap)
         if not heap:
             return None

@@ -19,7 +19,7 @@ import weakref
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -342,6 +342,53 @@ def test_shard_timer_is_the_earliest_expiry_and_fires_expiry_rows() -> None:
     clock.now = int(later.timestamp() * 1000)
     (expired,), _ = logic.on_notify()
     assert [(r.entity, r.as_of) for r in expired.rows] == [("b", T0 + 340_000)]
+
+
+def _rows_at(logic: ShardLogic, clock: FakeClock, now_ms: int) -> list[tuple[str, int]]:
+    clock.now = now_ms
+    changes, _ = logic.on_notify()
+    return [(r.entity, r.as_of) for c in changes for r in c.rows]
+
+
+# Card a's first 5-minute tile [T0, T0+10s) leaves the window at T0+310s of event time. An idle
+# entity's watermark is max_t - 5 s + (now - wall), so the expiry row is due at wall time
+# T0+310s - max_t + 5 s + wall + 1 ms (ViewEngine.next_expiry).
+
+
+def test_an_expiry_that_moves_later_fires_at_its_new_time_only() -> None:
+    clock = FakeClock(T0)
+    logic = shard_logic(clock)
+    logic.on_batch([[event("a", T0, 0)]])
+    first_due = T0 + 315_001
+    assert logic.notify_at() == datetime.fromtimestamp(first_due / 1000, tz=UTC)
+    # 200 s of wall time later, an event 1 ms newer in event time: the watermark restarts from
+    # max_t, so the same tile now leaves 200 s later in wall time.
+    clock.now = T0 + 200_000
+    logic.on_batch([[event("a", T0 + 1, 1)]])
+    moved_due = T0 + 310_000 - (T0 + 1) + 5_000 + (T0 + 200_000) + 1
+    # A wake-up at the old time (or any time before the new one) emits nothing...
+    assert _rows_at(logic, clock, first_due) == []
+    assert _rows_at(logic, clock, moved_due - 1) == []
+    # ...and the timer is still armed for the new time, where the row comes, once.
+    assert logic.notify_at() == datetime.fromtimestamp(moved_due / 1000, tz=UTC)
+    assert _rows_at(logic, clock, moved_due) == [("a", T0 + 310_000)]
+    assert _rows_at(logic, clock, moved_due + 1) == []
+
+
+def test_an_expiry_that_moves_earlier_fires_at_the_earlier_time() -> None:
+    clock = FakeClock(T0)
+    logic = shard_logic(clock)
+    logic.on_batch([[event("a", T0, 0)]])
+    # 1 s of wall time later an event 100 s newer in event time (a catch-up): the watermark
+    # jumps with max_t, so the first tile leaves 99 s earlier in wall time.
+    clock.now = T0 + 1_000
+    logic.on_batch([[event("a", T0 + 100_000, 1)]])
+    earlier_due = T0 + 310_000 - (T0 + 100_000) + 5_000 + (T0 + 1_000) + 1
+    assert logic.notify_at() == datetime.fromtimestamp(earlier_due / 1000, tz=UTC)
+    assert _rows_at(logic, clock, earlier_due - 1) == []
+    assert _rows_at(logic, clock, earlier_due) == [("a", T0 + 310_000)]
+    # The old, later heap entry is stale: it wakes the shard at most, with no row.
+    assert _rows_at(logic, clock, T0 + 315_001) == []
 
 
 def test_drained_entities_are_forgotten_and_an_empty_shard_discards_itself() -> None:
