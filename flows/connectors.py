@@ -6,9 +6,12 @@
   a resumed partition always continues from its snapshot. Its partitions emit the consumer's
   ``confluent_kafka.Message`` objects as they are (Bytewax's own partition copies each into a
   frozen ``KafkaSourceMessage``: 3.9-5.7 µs per record, more than decoding it).
-* :class:`RedisSink` — per worker, one pipelined newer-wins write per batch
-  (``sinks.redis_store.RedisFeatureWriter``, which retries with backoff and never drops rows),
-  then records write latency and freshness (Kafka timestamp -> write done).
+* :class:`RedisSink` — a ``FixedPartitionedSink`` (one partition per worker in ``freshet
+  run``): each partition hands its rows to a writer thread doing pipelined newer-wins writes
+  (``sinks.redis_store.RedisFeatureWriter``, which retries with backoff and never drops rows)
+  of each entity's newest row, then records write latency and freshness (Kafka timestamp ->
+  write done). Its ``snapshot`` waits for the queue, so an epoch is committed only once its
+  rows are in Redis.
 * :class:`ParquetSink` — a ``FixedPartitionedSink``: each partition is a
   ``sinks.parquet_log.ParquetLogWriter`` whose writer id is the partition name and whose
   resume state is the writer's ``WriterState``; the writer commits its buffer at every snapshot,
@@ -333,8 +336,9 @@ class RedisSink(FixedPartitionedSink[Changes, None]):
     """Writes one view's rows to Redis from ``partitions`` writers (see ``_RedisPartition``).
 
     A partitioned sink because its ``snapshot`` is the barrier that makes the threaded writes
-    durable per epoch. One partition (the default) takes every worker's rows; its writes run
-    off the worker's thread, so that worker mostly pays for building the commands.
+    durable per epoch. ``freshet run`` makes one partition per worker, so the writes spread
+    over the workers (Bytewax places the partitions and routes each engine shard's rows to
+    one of them).
     """
 
     url: str
@@ -514,6 +518,8 @@ class KafkaIO:
     # per activation instead of ~4); a poll at a steady rate takes what is there.
     kafka_batch_size: int = 10_000
     parquet_partitions: int = 1
+    # Redis writers (each with its thread and connection); ``freshet run`` uses one per worker.
+    redis_partitions: int = 1
     parquet_max_rows: int = 100_000
     parquet_max_age_s: float = 60.0
     # With recovery: segments commit at every snapshot (exactly once on disk).
@@ -529,7 +535,7 @@ class KafkaIO:
         )
 
     def online_sink(self, view: FeatureView) -> RedisSink:
-        return RedisSink(self.settings.redis_url, view)
+        return RedisSink(self.settings.redis_url, view, partitions=self.redis_partitions)
 
     def offline_sink(self, view: FeatureView) -> ParquetSink:
         return ParquetSink(

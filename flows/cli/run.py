@@ -449,6 +449,7 @@ def run(
         tail=not stop_at_end,
         kafka_batch_size=batch_size,
         parquet_partitions=layout["parquet_partitions"],
+        redis_partitions=total_workers,
         parquet_max_rows=segment_rows,
         parquet_max_age_s=segment_age,
         parquet_commit_at_snapshot=recovery_dir is not None,
