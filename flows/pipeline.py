@@ -335,7 +335,8 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
         # refused the event: watermarks never go back).
         late = [self._late_letter(states[event[0]], event) for event in late_events]
         # Once per entity and batch: a hot entity's expiry is looked up once, not per event.
-        self._dirty.update(touched)
+        if self._options.persist_state:
+            self._dirty.update(touched)
         self._schedule_touched(touched)
         return self._emit(rows, kafka_ts, late), StatefulBatchLogic.RETAIN
 
