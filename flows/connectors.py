@@ -249,9 +249,7 @@ class _RedisPartition(StatefulSinkPartition[Changes, None]):
         self._busy = False
         self._closing = False
         self._error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._run, name=f"redis-{view}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=f"redis-{view}", daemon=True)
         self._thread.start()
 
     def write_batch(self, values: list[Changes]) -> None:
@@ -280,7 +278,7 @@ class _RedisPartition(StatefulSinkPartition[Changes, None]):
                 cond.notify_all()  # room for write_batch
             try:
                 self._write(batch)
-            except BaseException as exc:  # noqa: BLE001 - handed to the flow's thread
+            except BaseException as exc:  # handed to the flow's thread
                 with cond:
                     self._error = exc
                     self._busy = False

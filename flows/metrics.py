@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import REGISTRY, Counter, start_http_server
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
@@ -128,11 +128,12 @@ class BatchHistogram(Collector):
         if not n:
             return
         bounds = self._bounds
+
         # cumulative[i] = how many ages are <= bounds[i]; an age shrinks as ts grows.
-        cumulative = [
-            n - bisect.bisect_left(ordered, True, key=lambda ts, b=b: (now_ms - ts) / 1000 <= b)
-            for b in bounds
-        ]
+        def within(bound: float) -> Callable[[int], bool]:
+            return lambda ts: (now_ms - ts) / 1000 <= bound
+
+        cumulative = [n - bisect.bisect_left(ordered, True, key=within(b)) for b in bounds]
         total = (n * now_ms - sum(ordered)) / 1000
         with self._lock:
             series = self._series.get(view)

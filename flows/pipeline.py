@@ -30,14 +30,13 @@ Clocks. Event time drives windows; expiry timers are wall clock (``ViewEngine.ne
 so idle entities' windows drain on time. The engine's rows never depend on when timers fire
 (DESIGN "Determinism").
 
-Speed (``python tests/bench/pipeline/bench_pipeline.py``: 200,000 events over 100,000 cards,
-event times over the last hour, 1.5 rows per event; ``freshet run --stop-at-end -w 1`` next to
-a plain consumer + decoder of the same topic). Per worker 30-34k events/s, 0.24-0.33 of the
-raw consume+decode rate (was 19k, 0.14-0.17, before the changes below and the engine's);
-freshness at a steady 5,000 events/s p50 ~40 ms, p99 50-66 ms on quiet runs (218-437 ms
-before the last change below; any stall of the shared 2-core machine shows in the plain
-consumer's p99 too). Where the time went, measured with py-spy and ``gc.callbacks``, and what
-changed:
+Speed (``python tests/bench/pipeline/bench_pipeline.py``; ``freshet run --stop-at-end -w 1``
+next to a plain consumer + decoder of the same topic, 100,000 cards). Live stream (1,000,000
+events, event times at 50,000/s): 46.4k events/s per worker, median of 9 runs (39-55k), 0.41 of
+the raw consume+decode rate. Hour replay (200,000 events over the last hour, 1.5 rows per
+event): 35.8k (was 19k, then 30-34k). Freshness at a steady 5,000 events/s: p50 ~40 ms, p99
+~50 ms on quiet runs (any stall of the shared 2-core machine shows in the plain consumer's
+p99 too). Where the time went, measured with py-spy and ``gc.callbacks``, and what changed:
 
 * the Kafka source emits the consumer's messages (Bytewax's copy into a frozen
   ``KafkaSourceMessage`` cost 3.9-5.7 µs per record, more than decoding it);
@@ -47,11 +46,19 @@ changed:
 * Avro records are read by a reader generated for the schema (1.6 µs, fastavro 2.7 µs);
 * Parquet segments are committed on the writer's thread, and without recovery a snapshot
   does not wait for its commit: a commit of an epoch's ~75,000 rows had held the flow and its
-  Redis writes 0.2-0.3 s every 10 s (with recovery a snapshot still waits: exactly once).
+  Redis writes 0.2-0.3 s every 10 s (with recovery a snapshot still waits: exactly once); the
+  same thread converts each write's rows to Arrow while they are still in the CPU cache;
+* Redis writes run on the sink partition's thread (its snapshot waits for them): the flow's
+  thread no longer waits ~4 µs per event for the server's newer-wins script;
+* a shard pushes an entity's timer only when its expiry moves earlier (every event moved it
+  with the wall clock), and the freshness histogram bisects sorted timestamps.
 
-What is left: the engine step is ~55 % of the flow's CPU here (~57k events/CPU-s: new
-entities, expiry rows), decoding ~10 %, Parquet's Arrow conversion ~8 %, Redis ~8 %, Bytewax
-~6 %, start-up ~1.3 s per run.
+What is left (GIL time, live stream): the engine step ~38 %, decoding ~20 %, Redis commands
+~14 %, Parquet's Arrow conversion ~13 %, Kafka polls ~5 %, Bytewax ~5 %, start-up ~1.3 s per
+run. Tried and dropped: compiling the generated engine with Cython (no gain: the engine waits
+on memory, not bytecode), glibc huge pages for the heap (slower), a larger GC gen-0 threshold
+(slower), inlining the Avro varint reader (no gain), 64 or 32 shards instead of 256 (within
+the machine's run-to-run noise).
 """
 
 from __future__ import annotations

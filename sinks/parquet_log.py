@@ -299,7 +299,9 @@ class ParquetLogWriter:
                 self._tables[0] = (future, start + take, size)
         return parts
 
-    def _commit_tables(self, parts: list[tuple[Future[pa.Table], int, int]], seq: int) -> list[Path]:
+    def _commit_tables(
+        self, parts: list[tuple[Future[pa.Table], int, int]], seq: int
+    ) -> list[Path]:
         # The conversions were submitted before this commit to the same one-thread executor,
         # so they are done (or failed, raising here).
         tables = [future.result().slice(start, length) for future, start, length in parts]

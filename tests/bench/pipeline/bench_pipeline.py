@@ -221,8 +221,9 @@ def throughput_of(args: argparse.Namespace, shape: str, count: int, rate: float)
         )  # fmt: skip
         print(
             f"throughput, {shape} stream: {counts.total:,} records ({counts.late:,} late, "
-            f"{counts.bad:,} malformed), event times at {rate:,.0f}/s over {span_ms / 1000:,.0f} s, "
-            f"{args.cards:,} cards, 3 partitions, freshet run {' '.join(args.workers)}"
+            f"{counts.bad:,} malformed), event times at {rate:,.0f}/s over "
+            f"{span_ms / 1000:,.0f} s, {args.cards:,} cards, 3 partitions, "
+            f"freshet run {' '.join(args.workers)}"
         )
         raw, flow = [], []
         for i in range(args.repeats):
