@@ -530,7 +530,7 @@ class ReplayJob:
     plan: BackfillPlan
     workers: int = 1
     shards: int = 256
-    batch_size: int = 1000
+    batch_size: int = 10_000  # records per poll, as `freshet run --batch-size` (default)
     segment_rows: int = 100_000
     epoch_seconds: float = 60.0
 
