@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, cast
 
@@ -73,6 +74,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_ENTITY_OF = itemgetter(1)  # Row.entity
 
 _METADATA_TIMEOUT_S = 15.0
 
@@ -289,10 +292,9 @@ class _RedisPartition(StatefulSinkPartition[Changes, None]):
                 cond.notify_all()
 
     def _write(self, batch: list[Changes]) -> None:
-        latest: dict[str, Row] = {}
-        for changes in batch:
-            for row in changes.rows:
-                latest[row.entity] = row
+        rows = list(chain.from_iterable(changes.rows for changes in batch))
+        # Each entity's last row (its newest): later rows replace earlier ones in the dict.
+        latest = dict(zip(map(_ENTITY_OF, rows), rows, strict=True))
         started = time.perf_counter()
         self._writer.write(list(latest.values()))
         done = time.perf_counter()
@@ -363,7 +365,7 @@ class _ParquetPartition(StatefulSinkPartition[list[Row], WriterState | None]):
         self._failed = False
 
     def write_batch(self, values: list[list[Row]]) -> None:
-        rows = [row for batch in values for row in batch]
+        rows = list(chain.from_iterable(values))
         started = time.perf_counter()
         try:
             self._writer.write(rows)

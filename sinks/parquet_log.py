@@ -61,6 +61,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,7 @@ _ARROW_TYPES = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.strin
 _WRITER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _SEGMENT = re.compile(r"^(?P<writer>.+)-(?P<seq>\d{10})\.parquet$")
 _PARTITIONING = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
+_VIEW_OF = itemgetter(0)  # Row.view
 _MAX_PENDING = 2  # background commits in flight at most (bounds the rows held in memory)
 
 
@@ -183,6 +185,10 @@ class ParquetLogWriter:
         self._writer_id = writer_id
         self._clock = clock
         self._wall_clock_ms = wall_clock_ms
+        # Rows written, not yet committed: ``_n`` of them, kept in ``_buffer`` (synchronous
+        # writer) or only as converted tables (``_tables``, background writer: the rows
+        # themselves are released as soon as they are converted).
+        self._n = 0
         self._buffer: list[Row] = []
         self._first_at = 0.0
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -220,7 +226,7 @@ class ParquetLogWriter:
     @property
     def buffered(self) -> int:
         """Rows written but not yet committed to a segment (background commits included)."""
-        return len(self._buffer) + sum(n for _, n in self._pending)
+        return self._n + sum(n for _, n in self._pending)
 
     def write(self, rows: Sequence[Row]) -> list[Path]:
         """Buffer ``rows``; commit segments that are due. Returns the segments committed
@@ -230,36 +236,38 @@ class ParquetLogWriter:
         if not rows:
             return self.roll_if_due()
         name = self._layout.name
-        if any(r.view != name for r in rows):
-            other = next(r.view for r in rows if r.view != name)
+        views = set(map(_VIEW_OF, rows))
+        if views != {name}:
+            other = next(v for v in views if v != name)
             raise ParquetLogError(f"row of view {other!r} given to the log writer of {name!r}")
-        if not self._buffer:
+        if not self._n:
             self._first_at = self._clock()
-        self._buffer.extend(rows)
-        if self._executor is not None:
+        self._n += len(rows)
+        if self._executor is None:
+            self._buffer.extend(rows)
+        else:
             batch = list(rows)
             self._tables.append((self._executor.submit(self._table, batch), 0, len(batch)))
         committed: list[Path] = []
-        while len(self._buffer) >= self._max_rows:
-            chunk, self._buffer = self._buffer[: self._max_rows], self._buffer[self._max_rows :]
-            committed += self._commit(chunk)
+        while self._n >= self._max_rows:
+            committed += self._commit(self._max_rows)
             self._first_at = self._clock()
         return committed + self.roll_if_due()
 
     def roll_if_due(self) -> list[Path]:
         """Commit the buffer if its oldest row is ``max_age_s`` old (call on a timer)."""
-        if self._buffer and self._clock() - self._first_at >= self._max_age_s:
+        if self._n and self._clock() - self._first_at >= self._max_age_s:
             return self.roll()
         return []
 
     def roll(self) -> list[Path]:
         """Commit whatever is buffered now (in the background: started; :meth:`flush`
         waits for it)."""
-        chunk, self._buffer = self._buffer, []
-        return self._commit(chunk) if chunk else self._finished(wait=False)
+        return self._commit(self._n) if self._n else self._finished(wait=False)
 
-    def _commit(self, rows: list[Row]) -> list[Path]:
-        """Write ``rows`` as segments; on failure they stay buffered (nothing is dropped).
+    def _commit(self, n: int) -> list[Path]:
+        """Write the first ``n`` buffered rows as segments; on failure they stay buffered
+        (nothing is dropped).
 
         In the background, the commit takes the next sequence number now and runs on the
         writer's thread (Arrow conversion, sort, write, fsync, rename: the Parquet encoding
@@ -268,20 +276,24 @@ class ParquetLogWriter:
         kept (a flow stops on it and replays them from its last snapshot).
         """
         if self._executor is None:
+            rows, self._buffer = self._buffer[:n], self._buffer[n:]
+            self._n -= n
             seq = self._next_seq
             self._next_seq += 1
             try:
                 return self._commit_segments(rows, seq)
             except BaseException:
                 self._buffer[:0] = rows
+                self._n += n
                 raise
         done = self._finished(wait=False)
         while len(self._pending) >= _MAX_PENDING:
             done += self._wait_oldest()
         seq = self._next_seq
         self._next_seq += 1
-        parts = self._take_tables(len(rows))
-        self._pending.append((self._executor.submit(self._commit_tables, parts, seq), len(rows)))
+        parts = self._take_tables(n)
+        self._n -= n
+        self._pending.append((self._executor.submit(self._commit_tables, parts, seq), n))
         return done
 
     def _take_tables(self, n: int) -> list[tuple[Future[pa.Table], int, int]]:

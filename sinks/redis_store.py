@@ -68,6 +68,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Literal, Protocol, TypedDict, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -107,6 +108,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = b"fs:"
+# Fields of a write command (key, record, ttl_ms), for C-level maps over a batch.
+_KEY_OF, _RECORD_OF, _TTL_OF = itemgetter(0), itemgetter(1), itemgetter(2)
 _HEADER = struct.Struct(">qq")  # as_of (epoch ms), source offset
 HEADER_SIZE = _HEADER.size
 
@@ -351,7 +354,7 @@ class RedisFeatureWriter:
         if self._cluster:
             for command in commands:
                 groups.setdefault((key_slot(command[0]), command[2]), []).append(command)
-        elif len({ttl_ms for _, _, ttl_ms in commands}) == 1:
+        elif len(set(map(_TTL_OF, commands))) == 1:
             groups[None] = commands
         else:
             for command in commands:
@@ -362,9 +365,9 @@ class RedisFeatureWriter:
             for start in range(0, len(group), step):
                 chunk = group[start : start + step]
                 args: list[Any] = [len(chunk)]
-                args.extend([key for key, _, _ in chunk])
+                args.extend(map(_KEY_OF, chunk))
                 args.append(chunk[0][2])
-                args.extend([record for _, record, _ in chunk])
+                args.extend(map(_RECORD_OF, chunk))
                 calls.append(args)
         return calls
 
