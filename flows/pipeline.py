@@ -32,9 +32,9 @@ so idle entities' windows drain on time. The engine's rows never depend on when 
 
 Speed (``python tests/bench/pipeline/bench_pipeline.py``; ``freshet run --stop-at-end -w 1``
 next to a plain consumer + decoder of the same topic, 100,000 cards). Live stream (1,000,000
-events, event times at 50,000/s): 46.4k events/s per worker, median of 9 runs (39-55k), 0.41 of
-the raw consume+decode rate. Hour replay (200,000 events over the last hour, 1.5 rows per
-event): 35.8k (was 19k, then 30-34k). Freshness at a steady 5,000 events/s: p50 ~40 ms, p99
+events, event times at 50,000/s): 42.8k events/s per worker, median of 18 runs (34-55k), against
+108-115k raw consume+decode. Hour replay (200,000 events over the last hour, 1.5 rows per
+event): 29.9-38.0k (was 19k, then 30-34k). Freshness at a steady 5,000 events/s: p50 ~40 ms, p99
 ~50 ms on quiet runs (any stall of the shared 2-core machine shows in the plain consumer's
 p99 too). Where the time went, measured with py-spy and ``gc.callbacks``, and what changed:
 
