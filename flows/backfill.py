@@ -587,6 +587,7 @@ def run_replay(
         late_to_dead_letters=True,  # counted by the backfill's own sink, never produced
         flush_until_ms=job.plan.to_ms,
         clock_offset_ms=0,  # constant offsets cannot change rows; see the module docstring
+        schema_registry_url=settings.schema_registry_url,
     )
     flow = build_flow([view], io, options, flow_id=f"freshet-backfill-{view.name}")
     cli_main(  # type: ignore[no-untyped-call]

@@ -32,9 +32,14 @@ Accepted values
     (trailing bytes mean it was written with another schema).
 
 Wire formats (Avro): ``schemaless`` (fastavro ``schemaless_writer`` bytes) or ``confluent``
-(magic byte 0 + 4-byte big-endian schema id + the schemaless bytes). The writer schema is
-*not* fetched from a schema registry: records are read with the view's schema, and when
-``schema_ids`` is given a record with another id is refused.
+(magic byte 0 + 4-byte big-endian schema id + the schemaless bytes). In the Confluent format
+with a ``registry`` (:class:`flows.schema_registry.SchemaRegistry`, ``FRESHET_SCHEMA_REGISTRY_URL``)
+each record is read with the schema its id names, resolved against the view's schema (fastavro
+schema resolution: fields the view does not read are skipped, missing ones take the view's
+defaults); an id the registry does not know, or a schema that does not resolve, dead-letters
+the record. Ids whose schema is the view's own use the generated reader. Without a registry
+records are read with the view's schema, and when ``schema_ids`` is given a record with another
+id is refused.
 
 Hot path: one ``schemaless_reader``/``orjson.loads`` per record, then a few type checks; all
 error texts are built on a separate slow path only for bad records.
@@ -57,6 +62,7 @@ from fastavro import parse_schema, schemaless_reader
 
 from flows.avro_reader import Reader, compile_reader
 from flows.deadletter import DeadLetter, Headers, Reason
+from flows.schema_registry import SchemaRegistry, SchemaRegistryUnavailable
 from sinks.layout import ENTITY_FORBIDDEN_CHARS, MAX_ENTITY_LENGTH
 
 if TYPE_CHECKING:
@@ -321,18 +327,32 @@ def _check_fields(
         )
 
 
-def _fastavro_reader(schema: Any, wanted: Sequence[str]) -> Reader:
+def _fastavro_reader(schema: Any, wanted: Sequence[str], *, reader_schema: Any = None) -> Reader:
     """fastavro's ``schemaless_reader`` in the shape of a generated reader
-    (:func:`flows.avro_reader.compile_reader`): ``wanted`` fields and the end offset."""
+    (:func:`flows.avro_reader.compile_reader`): ``wanted`` fields and the end offset.
+    ``schema`` is the writer's; with ``reader_schema`` records are resolved against it."""
     get = _getter(wanted)
 
     def read(value: bytes, start: int) -> tuple[tuple[Any, ...], int]:
         buf = BytesIO(value)
         if start:
             buf.seek(start)
-        return get(schemaless_reader(buf, schema, None)), buf.tell()
+        return get(schemaless_reader(buf, schema, reader_schema)), buf.tell()
 
     return read
+
+
+def _canonical(schema: Mapping[str, Any]) -> str:
+    """A comparable text of a schema: its JSON without docs, keys sorted."""
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in sorted(node.items()) if k not in ("doc", "aliases")}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return json.dumps(strip(schema), sort_keys=True)
 
 
 def _getter(fields: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
@@ -449,11 +469,14 @@ class AvroDecoder:
         wire_format: WireFormat = "schemaless",
         schema_ids: frozenset[int] | None = None,
         generated_reader: bool = True,
+        registry: SchemaRegistry | None = None,
     ) -> None:
         if wire_format not in ("schemaless", "confluent"):
             raise DecodeConfigError(
                 f"unknown Avro wire format {wire_format!r}; use 'schemaless' or 'confluent'"
             )
+        if registry is not None and wire_format != "confluent":
+            raise DecodeConfigError("a schema registry needs the 'confluent' wire format")
         specs = _field_specs(schema)
         _check_fields(
             specs, entity_field=entity_field, time_field=time_field, input_fields=input_fields
@@ -471,6 +494,12 @@ class AvroDecoder:
         self._read = compiled or _fastavro_reader(self._schema, wanted)
         self._skip = 5 if wire_format == "confluent" else 0
         self._schema_ids = schema_ids
+        self._registry = registry
+        self._wanted = wanted
+        # With a registry: schema id -> its reader (the view's own reader when the registered
+        # schema is the view's), or the reason its records are refused.
+        self._readers: dict[int, Reader | str] = {}
+        self._own_schema = _canonical(stripped)
 
     def decode(self, messages: Sequence[SourceMessage] | Sequence[Message]) -> Decoded:
         """Decode a batch; never raises for bad records (they become dead letters)."""
@@ -479,13 +508,18 @@ class AvroDecoder:
         add = events.append
         read = self._read
         skip = self._skip
+        registry = self._registry
         for m in _consumer_messages(messages):
             value = m.value()
             try:
                 if skip:
                     self._check_header(value)
+                    if registry is not None and value is not None:
+                        read = self._reader_of(int.from_bytes(value[1:5], "big"))
                 # (entity, event time, *input fields), offset after the record
                 values, end = read(value, skip)  # type: ignore[arg-type]  # None is refused
+            except SchemaRegistryUnavailable:
+                raise  # not the record's fault: stop the flow, a restart resumes
             except _Invalid as exc:
                 dead.append(_dead(m, self._view, exc.reason, exc.error))
                 continue
@@ -534,6 +568,29 @@ class AvroDecoder:
             except _Invalid as exc:
                 dead.append(_dead(m, self._view, exc.reason, exc.error))
         return Decoded(events, dead)
+
+    def _reader_of(self, schema_id: int) -> Reader:
+        """The reader of records written with ``schema_id`` (fetched and resolved once)."""
+        reader = self._readers.get(schema_id)
+        if reader is None:
+            reader = self._readers[schema_id] = self._resolve(schema_id)
+        if isinstance(reader, str):
+            raise _Invalid("undecodable", reader)
+        return reader
+
+    def _resolve(self, schema_id: int) -> Reader | str:
+        assert self._registry is not None
+        writer = self._registry.schema(schema_id)
+        if writer is None:
+            return f"schema id {schema_id} is not in the schema registry at {self._registry.url}"
+        stripped = strip_time_logical_types(dict(writer))
+        if _canonical(stripped) == self._own_schema:
+            return self._read
+        try:
+            parsed = parse_schema(stripped)
+        except Exception as exc:  # fastavro raises several types for bad schemas
+            return f"schema id {schema_id} is not a valid Avro schema: {exc}"[:300]
+        return _fastavro_reader(parsed, self._wanted, reader_schema=self._schema)
 
     def _check_header(self, value: bytes | None) -> None:
         if value is None:
@@ -720,8 +777,10 @@ def decoder_for(
     *,
     wire_format: WireFormat = "schemaless",
     schema_ids: frozenset[int] | None = None,
+    registry: SchemaRegistry | None = None,
 ) -> AvroDecoder | JsonDecoder:
-    """The decoder for ``view``'s source (``wire_format`` applies to Avro sources only)."""
+    """The decoder for ``view``'s source (``wire_format`` and ``registry`` apply to Avro
+    sources only; a registry implies the Confluent wire format)."""
     source = view.source
     schema = load_schema(source.schema_path) if source.schema_path is not None else None
     common: dict[str, Any] = {
@@ -733,7 +792,11 @@ def decoder_for(
     if source.encoding == "avro":
         if schema is None:
             raise DecodeConfigError(f"view {view.name!r} reads Avro but names no schema file")
-        return AvroDecoder(schema, wire_format=wire_format, schema_ids=schema_ids, **common)
+        if registry is not None:
+            wire_format = "confluent"
+        return AvroDecoder(
+            schema, wire_format=wire_format, schema_ids=schema_ids, registry=registry, **common
+        )
     if source.encoding == "json":
         return JsonDecoder(schema=schema, **common)
     raise DecodeConfigError(

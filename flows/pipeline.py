@@ -84,6 +84,7 @@ from flows.deadletter import DeadLetter, late_letter
 from flows.decode import Event, decoder_for
 from flows.definitions import FeatureView
 from flows.engine import EntityState, ViewEngine
+from flows.schema_registry import SchemaRegistry
 from sinks.faults import crash_point
 from sinks.rows import Row
 
@@ -122,6 +123,8 @@ class FlowOptions:
     late_to_dead_letters: bool = True
     flush_until_ms: int | None = None
     clock_offset_ms: int = 0
+    # Avro views read the Confluent wire format with writer schemas from this registry.
+    schema_registry_url: str | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= 65_536:
@@ -176,8 +179,9 @@ class _Batch(NamedTuple):
 class _Decode:
     """Decodes a poll of Kafka records and groups the events by shard (entity -> crc32)."""
 
-    def __init__(self, view: FeatureView, shards: int) -> None:
-        self._decoder = decoder_for(view)
+    def __init__(self, view: FeatureView, shards: int, registry_url: str | None = None) -> None:
+        registry = SchemaRegistry(registry_url) if registry_url else None
+        self._decoder = decoder_for(view, registry=registry)
         self._keys = shard_keys(shards)
         self._shards = shards
         self._events_in = metrics.EVENTS_IN.labels(view=view.name)
@@ -461,7 +465,9 @@ def _add_view(flow: Dataflow, view: FeatureView, io: FlowIO, options: FlowOption
     v = view.name
     records = op.input(f"{v}_kafka", flow, io.source(view))
     # KafkaSourceMessage(key, value, topic, partition, offset, timestamp, headers)
-    batches = op.flat_map_batch(f"{v}_decode", records, _Decode(view, options.shards))
+    batches = op.flat_map_batch(
+        f"{v}_decode", records, _Decode(view, options.shards, options.schema_registry_url)
+    )
     # _Batch(groups=[(shard, [Event, ...]), ...], dead=[DeadLetter, ...]), one per poll
     by_shard = op.flat_map(f"{v}_by_shard", batches, _groups)
     # (shard, [(entity, event_time_ms, fields, partition, offset, kafka_ts_ms), ...])

@@ -30,6 +30,9 @@ class Settings:
     # FRESHET_KAFKA_CONFIG_SASL_MECHANISM=PLAIN becomes {"sasl.mechanism": "PLAIN"}.
     # Values are secrets: never log them.
     kafka_config: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # A Confluent-compatible schema registry: Avro views then read the Confluent wire format
+    # (magic byte + schema id) with each id's registered schema. Unset: schemaless Avro.
+    schema_registry_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -45,6 +48,7 @@ class Settings:
             offline_dir=Path(env.get("FRESHET_OFFLINE_DIR", str(cls.offline_dir))),
             api_keys=env.get("FRESHET_API_KEYS", ""),
             kafka_config=kafka_config,
+            schema_registry_url=env.get("FRESHET_SCHEMA_REGISTRY_URL") or None,
         )
 
     def kafka_client_config(self) -> dict[str, str]:

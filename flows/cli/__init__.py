@@ -63,7 +63,8 @@ def cli() -> None:
 
     Settings come from the environment: FRESHET_KAFKA_BOOTSTRAP (default 127.0.0.1:9092),
     FRESHET_REDIS_URL (default redis://127.0.0.1:6379/0), FRESHET_OFFLINE_DIR (default
-    ./data/offline), FRESHET_API_KEYS (unset: no auth).
+    ./data/offline), FRESHET_API_KEYS (unset: no auth), FRESHET_SCHEMA_REGISTRY_URL (unset:
+    Avro without the Confluent wire format).
     """
 
 

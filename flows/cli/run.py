@@ -459,6 +459,7 @@ def run(
         persist_state=recovery_dir is not None,
         late_to_dead_letters=late_to_dlq,
         clock_offset_ms=clock_offset_ms,
+        schema_registry_url=settings.schema_registry_url,
     )
     flow = build_flow(views, io, options)
     log.info(
