@@ -354,7 +354,10 @@ class RedisSink(FixedPartitionedSink[Changes, None]):
         client = connect(self.url)
         client.ping()  # fail fast on a wrong URL; later outages are retried by the writer
         layout = self.view.layout()
-        writer = RedisFeatureWriter(client, {layout.name: layout})
+        retries = metrics.REDIS_WRITE_RETRIES.labels(view=self.view.name)
+        writer = RedisFeatureWriter(
+            client, {layout.name: layout}, on_retry=lambda _exc: retries.inc()
+        )
         return _RedisPartition(self.view.name, writer, client)
 
 

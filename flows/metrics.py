@@ -13,6 +13,7 @@ Exposed (``/metrics`` on ``--metrics-port``, default 9108)::
     freshet_dead_letters_total{view,reason}       records sent to the dead-letter topic
     freshet_rows_emitted_total{view}              feature rows (value changes) emitted
     freshet_redis_write_seconds{view}             histogram: one pipelined Redis batch write
+    freshet_redis_write_retries_total{view}       Redis batch writes re-sent (Redis restarting/down)
     freshet_parquet_write_seconds{view}           histogram: one Parquet sink batch (incl. rolls)
     freshet_segments_written_total{view}          Parquet segments committed
     freshet_freshness_seconds{view}               histogram: Kafka timestamp -> Redis write done
@@ -216,6 +217,11 @@ DEAD_LETTERS = Counter(
 )
 ROWS_EMITTED = Counter("freshet_rows_emitted", "Feature rows (value changes) emitted.", ["view"])
 SEGMENTS_WRITTEN = Counter("freshet_segments_written", "Parquet segments committed.", ["view"])
+REDIS_WRITE_RETRIES = Counter(
+    "freshet_redis_write_retries",
+    "Redis batch writes re-sent after a transient failure (Redis restarting or unreachable).",
+    ["view"],
+)
 REDIS_WRITE_SECONDS = BatchHistogram(
     "freshet_redis_write_seconds", "Duration of one pipelined Redis batch write."
 )

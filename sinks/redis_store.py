@@ -270,6 +270,7 @@ class RedisFeatureWriter:
         give_up_after_s: float | None = None,
         max_rows_per_call: int = 500,
         sleep: Callable[[float], None] = time.sleep,
+        on_retry: Callable[[BaseException], None] | None = None,
     ) -> None:
         if max_rows_per_call < 1:
             raise ValueError(f"max_rows_per_call must be >= 1, got {max_rows_per_call}")
@@ -284,6 +285,7 @@ class RedisFeatureWriter:
         self._backoff_max_s = backoff_max_s
         self._give_up_after_s = give_up_after_s
         self._sleep = sleep
+        self._on_retry = on_retry  # called once per re-sent batch (metrics)
         self._sha: bytes | None = None
 
     def _commands(self, rows: Sequence[Row]) -> list[tuple[bytes, bytes, int]]:
@@ -332,6 +334,8 @@ class RedisFeatureWriter:
                 return self._send(commands)
             except _TRANSIENT as exc:
                 attempt += 1
+                if self._on_retry is not None:
+                    self._on_retry(exc)
                 waited = time.monotonic() - started
                 if self._give_up_after_s is not None and waited >= self._give_up_after_s:
                     raise

@@ -174,6 +174,11 @@ def test_rows_computed_while_redis_is_down_reach_it_after_its_restart(
                 timeout=30,
                 what="the flow's Redis writes to fail and retry",
             )
+            wait_until(
+                lambda: scrape(port).get(f"freshet_redis_write_retries_total{label}", 0) > 0,
+                timeout=30,
+                what="the retries to be counted",
+            )
             assert flow.proc.poll() is None, flow.output()
             server.start()  # empty: this test's Redis keeps nothing on disk
             ref = Reference.of(VIEW, read_topic(kafka_bootstrap, topic))

@@ -147,16 +147,20 @@ class _DownThenUp:
 def test_writer_backs_off_exponentially_up_to_the_cap_and_resends_the_whole_batch() -> None:
     client = _DownThenUp(failures=6)
     sleeps: list[float] = []
+    retried: list[BaseException] = []
     writer = RedisFeatureWriter(
         client,
         {"card_txn": LAYOUT},
         backoff_initial_s=0.1,
         backoff_max_s=0.5,
         sleep=sleeps.append,
+        on_retry=retried.append,
     )
     rows = [Row("card_txn", f"e{i}", 1, (i, 1.0), 0, i) for i in range(3)]
     assert writer.write(rows) == 3
     assert sleeps == [0.1, 0.2, 0.4, 0.5, 0.5, 0.5]
+    assert len(retried) == 6  # one per re-sent batch (the freshet_redis_write_retries metric)
+    assert all(isinstance(exc, redis.exceptions.ConnectionError) for exc in retried)
     assert len(client.sent) == 1  # one script call carried all three rows
 
 
