@@ -123,8 +123,38 @@ class RedisFacts:
     nodes: tuple[RedisNode, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class RegistryFacts:
+    """What the schema registry said (``FRESHET_SCHEMA_REGISTRY_URL``): ``error`` set when it
+    could not be reached or did not answer as a registry."""
+
+    url: str
+    error: str | None = None
+    subjects: int = 0
+
+
 # --------------------------------------------------------------------------------------------
 # Checks (pure)
+
+
+def check_schema_registry(facts: RegistryFacts, views: Sequence[FeatureView]) -> Finding:
+    """A configured registry must answer: Avro views read every record's schema from it."""
+    check = "schema registry"
+    avro = [v.name for v in views if v.source.encoding == "avro"]
+    if facts.error is not None:
+        return Finding(
+            check,
+            Level.ERROR if avro else Level.WARN,
+            f"{facts.url}: {facts.error}",
+            "start the registry or fix FRESHET_SCHEMA_REGISTRY_URL (unset it for schemaless "
+            "Avro); a flow stops after 30 s without it",
+        )
+    return Finding(
+        check,
+        Level.OK,
+        f"{facts.url}: {facts.subjects} subjects; Avro views {', '.join(avro) or '(none)'} read "
+        "the Confluent wire format",
+    )
 
 
 def check_kafka(facts: KafkaFacts) -> Finding:
@@ -373,6 +403,7 @@ def diagnose(
     offline_dir: Path,
     *,
     workers: int | None = None,
+    registry: RegistryFacts | None = None,
 ) -> list[Finding]:
     """Every finding, in the order a person fixes things: connectivity first."""
     findings = [check_kafka(kafka)]
@@ -385,8 +416,32 @@ def diagnose(
     for node in redis_facts.nodes:
         findings.append(check_redis_version(node))
         findings.append(check_eviction(node, views))
+    if registry is not None:
+        findings.append(check_schema_registry(registry, views))
     findings.append(check_offline_dir(offline_dir))
     return findings
+
+
+def probe_schema_registry(url: str, *, timeout_s: float = 5.0) -> RegistryFacts:
+    """``GET <url>/subjects`` (the registry's list of subjects)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = url.rstrip("/")
+    shown = _redacted(url)
+    try:
+        with urllib.request.urlopen(f"{url}/subjects", timeout=timeout_s) as resp:
+            subjects = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return RegistryFacts(shown, error=f"GET /subjects answered HTTP {exc.code}")
+    except (urllib.error.URLError, OSError) as exc:
+        return RegistryFacts(shown, error=f"unreachable ({getattr(exc, 'reason', exc)})")
+    except ValueError:
+        return RegistryFacts(shown, error="GET /subjects did not answer JSON: not a registry?")
+    if not isinstance(subjects, list):
+        return RegistryFacts(shown, error="GET /subjects did not answer a list: not a registry?")
+    return RegistryFacts(shown, subjects=len(subjects))
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,14 @@ import click
 import orjson
 
 from flows.definitions import FeatureView
-from flows.doctor import Finding, Level, diagnose, probe_kafka, probe_redis
+from flows.doctor import (
+    Finding,
+    Level,
+    diagnose,
+    probe_kafka,
+    probe_redis,
+    probe_schema_registry,
+)
 from flows.registry import UnknownViewError, all_views, get_view
 from sinks.settings import Settings
 
@@ -64,15 +71,23 @@ def doctor(
 
     Kafka (reachable, source and dead-letter topics, partitions), Redis (reachable, cluster
     mode matching the URL, version, maxmemory-policy that could evict feature keys, memory
-    left) and FRESHET_OFFLINE_DIR (writable, free space). Reads the same settings as
-    `freshet run`: FRESHET_KAFKA_BOOTSTRAP, FRESHET_KAFKA_CONFIG_*, FRESHET_REDIS_URL,
-    FRESHET_OFFLINE_DIR.
+    left), the schema registry when FRESHET_SCHEMA_REGISTRY_URL is set (reachable) and
+    FRESHET_OFFLINE_DIR (writable, free space). Reads the same settings as `freshet run`:
+    FRESHET_KAFKA_BOOTSTRAP, FRESHET_KAFKA_CONFIG_*, FRESHET_REDIS_URL,
+    FRESHET_SCHEMA_REGISTRY_URL, FRESHET_OFFLINE_DIR.
     """
     views = _views(view_names)
     settings = Settings.from_env()
     kafka = probe_kafka(settings.kafka_client_config(), timeout_s=timeout)
     redis_facts = probe_redis(settings.redis_url, timeout_s=timeout)
-    findings = diagnose(kafka, redis_facts, views, settings.offline_dir, workers=workers)
+    registry = (
+        probe_schema_registry(settings.schema_registry_url, timeout_s=timeout)
+        if settings.schema_registry_url
+        else None
+    )
+    findings = diagnose(
+        kafka, redis_facts, views, settings.offline_dir, workers=workers, registry=registry
+    )
     if as_json:
         click.echo(orjson.dumps([f.to_json() for f in findings], option=orjson.OPT_INDENT_2))
     else:

@@ -212,3 +212,31 @@ def test_the_flows_decode_step_reads_the_confluent_format_when_a_registry_is_set
     (plain,) = _Decode(VIEW, 4)([message(value, 7)])
     assert plain.groups == []
     assert len(plain.dead) == 1
+
+
+def test_credentials_in_the_url_go_as_basic_auth_and_never_into_messages() -> None:
+    seen: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.send_error(503)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        client = SchemaRegistry(
+            f"http://svc:s%40cret@127.0.0.1:{port}", give_up_after_s=0.0, sleep=lambda _: None
+        )
+        assert client.url == f"http://127.0.0.1:{port}"
+        with pytest.raises(SchemaRegistryUnavailable) as caught:
+            client.schema(1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == ["Basic c3ZjOnNAY3JldA=="]  # base64 of "svc:s@cret"
+    assert "cret" not in str(caught.value)
