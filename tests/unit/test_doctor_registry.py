@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
+from loopback_http import QuietHandler, loopback_server
 
 from flows.doctor import (
     KafkaFacts,
@@ -56,7 +54,7 @@ def test_diagnose_checks_the_registry_only_when_one_is_configured(tmp_path: Path
 
 @pytest.fixture
 def registry_url() -> Iterator[str]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             body = json.dumps(["transactions-value", "payments-value"]).encode()
             status = 200 if self.path == "/subjects" else 404
@@ -65,16 +63,8 @@ def registry_url() -> Iterator[str]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_server(Handler) as url:
+        yield url
 
 
 def test_probe_counts_the_registrys_subjects(registry_url: str) -> None:

@@ -9,14 +9,13 @@ from __future__ import annotations
 import io
 import json
 import socket
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from fastavro import parse_schema, schemaless_writer
+from loopback_http import QuietHandler, loopback_server
 
 from flows.decode import RawMessage, decoder_for, load_schema
 from flows.registry import get_view
@@ -69,7 +68,7 @@ def registry() -> Iterator[Registry]:
     requests: Counter[str] = Counter()
     state = {"fail": 0}
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             requests[self.path] += 1
             if state["fail"] > 0:
@@ -93,17 +92,8 @@ def registry() -> Iterator[Registry]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield Registry(f"http://127.0.0.1:{server.server_address[1]}", requests, state)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_server(Handler) as url:
+        yield Registry(url, requests, state)
 
 
 def confluent(schema_id: int, schema: dict[str, Any], record: dict[str, Any]) -> bytes:
@@ -217,26 +207,18 @@ def test_the_flows_decode_step_reads_the_confluent_format_when_a_registry_is_set
 def test_credentials_in_the_url_go_as_basic_auth_and_never_into_messages() -> None:
     seen: list[str | None] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             seen.append(self.headers.get("Authorization"))
             self.send_error(503)
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        port = server.server_address[1]
+    with loopback_server(Handler) as url:
+        port = url.rsplit(":", 1)[1]
         client = SchemaRegistry(
             f"http://svc:s%40cret@127.0.0.1:{port}", give_up_after_s=0.0, sleep=lambda _: None
         )
-        assert client.url == f"http://127.0.0.1:{port}"
+        assert client.url == url
         with pytest.raises(SchemaRegistryUnavailable) as caught:
             client.schema(1)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert seen == ["Basic c3ZjOnNAY3JldA=="]  # base64 of "svc:s@cret"
     assert "cret" not in str(caught.value)
