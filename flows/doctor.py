@@ -423,25 +423,24 @@ def diagnose(
 
 
 def probe_schema_registry(url: str, *, timeout_s: float = 5.0) -> RegistryFacts:
-    """``GET <url>/subjects`` (the registry's list of subjects)."""
-    import json
+    """``GET <url>/subjects`` through the flow's own client (same auth, no credentials shown)."""
     import urllib.error
-    import urllib.request
 
-    url = url.rstrip("/")
-    shown = _redacted(url)
+    from flows.schema_registry import SchemaRegistry, SchemaRegistryError
+
     try:
-        with urllib.request.urlopen(f"{url}/subjects", timeout=timeout_s) as resp:
-            subjects = json.loads(resp.read())
+        registry = SchemaRegistry(url, timeout_s=timeout_s)
+    except SchemaRegistryError as exc:
+        return RegistryFacts(_redacted(url), error=str(exc))
+    try:
+        subjects = registry.subjects()
     except urllib.error.HTTPError as exc:
-        return RegistryFacts(shown, error=f"GET /subjects answered HTTP {exc.code}")
+        return RegistryFacts(registry.url, error=f"GET /subjects answered HTTP {exc.code}")
     except (urllib.error.URLError, OSError) as exc:
-        return RegistryFacts(shown, error=f"unreachable ({getattr(exc, 'reason', exc)})")
-    except ValueError:
-        return RegistryFacts(shown, error="GET /subjects did not answer JSON: not a registry?")
-    if not isinstance(subjects, list):
-        return RegistryFacts(shown, error="GET /subjects did not answer a list: not a registry?")
-    return RegistryFacts(shown, subjects=len(subjects))
+        return RegistryFacts(registry.url, error=f"unreachable ({getattr(exc, 'reason', exc)})")
+    except SchemaRegistryError as exc:
+        return RegistryFacts(registry.url, error=f"{exc}: not a registry?")
+    return RegistryFacts(registry.url, subjects=len(subjects))
 
 
 # --------------------------------------------------------------------------------------------

@@ -83,15 +83,33 @@ class SchemaRegistry:
                 self._schemas[schema_id] = self._fetch(schema_id)
             return self._schemas[schema_id]
 
+    def subjects(self) -> list[str]:
+        """``GET /subjects``, once, without retries (``freshet doctor``'s probe). Raises
+        ``urllib.error.URLError``/``OSError`` when unreachable, :class:`SchemaRegistryError`
+        for an answer that is not a registry's."""
+        body = self._get("/subjects")
+        try:
+            subjects = json.loads(body)
+        except ValueError:
+            subjects = None
+        if not isinstance(subjects, list):
+            raise SchemaRegistryError(f"GET /subjects did not answer a JSON list: {body[:100]!r}")
+        return subjects
+
+    def _get(self, path: str) -> bytes:
+        request = urllib.request.Request(self.url + path, headers=self._headers)
+        with urllib.request.urlopen(request, timeout=self._timeout_s) as resp:
+            body: bytes = resp.read()
+        return body
+
     def _fetch(self, schema_id: int) -> dict[str, Any] | None:
-        url = f"{self.url}/schemas/ids/{schema_id}"
+        path = f"/schemas/ids/{schema_id}"
+        url = self.url + path
         started = time.monotonic()
         delay = self._backoff_initial_s
         while True:
             try:
-                request = urllib.request.Request(url, headers=self._headers)
-                with urllib.request.urlopen(request, timeout=self._timeout_s) as resp:
-                    body = resp.read()
+                body = self._get(path)
                 break
             except urllib.error.HTTPError as exc:
                 if exc.code == 404:

@@ -74,7 +74,8 @@ def test_probe_counts_the_registrys_subjects(registry_url: str) -> None:
 def test_probe_of_a_closed_port_says_unreachable() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    facts = probe_schema_registry(url, timeout_s=2.0)
+        port = sock.getsockname()[1]
+    facts = probe_schema_registry(f"http://svc:secret@127.0.0.1:{port}", timeout_s=2.0)
     assert facts.error is not None
     assert facts.error.startswith("unreachable")
+    assert facts.url == f"http://127.0.0.1:{port}"  # the credentials are never shown
