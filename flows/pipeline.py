@@ -277,7 +277,6 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
                 self._heaped[entity] = next_at
                 self._heap.append((next_at, entity))
         heapq.heapify(self._heap)
-        self._lateness_ms = view.allowed_lateness_seconds * 1000
         self._late_counter = metrics.EVENTS_LATE.labels(view=view.name)
         self._rows_counter = metrics.ROWS_EMITTED.labels(view=view.name)
         self._pickled_counter = metrics.STATE_ENTITIES_PICKLED.labels(view=view.name)
@@ -306,31 +305,12 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
         self._next_at[entity] = next_at
         heaped = self._heaped.get(entity)
         if heaped is None or next_at < heaped:
-            self._heaped[entity] = next_at
-            heapq.heappush(self._heap, (next_at, entity))
+            self._arm(entity, next_at)
 
-    def _schedule_touched(self, touched: dict[str, EntityState]) -> None:
-        """:meth:`_schedule` for each entity of a batch, with ``next_expiry`` inlined for the
-        usual state (no pending events)."""
-        next_at_of = self._next_at
-        heaped_of = self._heaped
-        heap = self._heap
-        after = self._lateness_ms + 1
-        for entity, st in touched.items():
-            nb = st.nb
-            if st.pending:
-                self._schedule(entity, st)
-                continue
-            if nb is None:
-                next_at_of.pop(entity, None)
-                continue
-            # ViewEngine.next_expiry: the boundary's wall time.
-            next_at = nb - st.max_t + st.wall + after
-            next_at_of[entity] = next_at
-            heaped = heaped_of.get(entity)
-            if heaped is None or next_at < heaped:
-                heaped_of[entity] = next_at
-                heapq.heappush(heap, (next_at, entity))
+    def _arm(self, entity: str, at: int) -> None:
+        """Make ``at`` the entity's live heap entry (any earlier one becomes stale)."""
+        self._heaped[entity] = at
+        heapq.heappush(self._heap, (at, entity))
 
     def on_batch(self, values: list[list[Event]]) -> tuple[Iterable[Changes], bool]:
         rows: list[Row] = []
@@ -348,7 +328,8 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
         # Once per entity and batch: a hot entity's expiry is looked up once, not per event.
         if self._options.persist_state:
             self._dirty.update(touched)
-        self._schedule_touched(touched)
+        for entity, state in touched.items():
+            self._schedule(entity, state)
         return self._emit(rows, kafka_ts, late), StatefulBatchLogic.RETAIN
 
     def _late_letter(self, state: EntityState, event: Event) -> DeadLetter:
@@ -379,8 +360,7 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
             if next_at is None:
                 continue  # nothing to expire any more
             if next_at > now:  # moved later since it was pushed: wait for the new time
-                heaped_of[entity] = next_at
-                heapq.heappush(heap, (next_at, entity))
+                self._arm(entity, next_at)
                 continue
             del self._next_at[entity]
             state = self._state(entity)
