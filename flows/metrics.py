@@ -106,13 +106,17 @@ class BatchHistogram(Collector):
         if registry is not None:
             registry.register(self)
 
+    def _series_of(self, view: str) -> tuple[list[int], list[float]]:
+        """The view's ``(per-bucket counts, [sum])``, created empty; call under the lock."""
+        series = self._series.get(view)
+        if series is None:
+            series = self._series[view] = ([0] * (len(self._bounds) + 1), [0.0])
+        return series
+
     def observe_many(self, view: str, values: Iterable[float]) -> None:
         bounds = self._bounds
         with self._lock:
-            series = self._series.get(view)
-            if series is None:
-                series = self._series[view] = ([0] * (len(bounds) + 1), [0.0])
-            counts, total = series
+            counts, total = self._series_of(view)
             for value in values:
                 counts[bisect.bisect_left(bounds, value)] += 1
                 total[0] += value
@@ -137,10 +141,7 @@ class BatchHistogram(Collector):
         cumulative = [n - bisect.bisect_left(ordered, True, key=within(b)) for b in bounds]
         total = (n * now_ms - sum(ordered)) / 1000
         with self._lock:
-            series = self._series.get(view)
-            if series is None:
-                series = self._series[view] = ([0] * (len(bounds) + 1), [0.0])
-            counts, sums = series
+            counts, sums = self._series_of(view)
             below = 0
             for i, at_most in enumerate(cumulative):
                 counts[i] += at_most - below
