@@ -30,7 +30,7 @@ from typing import Any, cast
 
 import fastavro._read
 
-__all__ = ["Reader", "compile_reader"]
+__all__ = ["Reader", "compile_reader", "fast_plan"]
 
 Reader = Callable[[bytes, int], tuple[tuple[Any, ...], int]]
 
@@ -169,3 +169,29 @@ def compile_reader(schema: Mapping[str, Any], wanted: Sequence[str]) -> Reader |
     exec(compile("\n".join(lines), f"<avro reader {schema.get('name', '')}>", "exec"), namespace)
     reader: Reader = namespace["read"]
     return reader
+
+
+_PLAN_TYPES = {"int": b"l", "long": b"l", "double": b"d", "float": b"f", "string": b"s"}
+_SKIPPED = 255
+
+
+def fast_plan(schema: Mapping[str, Any], wanted: Sequence[str]) -> tuple[bytes, bytes] | None:
+    """``(plan, slots)`` describing ``schema`` to the C decoder (``flows/_fastdecode.c``): per
+    field in schema order, its type and null branch, and its position among ``wanted``
+    (255: skipped). None where ``compile_reader`` would return None, or for a schema the C
+    decoder does not take (over 64 fields, a field wanted twice)."""
+    if schema.get("type") != "record" or len(set(wanted)) != len(wanted):
+        return None
+    fields = schema.get("fields", [])
+    names = [f["name"] for f in fields]
+    if not set(wanted) <= set(names) or len(fields) > 64:
+        return None
+    plan, slots = bytearray(), bytearray()
+    for field in fields:
+        kind = _branch(field["type"])
+        if kind is None:
+            return None
+        primitive, null = kind
+        plan += _PLAN_TYPES[primitive] + (b"-" if null is None else str(null).encode())
+        slots.append(wanted.index(field["name"]) if field["name"] in wanted else _SKIPPED)
+    return bytes(plan), bytes(slots)

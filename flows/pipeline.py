@@ -81,7 +81,7 @@ from bytewax.outputs import Sink
 
 from flows import metrics
 from flows.deadletter import DeadLetter, late_letter
-from flows.decode import Event, decoder_for
+from flows.decode import Event, decoder_for, shard_groups
 from flows.definitions import FeatureView
 from flows.engine import EntityState, ViewEngine
 from flows.schema_registry import SchemaRegistry
@@ -191,16 +191,7 @@ class _Decode:
         self._events_in.inc(len(messages))
         decoded = self._decoder.decode(messages)
         self._decoded.inc(len(decoded.events))
-        groups: dict[int, list[Event]] = {}
-        crc32 = zlib.crc32
-        n = self._shards
-        for event in decoded.events:
-            shard = crc32(event[0].encode("utf-8", "surrogateescape")) % n
-            group = groups.get(shard)
-            if group is None:
-                groups[shard] = [event]
-            else:
-                group.append(event)
+        groups = shard_groups(decoded.events, self._shards)
         keys = self._keys
         return [_Batch([(keys[s], g) for s, g in groups.items()], decoded.dead)]
 
