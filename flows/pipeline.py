@@ -32,18 +32,21 @@ so idle entities' windows drain on time. The engine's rows never depend on when 
 
 Speed (``python tests/bench/pipeline/bench_pipeline.py``; ``freshet run --stop-at-end -w 1``
 next to a plain consumer + decoder of the same topic, 100,000 cards). Live stream (1,000,000
-events, event times at 50,000/s): 42.8k events/s per worker, median of 18 runs (34-55k), against
-108-115k raw consume+decode. Hour replay (200,000 events over the last hour, 1.5 rows per
-event): 29.9-38.0k (was 19k, then 30-34k). Freshness at a steady 5,000 events/s: p50 ~40 ms, p99
-~50 ms on quiet runs (any stall of the shared 2-core machine shows in the plain consumer's
-p99 too). Where the time went, measured with py-spy and ``gc.callbacks``, and what changed:
+events, event times at 50,000/s): 57.9k events/s per worker, median of 5 runs (57.4-60.4k),
+against 116-119k raw consume+decode (42.8k, 34-55k over 18 runs, before the C decode loop).
+Hour replay (200,000 events over the last hour, 1.5 rows per event): 44.6-48.1k (was 19k,
+then 30-38k). Freshness at a steady 5,000 events/s: p50 ~40 ms, p99 ~50 ms on quiet runs (any
+stall of the shared 2-core machine shows in the plain consumer's p99 too). Where the time
+went, measured with py-spy and ``gc.callbacks``, and what changed:
 
 * the Kafka source emits the consumer's messages (Bytewax's copy into a frozen
   ``KafkaSourceMessage`` cost 3.9-5.7 µs per record, more than decoding it);
 * objects that survive a GC collection are frozen (``freshet run``): the cyclic GC had spent
   2.0 of 8.2 CPU-seconds re-scanning the engine's 100,000 entity states;
 * polls of up to 10,000 records per partition (+22 %: ~40 events per shard activation);
-* Avro records are read by a reader generated for the schema (1.6 µs, fastavro 2.7 µs);
+* Avro records are read by a reader generated for the schema (1.6 µs, fastavro 2.7 µs), and
+  the decode loop and shard grouping run in C (``flows/_fastdecode.c``: decode + grouping
+  3.56 -> 1.45 µs per record in the flow, where the records are cold in memory);
 * Parquet segments are committed on the writer's thread, and without recovery a snapshot
   does not wait for its commit: a commit of an epoch's ~75,000 rows had held the flow and its
   Redis writes 0.2-0.3 s every 10 s (with recovery a snapshot still waits: exactly once); the
@@ -53,9 +56,10 @@ p99 too). Where the time went, measured with py-spy and ``gc.callbacks``, and wh
 * a shard pushes an entity's timer only when its expiry moves earlier (every event moved it
   with the wall clock), and the freshness histogram bisects sorted timestamps.
 
-What is left (GIL time, live stream): the engine step ~38 %, decoding ~20 %, Redis commands
-~14 %, Parquet's Arrow conversion ~13 %, Kafka polls ~5 %, Bytewax ~5 %, start-up ~1.3 s per
-run. Tried and dropped: compiling the generated engine with Cython (no gain: the engine waits
+What is left (GIL time, live stream): the engine step ~36 %, Redis commands and coalescing
+~18 %, decoding ~11 %, Parquet's Arrow conversion ~10 %, Bytewax ~7 %, Kafka polls ~4 %,
+start-up ~1.3 s per run. Tried and dropped: helper processes for the Redis and Parquet sinks
+(pickling a row to send it cost ~2 µs, as much as the work it moved: 20-27 % slower), compiling the generated engine with Cython (no gain: the engine waits
 on memory, not bytecode), glibc huge pages for the heap (slower), a larger GC gen-0 threshold
 (slower), inlining the Avro varint reader (no gain), 64 or 32 shards instead of 256 (within
 the machine's run-to-run noise).
