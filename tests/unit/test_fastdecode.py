@@ -18,6 +18,7 @@ import pytest
 from fastavro import parse_schema, schemaless_writer
 from hypothesis import given
 from hypothesis import strategies as st
+from test_decode_fuzz import FUZZ, messages_of, mutated, valid_avro
 
 from flows import decode
 from flows.decode import (
@@ -28,7 +29,6 @@ from flows.decode import (
     load_schema,
 )
 from flows.registry import get_view
-from tests.unit.test_decode_fuzz import FUZZ, messages_of, mutated, valid_avro
 
 VIEW = get_view("card_txn")
 
