@@ -59,10 +59,11 @@ went, measured with py-spy and ``gc.callbacks``, and what changed:
 What is left (GIL time, live stream): the engine step ~36 %, Redis commands and coalescing
 ~18 %, decoding ~11 %, Parquet's Arrow conversion ~10 %, Bytewax ~7 %, Kafka polls ~4 %,
 start-up ~1.3 s per run. Tried and dropped: helper processes for the Redis and Parquet sinks
-(pickling a row to send it cost ~2 µs, as much as the work it moved: 20-27 % slower), compiling the generated engine with Cython (no gain: the engine waits
-on memory, not bytecode), glibc huge pages for the heap (slower), a larger GC gen-0 threshold
-(slower), inlining the Avro varint reader (no gain), 64 or 32 shards instead of 256 (within
-the machine's run-to-run noise).
+(pickling a row to send it cost ~2 µs, as much as the work it moved: 20-27 % slower),
+compiling the generated engine with Cython (no gain: the engine waits on memory, not
+bytecode), glibc huge pages for the heap (slower), a larger GC gen-0 threshold (slower),
+inlining the Avro varint reader (no gain), 64 or 32 shards instead of 256 (within the
+machine's run-to-run noise).
 """
 
 from __future__ import annotations
