@@ -20,7 +20,8 @@
   Redis writes) for a quarter of a second; only a snapshot with recovery waits for them.
 * :class:`DeadLetterSink` — per worker, ``flows.deadletter.DeadLetterProducer``; flushes each
   batch before returning, so a dead letter is on the broker before the epoch that produced it
-  can be snapshotted (at-least-once, never lost).
+  can be snapshotted (at-least-once, never lost). Late letters, which the engine built from
+  decoded events, first get their source records' bytes back (``SourceRecords``).
 
 Connections are made in ``build``/``build_part`` (on the worker) and fail fast.
 """
@@ -56,7 +57,13 @@ from confluent_kafka import (
 )
 
 from flows import metrics
-from flows.deadletter import DeadLetter, DeadLetterProducer, dead_letter_topic
+from flows.deadletter import (
+    RECENT,
+    DeadLetter,
+    DeadLetterProducer,
+    SourceRecords,
+    dead_letter_topic,
+)
 from flows.definitions import FeatureView
 from flows.pipeline import Changes, StartAt
 from sinks.parquet_log import ParquetLogWriter, WriterState
@@ -199,6 +206,7 @@ class _KafkaPartition(StatefulSourcePartition[Message, int]):
             batch = self._without_errors(batch)
         if batch:
             self._offset = cast(int, batch[-1].offset()) + 1  # set on consumed records
+            RECENT.remember(self._topic, self._idx, batch)  # late letters' original bytes
         return batch
 
     def _without_errors(self, batch: list[Message]) -> list[Message]:
@@ -465,16 +473,21 @@ class ParquetSink(FixedPartitionedSink[list[Row], WriterState | None]):
 
 
 class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
-    def __init__(self, topic: str, producer: DeadLetterProducer) -> None:
+    def __init__(self, topic: str, producer: DeadLetterProducer, sources: SourceRecords) -> None:
         self._topic = topic
         self._producer = producer
+        self._sources = sources
 
     def write_batch(self, items: list[DeadLetter]) -> None:
-        self._producer.send(self._topic, items)
+        # Late letters were re-encoded from decoded events: give them their original bytes.
+        self._producer.send(self._topic, self._sources.restore(items))
         self._producer.flush()
 
     def close(self) -> None:
-        self._producer.close()
+        try:
+            self._producer.close()
+        finally:
+            self._sources.close()
 
 
 class _CountingPartition(StatelessSinkPartition[DeadLetter]):
@@ -503,7 +516,7 @@ class DeadLetterSink(DynamicSink[DeadLetter]):
         if self.topic is None:
             return _CountingPartition()
         producer = DeadLetterProducer(self.config, on_delivered=_count_dead_letter).build()
-        return _DeadLetterPartition(self.topic, producer)
+        return _DeadLetterPartition(self.topic, producer, SourceRecords(self.config))
 
 
 @dataclass(frozen=True, kw_only=True)

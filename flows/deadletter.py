@@ -17,7 +17,12 @@ these headers, after the record's own headers:
 Late events are dead letters too (reason ``late``); :func:`late_letter` builds one from a
 decoded event. The engine sees decoded events only, so unless the caller still has the raw
 bytes, the value is the decoded event re-encoded as JSON and the header
-``freshet.value.encoding: decoded-json`` says so.
+``freshet.value.encoding: decoded-json`` says so. The flow's dead-letter sink then gives such
+letters their source records back (:class:`SourceRecords`): from :data:`RECENT`, the records
+of the process's last few polls, which the Kafka source remembers (a reference per poll), or
+else read back from the source topic by partition and offset. The letter gets the record's
+original key, bytes and headers like any other, and keeps the JSON and its marker only if the
+record cannot be found in time (deleted by retention, broker unreachable).
 
 The producer is a plain confluent-kafka ``Producer`` (Bytewax's ``KafkaSink`` can crash with
 ``BufferError`` under load): when librdkafka's queue is full it polls until there is room,
@@ -28,9 +33,13 @@ on the next call instead of being dropped. Counting is the caller's: pass ``on_d
 
 from __future__ import annotations
 
+import bisect
+import logging
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,11 +52,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REASONS",
+    "RECENT",
     "DeadLetter",
     "DeadLetterError",
     "DeadLetterProducer",
     "Headers",
     "Reason",
+    "RecentRecords",
+    "SourceRecords",
     "dead_letter_topic",
     "late_letter",
 ]
@@ -65,6 +77,9 @@ Headers = list[tuple[str, str | bytes | None]]
 
 # Error texts can quote user data; keep headers small.
 _MAX_ERROR_CHARS = 1000
+_DECODED_JSON: Headers = [("freshet.value.encoding", b"decoded-json")]
+
+log = logging.getLogger(__name__)
 
 
 class DeadLetterError(RuntimeError):
@@ -126,7 +141,7 @@ def late_letter(
         record = {view.entity.key: entity, view.source.event_time_field: event_time_ms}
         record.update(zip(view.input_fields, fields, strict=True))
         value = orjson.dumps(record)
-        headers = [("freshet.value.encoding", b"decoded-json")]
+        headers = list(_DECODED_JSON)
     if key is None:
         key = entity.encode()
     return DeadLetter(
@@ -143,6 +158,189 @@ def late_letter(
         offset=offset,
         headers=headers,
     )
+
+
+_Record = tuple[bytes | None, bytes | None, Headers | None]  # key, value, headers
+
+
+def _field(message: Any, name: str) -> Any:
+    """A consumer message's field (a method) or a ``RawMessage``'s (an attribute)."""
+    value = getattr(message, name)
+    return value() if callable(value) else value
+
+
+class RecentRecords:
+    """The source records of the last ``polls`` polls of this process.
+
+    ``remember(topic, partition, records)`` costs one reference per poll (the Kafka source
+    calls it with each poll of a partition, records in offset order); ``get`` finds a record by
+    its offset in a poll (by position, else by bisection where the offsets have gaps), which
+    only late letters do. Thread-safe: a process's workers share it.
+    """
+
+    def __init__(self, polls: int = 12) -> None:
+        self._polls: deque[tuple[str, int, int, int, Sequence[Any]]] = deque(maxlen=polls)
+        self._lock = threading.Lock()
+
+    def remember(self, topic: str, partition: int, records: Sequence[Any]) -> None:
+        if records:
+            first, last = _field(records[0], "offset"), _field(records[-1], "offset")
+            self._polls.append((topic, partition, first, last, records))
+
+    def get(self, topic: str, partition: int, offset: int) -> _Record | None:
+        with self._lock:
+            polls = list(self._polls)
+        for poll_topic, poll_partition, first, last, records in reversed(polls):
+            if poll_partition != partition or not first <= offset <= last or poll_topic != topic:
+                continue
+            i = offset - first
+            if i >= len(records) or _field(records[i], "offset") != offset:
+                i = bisect.bisect_left(records, offset, key=lambda m: _field(m, "offset"))
+            if i < len(records) and _field(records[i], "offset") == offset:
+                m = records[i]
+                return _field(m, "key"), _field(m, "value"), _field(m, "headers")
+        return None
+
+
+# The process's recent source records, remembered by ``flows.connectors``' Kafka source.
+RECENT = RecentRecords()
+
+
+class SourceRecords:
+    """Finds source records by ``(topic, partition, offset)``, so late letters carry the
+    original key, bytes and headers (see the module docstring).
+
+    :meth:`restore` looks in ``recent`` first (a worker's late letters usually come from its
+    own latest polls). The rest it reads back from Kafka, each partition once per call, from
+    the lowest offset it needs to the highest (offsets ``max_span`` or more apart are read
+    separately), keeping only the records asked for; that costs a fetch round trip per
+    partition, so it is the fallback (a flow of several processes, where a shard's events were
+    decoded by another). A record gone, or ``timeout_s`` spent: those letters keep their JSON
+    (and a warning is logged); none is dropped or delayed beyond the timeout.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, str],
+        *,
+        recent: RecentRecords = RECENT,
+        timeout_s: float = 10.0,
+        max_span: int = 200_000,
+    ) -> None:
+        self._recent = recent
+        self._config = {
+            **config,
+            "group.id": "freshet-dead-letter-originals",  # assign only: never joins it
+            "enable.auto.commit": "false",
+            "enable.partition.eof": "true",
+            # An offset no longer (or not yet) in the log is an error here, not a jump.
+            "auto.offset.reset": "error",
+        }
+        self._timeout_s = timeout_s
+        self._max_span = max_span
+        self._consumer: Any = None
+
+    def restore(self, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
+        """``letters`` with each re-encoded late letter given its source record's key, value
+        and headers; every other letter as it is."""
+        wanted: dict[tuple[str, int], set[int]] = {}
+        for letter in letters:
+            if letter.headers == _DECODED_JSON:
+                wanted.setdefault((letter.topic, letter.partition), set()).add(letter.offset)
+        if not wanted:
+            return list(letters)
+        found: dict[tuple[str, int, int], _Record] = {}
+        for (topic, partition), offsets in list(wanted.items()):
+            for offset in list(offsets):
+                record = self._recent.get(topic, partition, offset)
+                if record is not None:
+                    found[(topic, partition, offset)] = record
+                    offsets.discard(offset)
+            if not offsets:
+                del wanted[(topic, partition)]
+        if wanted:
+            found.update(self._read(wanted))
+        out = []
+        for letter in letters:
+            record = found.get((letter.topic, letter.partition, letter.offset))
+            if record is not None and letter.headers == _DECODED_JSON:
+                key, value, headers = record
+                letter = replace(letter, key=key, value=value, headers=headers)
+            out.append(letter)
+        missing = sum(1 for letter in out if letter.headers == _DECODED_JSON)
+        if missing:
+            log.warning(
+                "%d late dead letters keep their decoded JSON: their source records could not "
+                "be read back (retention, a span over %d records, or %g s spent)",
+                missing,
+                self._max_span,
+                self._timeout_s,
+            )
+        return out
+
+    def _read(self, wanted: dict[tuple[str, int], set[int]]) -> dict[tuple[str, int, int], _Record]:
+        from confluent_kafka import Consumer
+
+        if self._consumer is None:
+            self._consumer = Consumer(self._config)
+        consumer = self._consumer
+        found: dict[tuple[str, int, int], _Record] = {}
+        deadline = time.monotonic() + self._timeout_s
+        for (topic, partition), offsets in wanted.items():
+            for run in _runs(sorted(offsets), self._max_span):
+                self._read_run(consumer, topic, partition, run, deadline, found)
+        consumer.unassign()
+        return found
+
+    def _read_run(
+        self,
+        consumer: Any,
+        topic: str,
+        partition: int,
+        offsets: list[int],
+        deadline: float,
+        found: dict[tuple[str, int, int], _Record],
+    ) -> None:
+        """Reads ``topic[partition]`` from ``offsets[0]`` to ``offsets[-1]`` into ``found``."""
+        from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+        low, high = offsets[0], offsets[-1]
+        remaining = set(offsets)
+        try:
+            consumer.assign([TopicPartition(topic, partition, low)])
+            while remaining and time.monotonic() < deadline:
+                for message in consumer.consume(min(high - low + 1, 10_000), 0.2):
+                    error = message.error()
+                    if error is not None:  # the end of the partition, or an offset gone
+                        if error.code() != KafkaError._PARTITION_EOF:
+                            log.warning("reading back %s[%d]: %s", topic, partition, error)
+                        return
+                    offset = message.offset()
+                    if offset in remaining:
+                        remaining.discard(offset)
+                        found[(topic, partition, offset)] = (
+                            message.key(), message.value(), message.headers()
+                        )  # fmt: skip
+                    if offset >= high:
+                        return
+        except KafkaException as exc:
+            log.warning("reading back %s[%d]: %s", topic, partition, exc)
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+def _runs(offsets: list[int], max_span: int) -> list[list[int]]:
+    """Sorted ``offsets`` cut where two neighbours are ``max_span`` or more apart."""
+    runs = [[offsets[0]]]
+    for offset in offsets[1:]:
+        if offset - runs[-1][-1] >= max_span:
+            runs.append([offset])
+        else:
+            runs[-1].append(offset)
+    return runs
 
 
 class DeadLetterProducer:

@@ -11,7 +11,14 @@ import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
-from flows.deadletter import DeadLetter, DeadLetterError, DeadLetterProducer, late_letter
+from flows.deadletter import (
+    DeadLetter,
+    DeadLetterError,
+    DeadLetterProducer,
+    RecentRecords,
+    SourceRecords,
+    late_letter,
+)
 from flows.decode import RawMessage, decoder_for
 from flows.engine import ViewEngine
 from flows.generator import GeneratorConfig, produce
@@ -109,6 +116,42 @@ def test_malformed_and_late_records_land_in_the_dlq_with_their_bytes_and_reasons
             assert message.value() == origin.value  # the original bytes, untouched
             assert b"not Avro" in h["freshet.error"]
     assert reasons == {"undecodable": sent.bad, "late": sent.late}
+
+
+def test_late_letters_get_their_source_records_back_and_keep_json_only_when_gone(
+    kafka_bootstrap: str, topic_factory: Callable[..., str]
+) -> None:
+    view = get_view("card_txn")
+    source = topic_factory(2)
+    config = GeneratorConfig(cards=50, bad_fraction=0.0, late_fraction=0.0, seed=3)
+    produce(kafka_bootstrap, source, view=view, count=400, rate=2_000, pace=False,
+            config=config, start_ms=START)  # fmt: skip
+    records = {(m.partition(), m.offset()): m for m in consume_all(kafka_bootstrap, source, 400, 2)}
+    events = {(e[3], e[4]): e for e in decoder_for(view).decode(
+        [RawMessage.from_confluent(m) for m in records.values()]
+    ).events}  # fmt: skip
+    picked = [(0, 3), (0, 40), (1, 0), (1, 17), (1, 18)]
+    letters = [
+        late_letter(view, events[at], watermark_ms=START + 10**9, topic=source) for at in picked
+    ]
+    gone = late_letter(view, (*events[(1, 0)][:4], 10**6, -1), watermark_ms=START, topic=source)
+    undecodable = DeadLetter("undecodable", "bad", view.name, b"k", b"\xff", source, 0, 5)
+    # Nothing remembered: every record is read back from the topic.
+    sources = SourceRecords(
+        {"bootstrap.servers": kafka_bootstrap}, recent=RecentRecords(), timeout_s=5
+    )
+    out = sources.restore([*letters, gone, undecodable])
+    for letter, at in zip(out, picked, strict=False):
+        origin = records[at]
+        assert (letter.key, letter.value, letter.headers) == (
+            origin.key(), origin.value(), origin.headers()
+        )  # fmt: skip
+        assert letter.reason == "late"
+        assert letter.error.startswith("late: event time ")
+    # Offset 1,000,000 does not exist: that letter keeps its JSON and says so.
+    assert out[len(picked)] == gone
+    assert dict(out[len(picked)].kafka_headers())["freshet.value.encoding"] == b"decoded-json"
+    assert out[-1] == undecodable  # letters with their bytes are left alone
 
 
 def test_original_headers_are_kept_ahead_of_freshets(

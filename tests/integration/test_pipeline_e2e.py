@@ -46,7 +46,8 @@ def test_redis_log_dead_letters_and_metrics_equal_the_engine_reference(
 ) -> None:
     topic, dlq = topic_factory(3), topic_factory(1)
     counts = produce_stream(kafka_bootstrap, topic, 6_000, seed=11)
-    ref = Reference.of(VIEW, read_topic(kafka_bootstrap, topic))
+    source = read_topic(kafka_bootstrap, topic)
+    ref = Reference.of(VIEW, source)
     assert ref.late == counts.late > 0
     assert ref.bad == counts.bad > 0
 
@@ -96,10 +97,17 @@ def test_redis_log_dead_letters_and_metrics_equal_the_engine_reference(
     reasons = Counter({bytes(k).decode(): v for k, v in reasons.items()})
     assert reasons["late"] == ref.late
     assert sum(reasons.values()) == ref.late + ref.bad
+    by_origin = {(record.partition, record.offset): record for record in source}
     for letter in letters:
         headers = dict(letter.headers or [])
         assert headers["freshet.error"]
         assert headers["freshet.source.topic"] == topic.encode()
+        # Late letters too carry the source record's own key and bytes (read back by the sink).
+        origin = by_origin[
+            (int(headers["freshet.source.partition"]), int(headers["freshet.source.offset"]))
+        ]
+        assert (letter.key, letter.value) == (origin.key, origin.value)
+        assert "freshet.value.encoding" not in headers
 
     # Point-in-time lookups on the offline log equal the reference at random times.
     log = offline_rows(offline_dir, VIEW)
