@@ -240,7 +240,8 @@ STATE_SNAPSHOT_SECONDS = BatchHistogram(
 )
 STATE_ENTITIES_PICKLED = Counter(
     "freshet_state_entities_pickled",
-    "Entity states pickled into recovery snapshots (each changed entity once per epoch).",
+    "Entity states pickled for recovery snapshots (a changed entity once per epoch, again "
+    "if it changes after being pickled ahead of the snapshot).",
     ["view"],
 )
 REGISTRY.register(_ConsumerLagCollector())

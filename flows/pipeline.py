@@ -15,10 +15,17 @@ events over 100,000 keys, one worker, one pending expiry timer per entity;
 ``crc32(entity) % 256`` holding a dict of entity states 150,000-175,000 (1,024 shards: 110,000-
 140,000; 4,096: 67,000-80,000). Bytewax scans every key with a pending timer on every
 activation and snapshots every touched key at every epoch, so fewer, fatter keys win. A shard
-keeps one timer (the earliest ``next_expiry`` of its entities, from a heap) and snapshots only
-what changed: each entity's state is pickled once when it changed since the last snapshot and
-its bytes are reused while it stays clean; resuming unpickles an entity only when it is next
-touched.
+keeps one timer (the earliest ``next_expiry`` of its entities, from a heap) and pickles only
+what changed: an entity's state is pickled after it changed, and its bytes are reused while it
+stays clean; resuming unpickles an entity only when it is next touched. An entity left alone
+for ``FlowOptions.pickle_ahead_ms`` (2 s) is pickled during the epoch rather than at its
+snapshot, which then pickles only the recently changed ones: Bytewax snapshots every shard
+at once, and the flow stops meanwhile (at a steady 5,000 events/s over 100,000 cards, ~40,000
+states per 10 s epoch: freshness p99 893 -> 478 ms, shard snapshot p50 1.9 -> 0.5 ms; no
+throughput change measured with recovery on, 37.3-39.1k vs 38.1-38.8k events/s). What is
+left of the stall is mostly Bytewax writing each shard's whole dict of pickled states (about
+50 MB per epoch for 100,000 cards): a snapshot's size follows the state, its pickling work
+follows the changes.
 
 Exactly-once through the readers. Resume = the last snapshot's Kafka offsets + engine state;
 rows emitted after it are emitted again. Redis is newer-wins on ``(as_of, offset)``, so
@@ -130,10 +137,15 @@ class FlowOptions:
     clock_offset_ms: int = 0
     # Avro views read the Confluent wire format with writer schemas from this registry.
     schema_registry_url: str | None = None
+    # With recovery: pickle an entity's state once it has been left alone this long (wall ms),
+    # instead of all changed entities at the epoch's snapshot (None: only at the snapshot).
+    pickle_ahead_ms: int | None = 2_000
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= 65_536:
             raise ValueError(f"shards={self.shards} must be between 1 and 65536")
+        if self.pickle_ahead_ms is not None and self.pickle_ahead_ms < 0:
+            raise ValueError(f"pickle_ahead_ms={self.pickle_ahead_ms} must be >= 0")
 
 
 class Changes(NamedTuple):
@@ -258,7 +270,9 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
         self._states: dict[str, EntityState] = {}
         # Clean entities' pickled states, reused by the next snapshot (and resume state).
         self._saved: ShardSnapshot = dict(resume) if resume else {}
-        self._dirty: set[str] = set()
+        # Recovery: entities changed since their state was last pickled, least recently
+        # changed first (entity -> flow-clock ms of its last change).
+        self._dirty: dict[str, int] = {}
         # Timers. ``_next_at``: entity -> its next expiry (wall ms). The heap holds at most one
         # live entry per entity, ``_heaped[entity]``, at or before that time: an expiry that
         # moves later (every event moves it with the wall clock) is not pushed again; its entry
@@ -322,11 +336,49 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
         # refused the event: watermarks never go back).
         late = [self._late_letter(states[event[0]], event) for event in late_events]
         # Once per entity and batch: a hot entity's expiry is looked up once, not per event.
-        if self._options.persist_state:
-            self._dirty.update(touched)
         for entity, state in touched.items():
             self._schedule(entity, state)
+        if self._options.persist_state:
+            self._changed(touched)
         return self._emit(rows, kafka_ts, late), StatefulBatchLogic.RETAIN
+
+    def _changed(self, entities: Iterable[str]) -> None:
+        """Marks ``entities`` changed now, then pickles the states left alone for
+        ``pickle_ahead_ms`` (see :meth:`snapshot`)."""
+        now = self._clock_ms()
+        dirty = self._dirty
+        pop = dirty.pop
+        for entity in entities:
+            pop(entity, None)  # to the end: the order is by last change
+            dirty[entity] = now
+        ahead = self._options.pickle_ahead_ms
+        if ahead is None:
+            return
+        cutoff = now - ahead
+        ready = []
+        for entity, at in dirty.items():
+            if at > cutoff:
+                break
+            ready.append(entity)
+        for entity in ready:
+            del dirty[entity]
+        self._save(ready)
+
+    def _save(self, entities: Iterable[str]) -> None:
+        """Pickles ``entities``' states into ``_saved`` (or drops the drained ones)."""
+        saved = self._saved
+        states = self._states
+        next_at = self._next_at
+        n = 0
+        for entity in entities:
+            state = states.get(entity)
+            if state is None:
+                saved.pop(entity, None)  # drained and dropped
+            else:
+                saved[entity] = (next_at.get(entity), pickle.dumps(state, protocol=5))
+            n += 1
+        if n:
+            self._pickled_counter.inc(n)
 
     def _late_letter(self, state: EntityState, event: Event) -> DeadLetter:
         self._late_counter.inc()
@@ -345,6 +397,7 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
     def on_notify(self) -> tuple[Iterable[Changes], bool]:
         now = self._clock_ms()
         rows: list[Row] = []
+        expired: list[str] = []
         heap = self._heap
         heaped_of = self._heaped
         while heap and heap[0][0] <= now:
@@ -361,12 +414,14 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
             del self._next_at[entity]
             state = self._state(entity)
             rows.extend(self._engine.advance(state, entity, now))
-            self._dirty.add(entity)
+            expired.append(entity)
             if self._engine.is_drained(state):
                 # Nothing left to expire or serve from state: forget the entity.
                 del self._states[entity]
             else:
                 self._schedule(entity, state)
+        if self._options.persist_state:
+            self._changed(expired)
         changes = self._emit(rows, [-1] * len(rows), [])
         return changes, self._discard_if_empty()
 
@@ -375,11 +430,13 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
         if until is None:
             return [], StatefulBatchLogic.RETAIN
         rows: list[Row] = []
-        for entity in sorted(set(self._saved) | set(self._states)):
+        entities = sorted(set(self._saved) | set(self._states))
+        for entity in entities:
             state = self._state(entity)
             rows.extend(self._engine.flush(state, entity, until))
-            self._dirty.add(entity)
             self._schedule(entity, state)
+        if self._options.persist_state:
+            self._changed(entities)
         return self._emit(rows, [-1] * len(rows), []), StatefulBatchLogic.RETAIN
 
     def _discard_if_empty(self) -> bool:
@@ -401,18 +458,11 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
             self._dirty.clear()
             return None
         started = time.perf_counter()
-        saved = self._saved
-        for entity in self._dirty:
-            state = self._states.get(entity)
-            if state is None:
-                saved.pop(entity, None)  # drained and dropped
-            else:
-                saved[entity] = (self._next_at.get(entity), pickle.dumps(state, protocol=5))
-        self._pickled_counter.inc(len(self._dirty))
+        self._save(self._dirty)
         self._dirty.clear()
         crash_point("engine.shard_snapshot")
         # A copy: Bytewax pickles it later, while this shard keeps changing ``saved``.
-        snapshot = dict(saved)
+        snapshot = dict(self._saved)
         metrics.STATE_SNAPSHOT_SECONDS.observe(self._view.name, time.perf_counter() - started)
         return snapshot
 

@@ -425,6 +425,45 @@ def test_snapshot_pickles_only_entities_that_changed() -> None:
     assert resumed.notify_at() == logic.notify_at()
 
 
+def pickled_total() -> float:
+    return metrics.STATE_ENTITIES_PICKLED.labels(view=VIEW.name)._value.get()
+
+
+def test_states_left_alone_are_pickled_ahead_and_the_snapshot_stays_exact() -> None:
+    """With ``pickle_ahead_ms``, an entity untouched that long is pickled during the epoch, so
+    the snapshot pickles only the recently changed ones, and still holds every entity's
+    latest state (one changed again after its early pickle is pickled again)."""
+    clock = FakeClock(T0)
+    ahead = shard_logic(clock, FlowOptions(persist_state=True, pickle_ahead_ms=1_000))
+    at_end = shard_logic(clock, FlowOptions(persist_state=True, pickle_ahead_ms=None))
+    batches = [
+        (0, [event("a", T0, 0), event("b", T0, 1)]),
+        (1_500, [event("c", T0 + 1_500, 2)]),  # a and b left alone 1.5 s: pickled ahead
+        (1_600, [event("a", T0 + 1_600, 3)]),  # a changes after its early pickle
+    ]
+    counts = []
+    for now, events in batches:
+        clock.now = T0 + now
+        before = pickled_total()
+        ahead.on_batch([events])
+        at_end.on_batch([events])
+        counts.append(pickled_total() - before)
+    assert counts == [0, 2, 0]
+    before = pickled_total()
+    snapshot = ahead.snapshot()
+    assert pickled_total() - before == 2  # c and a again; b's early bytes are kept
+    expected = at_end.snapshot()
+    assert snapshot is not None
+    assert expected is not None
+    assert snapshot.keys() == expected.keys() == {"a", "b", "c"}
+    for entity in expected:
+        next_at, state = snapshot[entity]
+        assert (next_at, pickle.loads(state)) == (
+            expected[entity][0],
+            pickle.loads(expected[entity][1]),
+        )
+
+
 def test_without_recovery_shards_skip_pickling() -> None:
     logic = shard_logic(FakeClock(T0), FlowOptions(persist_state=False))
     logic.on_batch([[event("a", T0, 0)]])
