@@ -133,6 +133,28 @@ def test_records_of_the_views_schema_and_of_an_evolved_one_decode_to_the_same_ev
     assert registry.requests == Counter({"/schemas/ids/1": 1, "/schemas/ids/2": 1})
 
 
+def test_the_c_loop_takes_records_of_ids_resolved_to_the_views_schema(registry: Registry) -> None:
+    """With a registry, records of an id resolved to the view's own schema are read by the C
+    loop from the next batch on (and decode as the Python loop decodes them); other ids, and
+    ids not yet resolved, go through the Python path."""
+    fast = decoder_for(VIEW, registry=SchemaRegistry(registry.url))
+    slow = decoder_for(VIEW, registry=SchemaRegistry(registry.url))
+    slow._fast = None  # the Python loop only
+    messages = [
+        message(confluent(1, VIEW_SCHEMA, txn(0)), 0),
+        message(confluent(2, EVOLVED, {**txn(1), "country": "NL"}), 1),
+        message(confluent(1, VIEW_SCHEMA, txn(2))[:-1], 2),  # cut: dead-lettered either way
+        message(confluent(9, VIEW_SCHEMA, txn(3)), 3),  # unknown id
+    ]
+    for _ in range(2):
+        assert repr(fast.decode(messages)) == repr(slow.decode(messages))
+    assert fast._own_ids == {1}
+    calls: list[int] = []
+    fast._decode_one = lambda m, dead: calls.append(m.offset()) or slow._decode_one(m, dead)  # type: ignore[method-assign]
+    fast.decode(messages)
+    assert calls == [1, 2, 3]  # id 1's good record stayed in C
+
+
 def test_unknown_ids_and_unresolvable_schemas_are_dead_lettered_and_the_rest_decodes(
     registry: Registry,
 ) -> None:
