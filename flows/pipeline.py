@@ -22,7 +22,8 @@ for ``FlowOptions.pickle_ahead_ms`` (2 s) is pickled during the epoch rather tha
 snapshot, which then pickles only the recently changed ones: Bytewax snapshots every shard
 at once, and the flow stops meanwhile (at a steady 5,000 events/s over 100,000 cards, ~40,000
 states per 10 s epoch: freshness p99 893 -> 478 ms, shard snapshot p50 1.9 -> 0.5 ms; no
-throughput change measured with recovery on, 37.3-39.1k vs 38.1-38.8k events/s). What is
+throughput change measured with recovery on, 37.3-39.1k vs 38.1-38.8k events/s; with the
+state walk in C, ``flows/_faststate.c``: p99 402 ms, 47.5-50.8k events/s). What is
 left of the stall is mostly Bytewax writing each shard's whole dict of pickled states (about
 50 MB per epoch for 100,000 cards): a snapshot's size follows the state, its pickling work
 follows the changes.

@@ -1,0 +1,3 @@
+from typing import Any
+
+def pack_d(d: list[Any], packed_type: type, /) -> list[Any]: ...
