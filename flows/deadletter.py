@@ -19,7 +19,7 @@ decoded event. The engine sees decoded events only, so unless the caller still h
 bytes, the value is the decoded event re-encoded as JSON and the header
 ``freshet.value.encoding: decoded-json`` says so. The flow's dead-letter sink then gives such
 letters their source records back (:class:`SourceRecords`): from :data:`RECENT`, the records
-of the process's last few polls, which the Kafka source remembers (a reference per poll), or
+of each partition's last few polls, which the Kafka source remembers (a reference per poll), or
 else read back from the source topic by partition and offset. The letter gets the record's
 original key, bytes and headers like any other, and keeps the JSON and its marker only if the
 record cannot be found in time (deleted by retention, broker unreachable).
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -170,28 +169,30 @@ def _field(message: Any, name: str) -> Any:
 
 
 class RecentRecords:
-    """The source records of the last ``polls`` polls of this process.
+    """The source records of each partition's last ``polls`` polls in this process.
 
     ``remember(topic, partition, records)`` costs one reference per poll (the Kafka source
     calls it with each poll of a partition, records in offset order); ``get`` finds a record by
     its offset in a poll (by position, else by bisection where the offsets have gaps), which
-    only late letters do. Thread-safe: a process's workers share it.
+    only late letters do. A process's workers share it (appends and copies of a deque are
+    atomic under the GIL).
     """
 
-    def __init__(self, polls: int = 12) -> None:
-        self._polls: deque[tuple[str, int, int, int, Sequence[Any]]] = deque(maxlen=polls)
-        self._lock = threading.Lock()
+    def __init__(self, polls: int = 4) -> None:
+        self._polls = polls
+        self._by_partition: dict[tuple[str, int], deque[tuple[int, int, Sequence[Any]]]] = {}
 
     def remember(self, topic: str, partition: int, records: Sequence[Any]) -> None:
-        if records:
-            first, last = _field(records[0], "offset"), _field(records[-1], "offset")
-            self._polls.append((topic, partition, first, last, records))
+        if not records:
+            return
+        polls = self._by_partition.get((topic, partition))
+        if polls is None:
+            polls = self._by_partition.setdefault((topic, partition), deque(maxlen=self._polls))
+        polls.append((_field(records[0], "offset"), _field(records[-1], "offset"), records))
 
     def get(self, topic: str, partition: int, offset: int) -> _Record | None:
-        with self._lock:
-            polls = list(self._polls)
-        for poll_topic, poll_partition, first, last, records in reversed(polls):
-            if poll_partition != partition or not first <= offset <= last or poll_topic != topic:
+        for first, last, records in tuple(self._by_partition.get((topic, partition), ())):
+            if not first <= offset <= last:
                 continue
             i = offset - first
             if i >= len(records) or _field(records[i], "offset") != offset:

@@ -24,15 +24,21 @@ def poll(topic: str, partition: int, first: int, n: int, step: int = 1) -> list[
     ]
 
 
-def test_recent_records_finds_records_of_the_last_polls_only() -> None:
+def test_recent_records_finds_records_of_each_partitions_last_polls_only() -> None:
     recent = RecentRecords(polls=2)
     recent.remember("t", 0, poll("t", 0, 0, 10))
     recent.remember("t", 1, poll("t", 1, 0, 10))
+    recent.remember("t", 1, poll("t", 1, 10, 10))
     assert recent.get("t", 0, 3) == (b"k3", b"v3", [("h", b"3")])
     assert recent.get("t", 1, 9) == (b"k9", b"v9", [("h", b"9")])
     assert recent.get("t", 0, 10) is None  # never seen
     assert recent.get("other", 0, 3) is None  # another topic
-    recent.remember("t", 0, poll("t", 0, 10, 10))  # the first poll falls out
+    # Partition 0's polls are its own: two more of partition 1 keep its first one.
+    recent.remember("t", 1, poll("t", 1, 20, 10))
+    assert recent.get("t", 0, 3) == (b"k3", b"v3", [("h", b"3")])
+    assert recent.get("t", 1, 9) is None  # partition 1's first poll fell out
+    recent.remember("t", 0, poll("t", 0, 10, 10))
+    recent.remember("t", 0, poll("t", 0, 20, 10))
     assert recent.get("t", 0, 3) is None
     assert recent.get("t", 0, 12) == (b"k12", b"v12", [("h", b"12")])
 
