@@ -304,6 +304,10 @@ def dockerfile_problems(text: str) -> list[str]:
             problems.append(f"the dependency layer does not create package {package!r}")
         if path.split("/")[0] not in copied_paths(text):
             problems.append(f"package {package!r} is never copied into the image")
+    # pip skips an optional C extension it cannot build: the image build must import each.
+    for extension in packages.get("ext-modules", []):
+        if f"import {extension['name']}" not in text:
+            problems.append(f"the image build never checks C extension {extension['name']!r}")
     return problems
 
 
@@ -855,3 +859,4 @@ def test_dockerfile_check_catches_root_a_wrong_entrypoint_and_a_missing_port() -
     assert dockerfile_problems(text.replace('"tini", "--", "freshet"', '"tini", "--", "fresh"'))
     assert dockerfile_problems(text.replace("EXPOSE 8000 9108 2101", "EXPOSE 8080 9108"))
     assert dockerfile_problems(text.replace(" schemas/__init__.py", ""))  # a package left out
+    assert dockerfile_problems(text.replace("import flows._faststate", "pass"))  # C unchecked
