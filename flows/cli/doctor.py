@@ -14,6 +14,7 @@ from flows.doctor import (
     Finding,
     Level,
     diagnose,
+    probe_c_extensions,
     probe_kafka,
     probe_redis,
     probe_schema_registry,
@@ -86,7 +87,13 @@ def doctor(
         else None
     )
     findings = diagnose(
-        kafka, redis_facts, views, settings.offline_dir, workers=workers, registry=registry
+        kafka,
+        redis_facts,
+        views,
+        settings.offline_dir,
+        workers=workers,
+        registry=registry,
+        missing_extensions=probe_c_extensions(),
     )
     if as_json:
         click.echo(orjson.dumps([f.to_json() for f in findings], option=orjson.OPT_INDENT_2))

@@ -10,17 +10,20 @@ from click.testing import CliRunner
 
 from flows.cli import cli
 from flows.doctor import (
+    C_EXTENSIONS,
     Finding,
     KafkaFacts,
     Level,
     RedisFacts,
     RedisNode,
+    check_c_extensions,
     check_eviction,
     check_offline_dir,
     check_redis_mode,
     check_redis_version,
     check_topics,
     diagnose,
+    probe_c_extensions,
 )
 from flows.registry import get_view
 
@@ -186,10 +189,29 @@ def test_unreachable_kafka_skips_the_topic_checks_and_fails(tmp_path: Path) -> N
     findings = diagnose(down, RedisFacts("u", False, nodes=(node(),)), [CARD_TXN], tmp_path)
     assert [f.check for f in findings] == [
         "kafka", "redis", "redis version 10.0.0.1:6379", "redis memory 10.0.0.1:6379",
-        "offline dir",
+        "offline dir", "c extensions",
     ]  # fmt: skip
     assert findings[0].level is Level.ERROR
     assert "FRESHET_KAFKA_BOOTSTRAP" in findings[0].fix
+
+
+def test_c_extensions_built_are_ok_and_missing_ones_warn_with_the_fix(tmp_path: Path) -> None:
+    # This install (CI's) has both built.
+    assert probe_c_extensions() == []
+    assert check_c_extensions([]).level is Level.OK
+    missing = check_c_extensions(["flows._fastdecode"])
+    assert missing.level is Level.WARN
+    assert "flows._fastdecode" in missing.message
+    assert "2.8x slower" in missing.message
+    assert "C compiler" in missing.fix
+    assert "flows._faststate" not in missing.message
+    down = KafkaFacts("k:9092", error="Local: Timed out")
+    findings = by_check(
+        diagnose(down, RedisFacts("u", False), [CARD_TXN], tmp_path,
+                 missing_extensions=list(C_EXTENSIONS))
+    )  # fmt: skip
+    assert findings["c extensions"].level is Level.WARN
+    assert "flows._faststate" in findings["c extensions"].message
 
 
 def test_every_primary_of_a_cluster_is_checked(tmp_path: Path) -> None:
