@@ -178,7 +178,7 @@ class RecentRecords:
     atomic under the GIL).
     """
 
-    def __init__(self, polls: int = 4) -> None:
+    def __init__(self, polls: int = 2) -> None:
         self._polls = polls
         self._by_partition: dict[tuple[str, int], deque[tuple[int, int, Sequence[Any]]]] = {}
 
