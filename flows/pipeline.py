@@ -98,6 +98,7 @@ from flows.decode import Event, decoder_for, shard_groups
 from flows.definitions import FeatureView
 from flows.engine import EntityState, ViewEngine
 from flows.schema_registry import SchemaRegistry
+from flows.shutdown import STOP
 from sinks.faults import crash_point
 from sinks.rows import Row
 
@@ -428,7 +429,9 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
 
     def on_eof(self) -> tuple[Iterable[Changes], bool]:
         until = self._options.flush_until_ms
-        if until is None:
+        if until is None or STOP.requested:
+            # A live flow's future boundaries belong to its next run; a replay stopped by a
+            # signal has not read the events that precede its boundaries.
             return [], StatefulBatchLogic.RETAIN
         rows: list[Row] = []
         entities = sorted(set(self._saved) | set(self._states))

@@ -28,14 +28,16 @@ from bytewax.outputs import (
     StatefulSinkPartition,
     StatelessSinkPartition,
 )
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
+from flows import kafka_clients
 from flows.backfill import _CONSUMER_CONFIG, PartitionPlan, ReplayJob, Tally, writer_prefix
 from flows.connectors import ParquetSink
 from flows.deadletter import DeadLetter
 from flows.decode import RawMessage
 from flows.definitions import FeatureView
 from flows.pipeline import Changes
+from flows.shutdown import STOP
 from sinks.parquet_log import WriterState
 from sinks.redis_store import RedisFeatureWriter, connect
 from sinks.rows import Row
@@ -68,12 +70,12 @@ class _ReplayPartition(StatefulSourcePartition[RawMessage, int]):
         self._done = self._next >= self._end
         self._consumer: Any = None
         if not self._done:
-            self._consumer = Consumer(config)
+            self._consumer = kafka_clients.consumer(config)
             self._consumer.assign([TopicPartition(topic, part.partition, self._next)])
         self._report(force=True)
 
     def next_batch(self) -> list[RawMessage]:
-        if self._done:
+        if self._done or STOP.requested:  # STOP: a graceful stop ends the replay here
             self._report(force=True)
             raise StopIteration
         batch: list[RawMessage] = []

@@ -70,6 +70,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from sinks.durable import fsync_dir
 from sinks.faults import crash_point
 from sinks.layout import ViewLayout
 from sinks.rows import Row
@@ -461,17 +462,9 @@ class ParquetLogWriter:
             os.fsync(f.fileno())
         crash_point("parquet.segment_tmp_written")
         os.replace(tmp, final)
-        _fsync_dir(date_dir)
+        fsync_dir(date_dir)
         crash_point("parquet.segment_renamed")
         return final
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def log_dir(root: Path | str, view: str, version: int = 1) -> Path:

@@ -30,6 +30,8 @@ import click
 
 from flows.definitions import FeatureView
 from flows.registry import UnknownViewError, get_view
+from flows.shutdown import STOP
+from sinks.durable import write_durably
 
 __all__ = ["clock_offset", "freeze_gc_survivors", "parse_start", "run"]
 
@@ -94,6 +96,9 @@ def _supervise(processes: int, argv: Sequence[str], metrics_port: int) -> int:
                 str(metrics_port + i if metrics_port else 0),
             ],
             preexec_fn=_die_with_parent,
+            # Their own process group: a Ctrl-C in the terminal reaches them once, through
+            # ``forward``, not twice (a second signal means "exit at once").
+            process_group=0,
         )
         for i in range(processes)
     ]
@@ -170,42 +175,62 @@ def _init_recovery(
 _CLOCK_FILE_PERIOD_S = 1.0
 
 
-def clock_offset(flow_times_ms: Sequence[int], now_ms: int, snapshot_interval_s: int) -> int:
+def clock_offset(
+    flow_times_ms: Sequence[int], now_ms: int, snapshot_interval_s: int, *, stopped: bool = False
+) -> int:
     """How far the resumed flow clock runs behind real time: it continues one snapshot interval
-    before the newest flow time any process recorded (0 on a first start)."""
+    before the newest flow time any process recorded, or at that time when every process
+    recorded a graceful stop (its final snapshot was taken then); 0 on a first start."""
     if not flow_times_ms:
         return 0
-    return max(0, now_ms - (max(flow_times_ms) - snapshot_interval_s * 1000))
+    behind = 0 if stopped else snapshot_interval_s * 1000
+    return max(0, now_ms - (max(flow_times_ms) - behind))
 
 
-def _resume_clock(directory: Path, process_id: int, snapshot_interval_s: int) -> int:
-    """Keep the flow's clock across restarts; returns its offset from real time (ms).
+class _FlowClockFile:
+    """Keeps the flow's clock across restarts (``offset_ms``: how far it runs behind real time).
 
     Every process rewrites ``<recovery dir>/freshet-clock-<id>`` with the flow time once a
-    second. On restart the flow clock continues from the newest such time minus one snapshot
-    interval (about where the snapshot being resumed was taken), so the downtime does not count
-    as idle time of the entities (see ``flows.pipeline.flow_clock``).
+    second, and with ``"<time> stopped"`` once its flow ended gracefully. On restart the flow
+    clock continues from the newest such time, minus one snapshot interval unless every process
+    stopped gracefully (a crash resumes the last snapshot, taken up to an interval before), so
+    the downtime does not count as idle time of the entities (``flows.pipeline.flow_clock``).
     """
-    last = []
-    for path in directory.glob("freshet-clock-*"):
-        try:
-            last.append(int(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    offset = clock_offset(last, time.time_ns() // 1_000_000, snapshot_interval_s)
-    mine = directory / f"freshet-clock-{process_id}"
 
-    def beat() -> None:
-        tmp = mine.with_suffix(".tmp")
-        while True:
-            tmp.write_text(str(time.time_ns() // 1_000_000 - offset))
-            tmp.replace(mine)
-            time.sleep(_CLOCK_FILE_PERIOD_S)
+    def __init__(self, directory: Path, process_id: int, snapshot_interval_s: int) -> None:
+        last, stopped = [], True
+        for path in directory.glob("freshet-clock-*"):
+            try:
+                text = path.read_text().split()
+                last.append(int(text[0]))
+            except (OSError, ValueError, IndexError):
+                continue
+            stopped = stopped and text[1:] == ["stopped"]
+        self.offset_ms = clock_offset(
+            last, time.time_ns() // 1_000_000, snapshot_interval_s, stopped=stopped
+        )
+        self._path = directory / f"freshet-clock-{process_id}"
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._beat, name="freshet-clock", daemon=True).start()
+        if self.offset_ms:
+            log.info("resuming the flow clock %.1f s behind real time", self.offset_ms / 1000)
 
-    threading.Thread(target=beat, name="freshet-clock", daemon=True).start()
-    if offset:
-        log.info("resuming the flow clock %.1f s behind real time", offset / 1000)
-    return offset
+    def _write(self, suffix: str = "") -> None:
+        write_durably(self._path, f"{time.time_ns() // 1_000_000 - self.offset_ms}{suffix}")
+
+    def _beat(self) -> None:
+        while not self._done.is_set():
+            with self._lock:
+                if not self._done.is_set():
+                    self._write()
+            self._done.wait(_CLOCK_FILE_PERIOD_S)
+
+    def stopped(self) -> None:
+        """Record that the flow ended gracefully now (its final snapshot is taken)."""
+        with self._lock:
+            self._done.set()
+            self._write(" stopped")
 
 
 def freeze_gc_survivors() -> Callable[[str, dict[str, int]], None]:
@@ -238,17 +263,25 @@ def _views(names: Sequence[str]) -> list[FeatureView]:
         raise click.BadParameter(str(exc), param_hint="VIEW") from None
 
 
-def _ensure_topics(config: Mapping[str, Any], topics: dict[str, int]) -> None:
-    """Create missing topics (``name -> partitions``); existing ones are left alone."""
+def _ensure_topics(
+    config: Mapping[str, Any], topics: dict[str, int], *, timeout_s: float | None = None
+) -> None:
+    """Create missing topics (``name -> partitions``); existing ones are left alone.
+
+    Also the start's check that Kafka answers: ``kafka_clients.KafkaUnreachable`` after
+    ``timeout_s`` (default ``kafka_clients.DEFAULT_TIMEOUT_S``), before any flow starts.
+    """
     from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient
     from confluent_kafka.cimpl import NewTopic
 
-    admin = AdminClient(dict(config))
-    existing = admin.list_topics(timeout=15).topics
+    from flows import kafka_clients
+
+    timeout_s = kafka_clients.DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
+    existing = kafka_clients.preflight(config, timeout_s=timeout_s).topics
     missing = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
     if not missing:
         return
+    admin = kafka_clients.admin(config)
     for topic, future in admin.create_topics(missing, operation_timeout=15).items():
         try:
             future.result(timeout=30)
@@ -371,6 +404,14 @@ def _ensure_topics(config: Mapping[str, Any], topics: dict[str, int]) -> None:
     show_default=True,
     help="Kafka records per poll of each partition (at most; a poll takes what is there).",
 )
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds a stop (SIGTERM, Ctrl-C) may take to commit the batch in hand before the "
+    "process exits anyway with 124 (0: no bound).",
+)
 def run(
     view_names: tuple[str, ...],
     workers: int,
@@ -390,11 +431,17 @@ def run(
     segment_rows: int,
     segment_age: float,
     batch_size: int,
+    drain_timeout: float,
 ) -> None:
     """Consume VIEW's source topic and keep Redis and the offline log current.
 
     Settings come from FRESHET_KAFKA_BOOTSTRAP, FRESHET_REDIS_URL and FRESHET_OFFLINE_DIR.
+
+    SIGTERM or Ctrl-C stops it cleanly: reading stops, the batch in hand reaches Redis and the
+    offline log, with --recovery-dir a final snapshot is taken, and it exits 0. A second signal
+    exits at once (130 / 143); a drain longer than --drain-timeout exits 124.
     """
+    STOP.install(drain_timeout_s=drain_timeout)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -426,10 +473,10 @@ def run(
         _ensure_dead_letter_topics(settings, views)
         sys.exit(_supervise(processes, argv, metrics_port))
 
-    clock_offset_ms = 0
+    clock: _FlowClockFile | None = None
     if recovery_dir is not None:
         layout = _init_recovery(recovery_dir, total_workers, layout, create=not process_id)
-        clock_offset_ms = _resume_clock(recovery_dir, process_id or 0, snapshot_interval)
+        clock = _FlowClockFile(recovery_dir, process_id or 0, snapshot_interval)
     if not process_id:
         _ensure_dead_letter_topics(settings, views)
 
@@ -453,12 +500,13 @@ def run(
         parquet_max_rows=segment_rows,
         parquet_max_age_s=segment_age,
         parquet_commit_at_snapshot=recovery_dir is not None,
+        start_positions_dir=recovery_dir / "freshet-start" if recovery_dir else None,
     )
     options = FlowOptions(
         shards=shards,
         persist_state=recovery_dir is not None,
         late_to_dead_letters=late_to_dlq,
-        clock_offset_ms=clock_offset_ms,
+        clock_offset_ms=clock.offset_ms if clock else 0,
         schema_registry_url=settings.schema_registry_url,
     )
     flow = build_flow(views, io, options)
@@ -483,6 +531,37 @@ def run(
             else None
         ),
     )
+    if clock is not None:
+        clock.stopped()
+    _log_end(views)
+
+
+def _log_end(views: Sequence[FeatureView]) -> None:
+    """One line with what the flow did, once its sinks committed everything."""
+    from prometheus_client import REGISTRY
+
+    def total(metric: str) -> int:
+        return int(
+            sum(
+                s.value
+                for v in views
+                for m in REGISTRY.collect()
+                for s in m.samples
+                if s.name == metric and s.labels.get("view") == v.name
+            )
+        )
+
+    counts = (
+        f"{total('freshet_events_in_total'):,} records read, "
+        f"{total('freshet_rows_emitted_total'):,} rows emitted (written to Redis and committed "
+        f"to the offline log), {total('freshet_events_late_total'):,} late, "
+        f"{total('freshet_dead_letters_total'):,} dead letters sent"
+    )
+    if STOP.requested:
+        drained = time.monotonic() - (STOP.requested_at or time.monotonic())
+        log.info("stopped on %s after a %.1f s drain: %s", STOP.reason, drained, counts)
+    else:
+        log.info("reached the end of every partition: %s", counts)
 
 
 def _child_argv(ctx: click.Context) -> list[str]:
@@ -510,4 +589,4 @@ def _ensure_dead_letter_topics(settings: Any, views: Sequence[FeatureView]) -> N
     from flows.deadletter import dead_letter_topic
 
     topics = {dead_letter_topic(v): 1 for v in views}
-    _ensure_topics(settings.kafka_client_config(), topics)
+    _ensure_topics(settings.kafka_client_config(), topics, timeout_s=settings.kafka_timeout_s)

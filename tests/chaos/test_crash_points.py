@@ -127,10 +127,21 @@ def _check_nothing_invented(
         assert row.values == values, entity
 
 
-def test_faults_env_names_a_known_point_and_a_count() -> None:
+def test_faults_env_names_a_known_point_a_count_and_a_signal() -> None:
     assert parse_fault("") is None
-    assert parse_fault("redis.batch_written") == ("redis.batch_written", 1)
-    assert parse_fault("parquet.segment_renamed:4") == ("parquet.segment_renamed", 4)
+    assert parse_fault("redis.batch_written") == ("redis.batch_written", 1, signal.SIGKILL)
+    assert parse_fault("parquet.segment_renamed:4") == (
+        "parquet.segment_renamed",
+        4,
+        signal.SIGKILL,
+    )
+    assert parse_fault("engine.shard_snapshot:2:SIGTERM") == (
+        "engine.shard_snapshot",
+        2,
+        signal.SIGTERM,
+    )
+    with pytest.raises(ValueError, match="the signal must be SIGKILL, SIGTERM or SIGINT"):
+        parse_fault("engine.shard_snapshot:2:SIGHUP")
     with pytest.raises(ValueError, match=re.escape("unknown point 'parquet.nope'")):
         parse_fault("parquet.nope:1")
     with pytest.raises(ValueError, match="the count '0' must be an integer >= 1"):
