@@ -56,7 +56,14 @@ from sinks.redis_store import (
 )
 from sinks.settings import Settings
 
-__all__ = ["MAX_BATCH", "MAX_BODY_BYTES", "FeatureApp", "app_from_env", "create_app"]
+__all__ = [
+    "MAX_BATCH",
+    "MAX_BODY_BYTES",
+    "FeatureApp",
+    "app_from_env",
+    "create_app",
+    "entity_problem",
+]
 
 log = logging.getLogger(__name__)
 
@@ -273,23 +280,9 @@ class FeatureApp:
         self, view: str, entities: Sequence[str], features: Sequence[str] | None
     ) -> list[Lookup]:
         for entity in entities:
-            if not entity:
-                raise HttpError(422, "invalid_request", "entity ids are non-empty strings")
-            if len(entity) > MAX_ENTITY_LENGTH:
-                raise HttpError(
-                    422,
-                    "invalid_request",
-                    f"entity of {len(entity)} characters; the maximum is {MAX_ENTITY_LENGTH}",
-                )
-            if _forbidden_char(entity):
-                # Control characters and bytes that are not UTF-8 (lone surrogates here) can
-                # never be stored: the decoders dead-letter such ids.
-                raise HttpError(
-                    422,
-                    "invalid_request",
-                    "entity ids are UTF-8 text without control characters; "
-                    f"got {entity.encode('utf-8', 'surrogateescape')!r}"[:200],
-                )
+            problem = entity_problem(entity)
+            if problem is not None:
+                raise HttpError(422, "invalid_request", problem)
         try:
             lookups = await self._reader.get_many(view, entities, features)
         except UnknownFeatureError as exc:
@@ -309,6 +302,26 @@ class FeatureApp:
                 ages.append((lookup["age_ms"] or 0) / 1000)
         self.metrics.lookups_done(view, hits, misses, expired, ages)
         return lookups
+
+
+def entity_problem(entity: str) -> str | None:
+    """Why ``entity`` is not an id freshet can store or serve, or None if it is one.
+
+    The lookup endpoint answers such ids with a 422 carrying this message, and ``freshet get``
+    refuses them with it: one rule, in one place (``sinks.layout`` holds its limits).
+    """
+    if not entity:
+        return "entity ids are non-empty strings"
+    if len(entity) > MAX_ENTITY_LENGTH:
+        return f"entity of {len(entity)} characters; the maximum is {MAX_ENTITY_LENGTH}"
+    if _forbidden_char(entity):
+        # Control characters and bytes that are not UTF-8 (lone surrogates here) can never be
+        # stored: the decoders dead-letter such ids.
+        return (
+            "entity ids are UTF-8 text without control characters; "
+            f"got {entity.encode('utf-8', 'surrogateescape')!r}"[:200]
+        )
+    return None
 
 
 _FIXED_ROUTES = frozenset({"/v1/views", "/healthz", "/readyz", "/metrics", "/openapi.json"})

@@ -127,6 +127,13 @@ def get(
     api_key: str | None,
 ) -> None:
     """Show ENTITY's current features in VIEW (read from Redis, or from --url)."""
+    from serving.app import entity_problem
+
+    # The endpoint's rule: an id it answers with a 422 is refused here with the same message,
+    # not looked up (such ids are never stored, so Redis would only say "not found").
+    problem = entity_problem(entity)
+    if problem is not None:
+        raise click.BadParameter(problem, param_hint="ENTITY")
     names = [f for f in features.split(",") if f] if features else None
     lookup = (
         _via_http(url, api_key, view, entity, names) if url else _via_redis(view, entity, names)
