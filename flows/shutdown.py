@@ -43,12 +43,19 @@ import threading
 import time
 from types import FrameType
 
-__all__ = ["EXIT_DRAIN_TIMEOUT", "STOP", "Stop", "exit_code_of"]
+__all__ = ["EXIT_DRAIN_TIMEOUT", "STOP", "Stop", "block_stop_signals", "exit_code_of"]
 
 log = logging.getLogger("freshet.stop")
 
 EXIT_DRAIN_TIMEOUT = 124  # like coreutils' timeout(1)
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def block_stop_signals() -> None:
+    """``preexec_fn`` of a child that installs :data:`STOP` itself (``freshet run -p``, backfill
+    workers): a signal forwarded before its handler exists waits, blocked, instead of killing
+    it; :meth:`Stop.install` unblocks it (the mask is inherited across ``exec``)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
 
 
 def exit_code_of(signum: int) -> int:
@@ -88,6 +95,7 @@ class Stop:
         self._drain_timeout_s = drain_timeout_s
         for signum in _SIGNALS:
             signal.signal(signum, self._on_signal)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)  # see block_stop_signals
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name

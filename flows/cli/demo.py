@@ -68,6 +68,31 @@ def _freshness_p50_ms(metrics: dict[str, float]) -> float | None:
     return None
 
 
+_FLOW_STOP_TIMEOUT_S = 45.0  # the flow's own drain bound (30 s) and its exit
+
+
+def _stop_flow(flow: subprocess.Popen[bytes], console: Any) -> bool:
+    """Stop the flow as a user would (SIGTERM: it drains and commits); True if it exited 0."""
+    if flow.poll() is None:
+        console.print("    stopping the flow (SIGTERM: it commits what it has read) …")
+        flow.terminate()
+    try:
+        return flow.wait(timeout=_FLOW_STOP_TIMEOUT_S) == 0
+    except subprocess.TimeoutExpired:
+        flow.kill()
+        flow.wait()
+        return False
+
+
+def _rows_emitted(log_path: Path, start: int) -> int | None:
+    """The rows the flow says it emitted, from its last line (None if it did not say)."""
+    from flows.cli.run import rows_emitted_in
+
+    with open(log_path, "rb") as log:
+        log.seek(start)
+        return rows_emitted_in(log.read().decode(errors="replace"))
+
+
 def _table(
     reader: RedisFeatureReader, cards: list[str], metrics: dict[str, float], produced: int
 ) -> Any:
@@ -146,14 +171,25 @@ def demo(
     show: int,
     metrics_port: int,
 ) -> None:
-    """Run the demo end to end: stack, topic, flow, a synthetic stream, live features."""
+    """Run the demo end to end: stack, topic, flow, a synthetic stream, live features.
+
+    Ctrl-C (or SIGTERM) ends it early the same way it ends on its own: the flow is stopped
+    gracefully and the demo checks that every row it emitted is in the offline log.
+    """
     from rich.console import Console
     from rich.live import Live
+
+    from flows.shutdown import STOP, block_stop_signals
+
+    STOP.install()
+
+    import pyarrow.parquet as pq
 
     from flows import devstack
     from flows.cli.run import _ensure_topics
     from flows.generator import GeneratorConfig, ProduceCounts, TransactionStream, produce
     from flows.registry import get_view
+    from sinks.parquet_log import segment_paths
     from sinks.redis_store import RedisFeatureReader, connect
     from sinks.settings import Settings
 
@@ -177,11 +213,15 @@ def demo(
     console.print(f"[bold]2/4[/] starting the flow: freshet run {_VIEW} (metrics on :{port}) …")
     log_path = Path(settings.offline_dir).parent / "demo-flow.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_start = log_path.stat().st_size if log_path.exists() else 0
+    segments_before = set(segment_paths(settings.offline_dir, _VIEW))
     with open(log_path, "ab") as log:
         flow = subprocess.Popen(
             [*_FRESHET, "run", _VIEW, "--from", "latest", "--metrics-port", str(port),
              "--snapshot-interval", "5"],
             env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+            # Stopped by us only (once): a Ctrl-C in the terminal would reach it a second time.
+            process_group=0, preexec_fn=block_stop_signals,
         )  # fmt: skip
     try:
         deadline = time.monotonic() + _FLOW_START_TIMEOUT_S
@@ -221,7 +261,7 @@ def demo(
         reader = RedisFeatureReader(client, {_VIEW: view.layout()})
         drained_at: float | None = None
         with Live(console=console, refresh_per_second=4) as live:
-            while True:
+            while not STOP.requested:
                 if not producer.is_alive() and drained_at is None:
                     drained_at = time.monotonic()
                     counts = result.get("counts")
@@ -234,22 +274,26 @@ def demo(
                 live.update(_table(reader, hot, _scrape(port), progress["produced"]))
                 time.sleep(0.25)
         client.close()
-        if "error" in result:
+        if "error" in result and not STOP.requested:
             raise click.ClickException(f"producing failed: {result['error']}")
     finally:
-        flow.terminate()
-        try:
-            flow.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            flow.kill()
-            flow.wait()
+        stopped = _stop_flow(flow, console)
+    emitted = _rows_emitted(log_path, log_start)
+    new_segments = set(segment_paths(settings.offline_dir, _VIEW)) - segments_before
+    logged = sum(pq.read_metadata(path).num_rows for path in new_segments)
+    if not stopped or emitted is None or emitted != logged:
+        raise click.ClickException(
+            f"the flow emitted {emitted if emitted is not None else 'an unknown number of'} "
+            f"rows but {logged:,} are in the offline log; see {log_path}"
+        )
 
     card = hot[0]
     body = json.dumps({"entities": hot[:3]})
     console.print(
-        f"\n[bold]4/4[/] done (flow log: {log_path}). The values stay in Redis "
-        f"(TTL {view.ttl_seconds // 86_400} days) "
-        f"and every change is in the offline log under {settings.offline_dir}/{_VIEW}/.\n\n"
+        f"\n[bold]4/4[/] done (flow log: {log_path}). The flow stopped cleanly: all "
+        f"{emitted:,} rows it emitted are in Redis and in the offline log under "
+        f"{settings.offline_dir}/{_VIEW}/ (checked). The values stay in Redis "
+        f"(TTL {view.ttl_seconds // 86_400} days).\n\n"
         "Query them:\n"
         f"  freshet get {_VIEW} {card}\n"
         "  freshet serve &\n"

@@ -14,6 +14,7 @@ import fcntl
 import gc
 import json
 import logging
+import re
 import signal
 import socket
 import subprocess
@@ -30,10 +31,10 @@ import click
 
 from flows.definitions import FeatureView
 from flows.registry import UnknownViewError, get_view
-from flows.shutdown import STOP
+from flows.shutdown import STOP, block_stop_signals
 from sinks.durable import write_durably
 
-__all__ = ["clock_offset", "freeze_gc_survivors", "parse_start", "run"]
+__all__ = ["clock_offset", "freeze_gc_survivors", "parse_start", "rows_emitted_in", "run"]
 
 log = logging.getLogger("freshet.run")
 
@@ -76,6 +77,11 @@ def _die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+def _child_setup() -> None:
+    _die_with_parent()
+    block_stop_signals()  # until the child's own handler is installed (flows.shutdown)
+
+
 def _supervise(processes: int, argv: Sequence[str], metrics_port: int) -> int:
     """Run ``processes`` copies of this command as one cluster; the first failure stops all.
 
@@ -95,7 +101,7 @@ def _supervise(processes: int, argv: Sequence[str], metrics_port: int) -> int:
                 "--metrics-port",
                 str(metrics_port + i if metrics_port else 0),
             ],
-            preexec_fn=_die_with_parent,
+            preexec_fn=_child_setup,
             # Their own process group: a Ctrl-C in the terminal reaches them once, through
             # ``forward``, not twice (a second signal means "exit at once").
             process_group=0,
@@ -562,6 +568,16 @@ def _log_end(views: Sequence[FeatureView]) -> None:
         log.info("stopped on %s after a %.1f s drain: %s", STOP.reason, drained, counts)
     else:
         log.info("reached the end of every partition: %s", counts)
+
+
+_END_LINE = re.compile(r"(?:stopped on SIG\w+ after a [\d.]+ s drain|reached the end of every "
+                       r"partition): [\d,]+ records read, ([\d,]+) rows emitted")  # fmt: skip
+
+
+def rows_emitted_in(log_text: str) -> int | None:
+    """The rows a flow emitted, from the last end line (:func:`_log_end`) in its log."""
+    found = _END_LINE.findall(log_text)
+    return int(found[-1].replace(",", "")) if found else None
 
 
 def _child_argv(ctx: click.Context) -> list[str]:

@@ -339,3 +339,32 @@ def test_a_second_signal_or_the_drain_bound_exits_at_once_and_leaves_the_commits
             what="the offline log to hold every reference row once",
         )
         wait_until(passes(lambda: check_redis(redis_client, stream.ref)), timeout=30, what="Redis")
+
+
+def test_sigterm_to_a_multi_process_flow_stops_every_process_cleanly(
+    stream: Stream,
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    offline_dir: Path,
+    tmp_path: Path,
+) -> None:
+    env = flow_env(kafka_bootstrap, redis_url, offline_dir)
+    port = free_port()
+    log = tmp_path / "flow.log"
+    args = flow_args(stream.topic, stream.dlq, "-p", "2", "--batch-size", "100", metrics_port=port)
+    with FlowProcess(args, env=env, log=log) as flow:
+        wait_until(
+            lambda: scrape(port).get(f"freshet_events_in_total{LABEL}", 0) >= stream.total // 8,
+            timeout=60,
+            what="process 0 to read records",
+            interval=0.02,
+        )
+        flow.proc.send_signal(signal.SIGTERM)
+        code = flow.wait(timeout=_DRAIN_BOUND_S + 30)
+    output = log.read_text(errors="replace")
+    assert code == 0, output[-3000:]
+    lines = _EMITTED.findall(output)
+    assert len(lines) == 2, output[-3000:]  # one per process
+    emitted = sum(int(rows.replace(",", "")) for _, _, rows in lines)
+    _check_consistent(offline_dir, redis_client, stream.ref, emitted)
