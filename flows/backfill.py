@@ -84,6 +84,7 @@ from typing import Any, Protocol
 
 from flows.definitions import Aggregation, DefinitionError, FeatureView, parse_duration
 from flows.registry import get_view
+from flows.shutdown import STOP, block_stop_signals
 from sinks.parquet_log import log_dir, segment_paths
 from sinks.settings import Settings
 
@@ -286,9 +287,9 @@ class KafkaOffsets:
     """:class:`OffsetLookup` on a real broker: one consumer that never joins a group."""
 
     def __init__(self, config: Mapping[str, str]) -> None:
-        from confluent_kafka import Consumer
+        from flows import kafka_clients
 
-        self._consumer = Consumer({**config, **_CONSUMER_CONFIG})
+        self._consumer = kafka_clients.consumer({**config, **_CONSUMER_CONFIG})
 
     def partitions(self, topic: str) -> list[int]:
         from confluent_kafka import KafkaException
@@ -483,6 +484,8 @@ class Tally:
     dead_letters: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     first_record_at: float | None = None  # time.perf_counter() when the first record came
+    # The signal that stopped the run before the end of its range (None: it completed).
+    stopped_by: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
@@ -504,6 +507,8 @@ class Tally:
             "records_online_won": self.records_online_won,
             "dead_letters": dict(sorted(self.dead_letters.items())),
             "seconds": round(self.seconds, 3),
+            "complete": self.stopped_by is None,
+            "stopped_by": self.stopped_by,
         }
 
     @classmethod
@@ -517,6 +522,7 @@ class Tally:
             for reason, n in part["dead_letters"].items():
                 total.dead(reason, n)
             total.seconds = max(total.seconds, part["seconds"])
+            total.stopped_by = total.stopped_by or part.get("stopped_by")
         return total
 
 
@@ -602,6 +608,8 @@ def run_replay(
     # process and Bytewax start-up.
     if tally.first_record_at is not None:
         tally.seconds = time.perf_counter() - tally.first_record_at
+    if STOP.requested:
+        tally.stopped_by = STOP.reason
     if workdir is not None:
         _write_atomic(workdir / f"tally-{process_id or 0}.json", json.dumps(tally.to_json()))
     return tally
@@ -611,6 +619,7 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
     """Entry point of a spawned worker: ``JOB_FILE WORKDIR PROCESS_ID ADDRESSES``."""
     job_file, workdir, process_id, addresses = list(sys.argv[1:] if argv is None else argv)
     _die_with_parent()
+    STOP.install()  # the parent forwards its signals: stop reading, commit what was read
     job = ReplayJob.from_json(json.loads(Path(job_file).read_text()))
     run_replay(
         job,
@@ -659,6 +668,10 @@ class Workers:
                 env=dict(os.environ if env is None else env),
                 stdout=self._logs[i],
                 stderr=subprocess.STDOUT,
+                # Their own process group: a Ctrl-C in the terminal reaches them once, through
+                # the parent's handler (a second signal means "exit at once").
+                process_group=0,
+                preexec_fn=block_stop_signals,
             )
             for i in range(job.workers)
         ]
@@ -728,11 +741,15 @@ def run_backfill(
         workdir = Path(tmp)
         started = time.monotonic()
         with Workers(job, workdir=workdir) as workers:
+
+            def forward(signum: int, _frame: Any) -> None:
+                # First signal: the workers stop reading and commit what they read. A second
+                # one, forwarded too, ends them at once (and this run with their exit code).
+                STOP.request(signal.Signals(signum).name)
+                workers.signal(signum)
+
             previous_handlers = (
-                {
-                    s: signal.signal(s, lambda signum, _f: workers.signal(signum))
-                    for s in (signal.SIGINT, signal.SIGTERM)
-                }
+                {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
                 if threading.current_thread() is threading.main_thread()
                 else {}
             )
@@ -751,6 +768,12 @@ def run_backfill(
             if on_progress is not None:
                 on_progress(read_progress(workdir))
             tally = workers.tallies()
+        if STOP.requested or tally.stopped_by:
+            # Part of the range (this process or a worker was signalled): keep the earlier
+            # runs' segments (the reader dedupes the rows both hold); running the same
+            # backfill again completes the range.
+            tally.stopped_by = tally.stopped_by or STOP.reason
+            return tally
         for path in earlier:
             path.unlink(missing_ok=True)
         return tally

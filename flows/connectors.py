@@ -49,14 +49,13 @@ from bytewax.outputs import (
 )
 from confluent_kafka import (
     OFFSET_BEGINNING,
-    Consumer,
     KafkaError,
     KafkaException,
     Message,
     TopicPartition,
 )
 
-from flows import metrics
+from flows import kafka_clients, metrics
 from flows.deadletter import (
     RECENT,
     DeadLetter,
@@ -66,6 +65,8 @@ from flows.deadletter import (
 )
 from flows.definitions import FeatureView
 from flows.pipeline import Changes, StartAt
+from flows.shutdown import STOP
+from sinks.durable import write_durably
 from sinks.parquet_log import ParquetLogWriter, WriterState
 from sinks.redis_store import RedisFeatureWriter, connect
 from sinks.rows import Row
@@ -102,6 +103,7 @@ class StartingKafkaSource(KafkaSource):
         start: StartAt = "earliest",
         tail: bool = True,
         batch_size: int = 10_000,
+        positions_dir: Path | None = None,
     ) -> None:
         config = dict(config)
         brokers = config.pop("bootstrap.servers").split(",")
@@ -116,10 +118,33 @@ class StartingKafkaSource(KafkaSource):
         )
         self._client_config = {"bootstrap.servers": ",".join(brokers), **config}
         self._start = start
+        self._positions = positions_dir
+
+    def list_parts(self) -> list[str]:
+        """``<partition>-<topic>`` of every topic. Bytewax's own listing waits for the broker
+        without a bound; this one raises :class:`SourceError` after ``_METADATA_TIMEOUT_S``."""
+        client = kafka_clients.admin(self._client_config)
+        parts = []
+        for topic in self._topics:
+            # One topic at a time, as Bytewax does: a broker that auto-creates topics creates it.
+            try:
+                metadata = kafka_clients.preflight(
+                    self._client_config, timeout_s=_METADATA_TIMEOUT_S, client=client, topic=topic
+                )
+            except kafka_clients.KafkaUnreachable as exc:
+                raise SourceError(str(exc)) from exc
+            found = metadata.topics[topic]
+            if found.error is not None:
+                raise SourceError(
+                    f"cannot list the partitions of topic {topic!r}: {found.error.str()}; "
+                    "check the view's source topic (`freshet doctor` checks it)"
+                )
+            parts += [f"{idx}-{topic}" for idx in sorted(found.partitions)]
+        return parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> Any:
         if resume_state is None and self._start != "earliest":
-            resume_state = self._first_offset(for_part)
+            resume_state = self._recorded_first_offset(for_part)
         idx, topic = for_part.split("-", 1)
         if topic not in self._topics:
             raise SourceError(f"cannot resume partition {for_part!r}: not a topic of this flow")
@@ -141,10 +166,27 @@ class StartingKafkaSource(KafkaSource):
             batch_size=self._batch_size,
         )
 
+    def _recorded_first_offset(self, for_part: str) -> int:
+        """The first start's offset of ``for_part``. With ``positions_dir`` (the recovery dir's
+        ``freshet-start/``) it is resolved once and recorded, durably, before any record is
+        read: a crash before the first snapshot then resumes from that offset, where ``latest``
+        or a time would resolve anew and skip what arrived in between."""
+        if self._positions is None:
+            return self._first_offset(for_part)
+        path = self._positions / for_part
+        try:
+            return int(path.read_text())
+        except FileNotFoundError:
+            pass
+        offset = self._first_offset(for_part)
+        write_durably(path, str(offset))
+        log.info("recorded the start offset of %s: %d (--from %s)", for_part, offset, self._start)
+        return offset
+
     def _first_offset(self, for_part: str) -> int:
         idx, topic = for_part.split("-", 1)
         tp = TopicPartition(topic, int(idx))
-        consumer = Consumer(
+        consumer = kafka_clients.consumer(
             {
                 **self._client_config,
                 "group.id": "freshet-offset-lookup",
@@ -185,7 +227,7 @@ class _KafkaPartition(StatefulSourcePartition[Message, int]):
         self._batch_size = batch_size
         self._eof = False
         self._lag = BYTEWAX_CONSUMER_LAG_GAUGE.labels(step_id=step_id, topic=topic, partition=idx)
-        consumer = Consumer({**config, "stats_cb": self._stats})
+        consumer = kafka_clients.consumer({**config, "stats_cb": self._stats})
         consumer.assign([TopicPartition(topic, idx, offset)])
         self._consumer = consumer
 
@@ -197,7 +239,7 @@ class _KafkaPartition(StatefulSourcePartition[Message, int]):
             self._lag.set(stats["ls_offset"] - self._offset)
 
     def next_batch(self) -> list[Message]:
-        if self._eof:
+        if self._eof or STOP.requested:  # STOP: a graceful stop ends the input here
             raise StopIteration
         batch = self._consumer.consume(self._batch_size, 0.001)
         if not batch:
@@ -210,17 +252,23 @@ class _KafkaPartition(StatefulSourcePartition[Message, int]):
         return batch
 
     def _without_errors(self, batch: list[Message]) -> list[Message]:
-        """The records before the end of the partition; any other error stops the flow."""
-        for i, message in enumerate(batch):
+        """The records before the end of the partition, without transient errors (a lost
+        broker, a moving leader: logged once per period, librdkafka reconnects and the next
+        polls read on); any other error stops the flow."""
+        records: list[Message] = []
+        for message in batch:
             error = message.error()
             if error is None:
-                continue
-            if error.code() == KafkaError._PARTITION_EOF:
+                records.append(message)
+            elif error.code() == KafkaError._PARTITION_EOF:
                 # Ends at the next call, so the records before it are emitted first.
                 self._eof = True
-                return batch[:i]
-            raise RuntimeError(f"error consuming from Kafka topic {self._topic!r}: {error}")
-        return batch
+                return records
+            elif kafka_clients.is_transient(error):
+                kafka_clients.log_transient(f"reading {self._topic}[{self._idx}]", error)
+            else:
+                raise RuntimeError(f"error consuming from Kafka topic {self._topic!r}: {error}")
+        return records
 
     def snapshot(self) -> int:
         return self._offset
@@ -541,6 +589,8 @@ class KafkaIO:
     parquet_max_age_s: float = 60.0
     # With recovery: segments commit at every snapshot (exactly once on disk).
     parquet_commit_at_snapshot: bool = True
+    # With recovery: where first-start offsets are recorded (see StartingKafkaSource).
+    start_positions_dir: Path | None = None
 
     def source(self, view: FeatureView) -> StartingKafkaSource:
         return StartingKafkaSource(
@@ -549,6 +599,7 @@ class KafkaIO:
             start=self.start,
             tail=self.tail,
             batch_size=self.kafka_batch_size,
+            positions_dir=self.start_positions_dir,
         )
 
     def online_sink(self, view: FeatureView) -> RedisSink:

@@ -280,10 +280,10 @@ class SourceRecords:
         return out
 
     def _read(self, wanted: dict[tuple[str, int], set[int]]) -> dict[tuple[str, int, int], _Record]:
-        from confluent_kafka import Consumer
+        from flows import kafka_clients
 
         if self._consumer is None:
-            self._consumer = Consumer(self._config)
+            self._consumer = kafka_clients.consumer(self._config)
         consumer = self._consumer
         found: dict[tuple[str, int, int], _Record] = {}
         deadline = time.monotonic() + self._timeout_s
@@ -374,9 +374,11 @@ class DeadLetterProducer:
 
     def build(self) -> DeadLetterProducer:
         """Create the producer and fail fast if the broker does not answer."""
-        from confluent_kafka import KafkaException, Producer
+        from confluent_kafka import KafkaException
 
-        producer = Producer(self._config)
+        from flows import kafka_clients
+
+        producer = kafka_clients.producer(self._config)
         try:
             producer.list_topics(timeout=self._connect_timeout_s)
         except KafkaException as exc:

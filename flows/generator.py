@@ -305,13 +305,13 @@ def produce(
     Stops early after ``max_seconds`` (default: twice the scheduled duration plus 60 s).
     Raises ``RuntimeError`` if Kafka does not acknowledge every record sent.
     """
-    from confluent_kafka import Producer
+    from flows import kafka_clients
 
     stream = TransactionStream(view, config)
     records = stream.records(count, start_ms=start_ms or time.time_ns() // 1_000_000, rate=rate)
     if max_seconds is None:
         max_seconds = 2 * count / rate + 60.0
-    producer = Producer(
+    producer = kafka_clients.producer(
         {
             "bootstrap.servers": bootstrap,
             "linger.ms": "20",

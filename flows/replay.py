@@ -87,6 +87,9 @@ class _ReplayPartition(StatefulSourcePartition[RawMessage, int]):
                     # The end of the partition as it is now: nothing at or past our end exists.
                     self._done = True
                     break
+                if kafka_clients.is_transient(error):  # a lost broker: librdkafka reconnects
+                    kafka_clients.log_transient(f"reading {msg.topic()}[{msg.partition()}]", error)
+                    continue
                 raise RuntimeError(f"error consuming {msg.topic()}[{msg.partition()}]: {error}")
             offset = msg.offset()
             if offset >= end:

@@ -12,9 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "SettingsError"]
 
 _KAFKA_PASSTHROUGH_PREFIX = "FRESHET_KAFKA_CONFIG_"
+
+
+class SettingsError(ValueError):
+    """An environment variable with a value freshet cannot use; the message names it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +37,9 @@ class Settings:
     # A Confluent-compatible schema registry: Avro views then read the Confluent wire format
     # (magic byte + schema id) with each id's registered schema. Unset: schemaless Avro.
     schema_registry_url: str | None = None
+    # Seconds a command waits for Kafka to answer at start before it exits with a clear error
+    # (FRESHET_KAFKA_TIMEOUT); a running flow keeps retrying a lost broker without a bound.
+    kafka_timeout_s: float = 10.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -49,8 +56,22 @@ class Settings:
             api_keys=env.get("FRESHET_API_KEYS", ""),
             kafka_config=kafka_config,
             schema_registry_url=env.get("FRESHET_SCHEMA_REGISTRY_URL") or None,
+            kafka_timeout_s=_seconds(env, "FRESHET_KAFKA_TIMEOUT", cls.kafka_timeout_s),
         )
 
     def kafka_client_config(self) -> dict[str, str]:
         """librdkafka settings for any client: bootstrap plus the pass-through settings."""
         return {"bootstrap.servers": self.kafka_bootstrap, **self.kafka_config}
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise SettingsError(f"{name}={text!r} is not a number of seconds above 0")
+    return value

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import click
 
-__all__ = ["main"]
+__all__ = ["EXIT_UNREACHABLE", "main"]
+
+# Exit status when Kafka or Redis does not answer (1: other errors, 2: usage and definitions).
+EXIT_UNREACHABLE = 3
+_DEBUG_ENV = "FRESHET_DEBUG"
 
 # command name -> "module:attribute" of a click command or group.
 _COMMANDS: dict[str, str] = {
@@ -57,24 +66,149 @@ class _LazyGroup(click.Group):
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar=_DEBUG_ENV,
+    help=f"Print the traceback of an error (also {_DEBUG_ENV}=1; child processes inherit it).",
+)
 @click.version_option(package_name="freshet")
-def cli() -> None:
+def cli(debug: bool) -> None:
     """freshet: streaming features from Kafka, served fresh from Redis, logged to Parquet.
 
     Settings come from the environment: FRESHET_KAFKA_BOOTSTRAP (default 127.0.0.1:9092),
+    FRESHET_KAFKA_TIMEOUT (seconds to wait for Kafka at start, default 10),
     FRESHET_REDIS_URL (default redis://127.0.0.1:6379/0), FRESHET_OFFLINE_DIR (default
     ./data/offline), FRESHET_API_KEYS (unset: no auth), FRESHET_SCHEMA_REGISTRY_URL (unset:
     Avro without the Confluent wire format).
+
+    An error prints one line and exits non-zero (3: Kafka or Redis unreachable); an unexpected
+    one also saves its traceback to a file the line names, or prints it with --debug.
     """
+    if debug:
+        os.environ[_DEBUG_ENV] = "1"  # run -p, backfill workers and the demo's flow too
 
 
 def main(argv: list[str] | None = None) -> Any:
+    """The console script: click's own errors as click prints them, every other error as one
+    line (see :func:`_report`)."""
     # Views come from FRESHET_VIEWS modules, loaded by whichever command needs them: a bad
     # module or an unknown view is the user's input, so it gets a message, not a traceback.
     from flows.registry import RegistryError, UnknownViewError
 
+    args = _debug_first(list(sys.argv[1:] if argv is None else argv))
+    if args[:1] != ["--debug"] and os.environ.get(_DEBUG_ENV, "").lower() not in _DEBUG_ENV_VALUES:
+        # An error inside a dataflow also makes Bytewax's Rust side print a panic; its
+        # backtrace (40 lines of Rust frames) tells a freshet user nothing: --debug keeps it.
+        os.environ["RUST_BACKTRACE"] = "0"
     try:
-        return cli.main(args=argv, prog_name="freshet")
+        return cli.main(args=args, prog_name="freshet")
     except (RegistryError, UnknownViewError) as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        # Ctrl-C before a command installed its own handling (flows.shutdown): no traceback.
+        sys.exit(130)
+    except Exception as exc:
+        sys.exit(_report(exc))
+
+
+_DEBUG_ENV_VALUES = ("1", "true", "yes", "on")
+# Errors whose message already says what is wrong and what to do: (module, class, exit code).
+# Looked up in sys.modules, so checking for them imports nothing (an error of a module that
+# was never imported cannot have been raised).
+_KNOWN: tuple[tuple[str, str, int], ...] = (
+    ("flows.kafka_clients", "KafkaUnreachable", EXIT_UNREACHABLE),
+    ("flows.schema_registry", "SchemaRegistryUnavailable", EXIT_UNREACHABLE),
+    ("flows.connectors", "SourceError", 1),
+    ("flows.deadletter", "DeadLetterError", 1),
+    ("flows.devstack", "DevStackError", 1),
+    ("flows.definitions", "DefinitionError", 2),
+    ("flows.decode", "DecodeConfigError", 2),
+    ("flows.schema_registry", "SchemaRegistryError", 2),
+    ("sinks.settings", "SettingsError", 2),
+)
+
+
+def _debug_first(args: list[str]) -> list[str]:
+    """``--debug`` anywhere before ``--`` (``freshet run card_txn --debug``) moved to the front,
+    where the group's option is."""
+    end = args.index("--") if "--" in args else len(args)
+    if "--debug" not in args[:end]:
+        return args
+    return ["--debug", *(a for a in args[:end] if a != "--debug"), *args[end:]]
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and its causes, outermost first (Bytewax wraps an error raised in a dataflow
+    in ``BytewaxRuntimeError``s, the original at the end of the chain)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _known(exc: BaseException) -> tuple[str, int] | None:
+    """(one line, exit code) for an error freshet expects, anywhere in ``exc``'s chain."""
+    for error in _chain(exc):
+        for module_name, class_name, code in _KNOWN:
+            cls = getattr(sys.modules.get(module_name), class_name, None)
+            if isinstance(cls, type) and isinstance(error, cls):
+                return str(error), code
+        redis_errors = sys.modules.get("redis.exceptions")
+        if redis_errors is not None and isinstance(
+            error, (redis_errors.ConnectionError, redis_errors.TimeoutError)
+        ):
+            return (
+                f"cannot reach Redis at {_redis_url()} (FRESHET_REDIS_URL): "
+                f"{str(error).rstrip('.')}; run "
+                "`freshet doctor` to check the setup",
+                EXIT_UNREACHABLE,
+            )
+        if isinstance(error, PermissionError):  # e.g. the offline dir: the message names it
+            return f"{type(error).__name__}: {error}", 1
+    return None
+
+
+def _redis_url() -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    url = os.environ.get("FRESHET_REDIS_URL", "redis://127.0.0.1:6379/0")
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    return urlunsplit(parts._replace(netloc=netloc + (f":{parts.port}" if parts.port else "")))
+
+
+def _report(exc: Exception) -> int:
+    """Print ``exc`` as one line (after its traceback with ``--debug``); returns the exit code.
+
+    Without ``--debug`` the traceback of an unexpected error goes to a file the line names.
+    """
+    debug = os.environ.get(_DEBUG_ENV, "").lower() in _DEBUG_ENV_VALUES
+    if debug:
+        traceback.print_exception(exc)
+    known = _known(exc)
+    if known is not None:
+        message, code = known
+        click.echo(f"Error: {message}", err=True)
+        return code
+    *_, root = _chain(exc)
+    where = "the traceback is above" if debug else _save_traceback(exc)
+    click.echo(f"Error: unexpected error: {type(root).__name__}: {root}; {where}", err=True)
+    return 1
+
+
+def _save_traceback(exc: BaseException) -> str:
+    path = os.path.join(
+        tempfile.gettempdir(), f"freshet-error-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.txt"
+    )
+    try:
+        with open(path, "w") as out:
+            traceback.print_exception(exc, file=out)
+    except OSError:
+        return "run with --debug for the traceback"
+    return f"traceback in {path} (or run with --debug)"

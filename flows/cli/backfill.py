@@ -9,6 +9,7 @@ from typing import Any
 import click
 import orjson
 
+from flows import kafka_clients
 from flows.backfill import (
     DEFAULT_GRACE_MS,
     BackfillError,
@@ -176,6 +177,13 @@ def _run_with_progress(job: ReplayJob, settings: Settings, *, quiet: bool) -> Ta
     show_default=True,
     help="Extra record time read before and after the range (producer delay).",
 )
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=10_000,
+    show_default=True,
+    help="Kafka records per poll of each partition, as freshet run's.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan / the summary as JSON.")
 def backfill(
     view_ref: str,
@@ -185,6 +193,7 @@ def backfill(
     dry_run: bool,
     topic: str | None,
     grace: str,
+    batch_size: int,
     as_json: bool,
 ) -> None:
     """Rebuild VIEW's rows with as_of in [--from, --to] by replaying its Kafka topic.
@@ -192,8 +201,9 @@ def backfill(
     Writes the rows to the view version's offline log (each row once through the reader,
     however often the range is backfilled) and to Redis, where a newer value always wins.
     The replay starts early enough to fill the longest window. VIEW@N picks a version
-    (default: the newest). Settings: FRESHET_KAFKA_BOOTSTRAP, FRESHET_REDIS_URL,
-    FRESHET_OFFLINE_DIR.
+    (default: the newest). SIGTERM or Ctrl-C stops it cleanly: what was replayed is committed,
+    the summary says the range is incomplete, and the same command completes it later.
+    Settings: FRESHET_KAFKA_BOOTSTRAP, FRESHET_REDIS_URL, FRESHET_OFFLINE_DIR.
     """
     view = _view(view_ref)
     now_ms = time.time_ns() // 1_000_000
@@ -204,6 +214,9 @@ def backfill(
     except BackfillError as exc:
         raise click.BadParameter(str(exc)) from None
     settings = Settings.from_env()
+    # Kafka unreachable: one line naming the address (kafka_clients.KafkaUnreachable, reported
+    # by flows.cli.main) after FRESHET_KAFKA_TIMEOUT, before any worker starts.
+    kafka_clients.preflight(settings.kafka_client_config(), timeout_s=settings.kafka_timeout_s)
     try:
         with KafkaOffsets(settings.kafka_client_config()) as lookup:
             plan = plan_backfill(
@@ -227,7 +240,7 @@ def backfill(
         return
     if not as_json:
         _print_plan(plan, view)
-    job = ReplayJob(plan=plan, workers=workers)
+    job = ReplayJob(plan=plan, workers=workers, batch_size=batch_size)
     try:
         tally = _run_with_progress(job, settings, quiet=as_json)
     except BackfillFailed as exc:
@@ -244,3 +257,10 @@ def backfill(
         f"({tally.records_online_won:,} records updated, newer ones kept)"
         + (f"; not aggregated: {dead}" if dead else "")
     )
+    if tally.stopped_by:
+        click.echo(
+            f"stopped by {tally.stopped_by} before the end of the range: {tally.consumed:,} of "
+            f"{plan.messages:,} records replayed. What was replayed is in Redis and the offline "
+            "log; run the same command again to complete the range (it replaces this run's "
+            "segments)."
+        )

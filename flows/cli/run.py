@@ -477,6 +477,7 @@ def run(
         if recovery_dir is not None:
             _init_recovery(recovery_dir, total_workers, layout, create=True)
         _ensure_dead_letter_topics(settings, views)
+        _check_redis(settings.redis_url)
         sys.exit(_supervise(processes, argv, metrics_port))
 
     clock: _FlowClockFile | None = None
@@ -485,6 +486,11 @@ def run(
         clock = _FlowClockFile(recovery_dir, process_id or 0, snapshot_interval)
     if not process_id:
         _ensure_dead_letter_topics(settings, views)
+    else:  # process 0 creates the topics; every process checks that Kafka answers
+        from flows import kafka_clients
+
+        kafka_clients.preflight(settings.kafka_client_config(), timeout_s=settings.kafka_timeout_s)
+    _check_redis(settings.redis_url)
 
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
@@ -599,6 +605,19 @@ def _child_argv(ctx: click.Context) -> list[str]:
         else:
             argv += [param.opts[-1], str(value)]
     return argv
+
+
+def _check_redis(url: str) -> None:
+    """Fail before the flow starts when Redis does not answer (a ping inside Bytewax would
+    fail too, with a Rust panic printed around the message); ``flows.cli.main`` reports the
+    connection error as one line."""
+    from sinks.redis_store import connect
+
+    client = connect(url)
+    try:
+        client.ping()
+    finally:
+        client.close()
 
 
 def _ensure_dead_letter_topics(settings: Any, views: Sequence[FeatureView]) -> None:

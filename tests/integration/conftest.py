@@ -23,7 +23,7 @@ import pytest
 import redis
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from flows import devstack
+from flows import devstack, kafka_clients
 
 _HERE = Path(__file__).resolve().parent
 _LEASE_TTL_S = 3 * 3600
@@ -62,7 +62,8 @@ def kafka_bootstrap(dev_stack: devstack.StackConfig) -> str:
 
 @pytest.fixture(scope="session")
 def kafka_admin(kafka_bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": kafka_bootstrap})
+    client: AdminClient = kafka_clients.admin({"bootstrap.servers": kafka_bootstrap})
+    return client
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 
+from flows import kafka_clients
 from flows.decode import RawMessage, decoder_for
 from flows.definitions import FeatureView
 from flows.engine import ViewEngine
@@ -68,7 +69,7 @@ def wait_until(
 
 def read_topic(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[RawMessage]:
     """Every record of ``topic`` (all partitions, start to current end), with headers."""
-    consumer = Consumer(
+    consumer = kafka_clients.consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": "freshet-tests",

@@ -306,3 +306,45 @@ def test_dry_run_prints_the_offset_plan_and_writes_nothing(
     assert f"{plan['messages']:,}" in table
     assert not list(offline_dir.rglob("*.parquet"))
     assert redis_client.dbsize() == 0
+
+
+def test_a_signalled_backfill_commits_what_it_replayed_and_the_same_command_completes_it(
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    topic_factory: Callable[..., str],
+    offline_dir: Path,
+) -> None:
+    topic, _, lo, hi = history(kafka_bootstrap, topic_factory, count=6_000, seed=7)
+    ref = Reference.of(CARD_TXN, read_topic(kafka_bootstrap, topic))
+    expected = reference_rows(ref, lo, hi)
+    env = env_of(kafka_bootstrap, redis_url, offline_dir)
+    args = [CARD_TXN.name, "--topic", topic, "--from", str(lo), "--to", str(hi)]
+    plan = orjson.loads(freshet(["backfill", *args, "--dry-run", "--json"], env))
+
+    # The worker gets SIGTERM at its first Redis write, as a pod being moved would: mid-range.
+    stopped = backfill(
+        CARD_TXN.name, topic, lo, hi,
+        {**env, "FRESHET_FAULT": "redis.batch_written:1:SIGTERM"}, "--batch-size", "100",
+    )  # fmt: skip
+    assert not stopped["complete"]
+    assert stopped["stopped_by"] == "SIGTERM"
+    assert 0 < stopped["consumed"] < plan["messages"]
+    partial = backfill_rows(offline_dir, CARD_TXN)
+    assert stopped["rows_offline"] == len(partial)
+    # Committed, and only true rows: no boundary flushed past the events it had read.
+    assert set(partial) <= expected
+    assert len(set(partial)) < len(expected)
+    # Redis holds, for each card written, the newest row the log has of it.
+    newest: dict[str, LogRow] = {}
+    for row in partial:
+        if row[0] not in newest or (row[1], row[4]) > (newest[row[0]][1], newest[row[0]][4]):
+            newest[row[0]] = row
+    served = redis_records(redis_client, CARD_TXN, sorted(ref.applied))
+    assert set(served) == set(newest)
+    for card, (as_of, offset, values) in served.items():
+        assert (as_of, offset, values) == (newest[card][1], newest[card][4], newest[card][2])
+
+    done = backfill(CARD_TXN.name, topic, lo, hi, env)
+    assert done["complete"]
+    assert set(backfill_rows(offline_dir, CARD_TXN)) == expected
