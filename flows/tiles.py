@@ -17,8 +17,8 @@ without a window live in :class:`LifetimeFeatures`.
 
 Per-event cost does not grow with ``W/h``: counts and sums are running totals (a tile is
 subtracted when it expires), min/max keep a monotonic queue of tile extremes, exact distinct
-counts a value -> number-of-tiles map, and sketches (HLL beyond the exact limit, KLL) a cached
-merge of the complete tiles. The generic methods here handle every case; :mod:`flows.hotpath`
+counts a value -> number-of-tiles map, and sketches (HLL beyond the exact limit, quantiles) a
+cached merge of the complete tiles. The generic methods here handle every case; :mod:`flows.hotpath`
 compiles the common cases of a view into straight-line code that calls back into them.
 """
 
@@ -54,6 +54,7 @@ __all__ = [
     "MaxColumn",
     "MinColumn",
     "Pending",
+    "QuantileColumn",
     "SketchColumn",
     "Tile",
     "WindowGroup",
@@ -246,8 +247,9 @@ class SketchColumn(Column):
     def drop(self, d: list[Any], dropped: list[Tile]) -> None:
         d[self.gcol] = None
 
-    def merged(self, d: list[Any], c: int) -> Any:
-        """A fresh partial: the merge of every tile ``k >= c`` (the caller may mutate it)."""
+    def complete(self, d: list[Any], c: int) -> Any:
+        """The merge of every tile ``k >= c`` but the newest, cached (the caller must not
+        mutate it); ``d[self.tix]`` must not be empty."""
         tiles = d[self.tix]
         col = self.tcol
         agg = self.agg
@@ -269,9 +271,14 @@ class SketchColumn(Column):
                 if tile[0] >= cache[1]:
                     cache[2] = agg.merge(cache[2], tile[col])
             cache[1] = newest[0]
-        result = cache[2].copy()
+        return cache[2]
+
+    def merged(self, d: list[Any], c: int) -> Any:
+        """A fresh partial: the merge of every tile ``k >= c`` (the caller may mutate it)."""
+        result = self.complete(d, c).copy()
+        newest = d[self.tix][-1]
         if newest[0] >= c:
-            result = agg.merge(result, newest[col])
+            result = self.agg.merge(result, newest[self.tcol])
         return result
 
     def value(
@@ -283,6 +290,24 @@ class SketchColumn(Column):
             for v in extra:
                 partial = agg.add(partial, 0, v)
         return arg(partial)
+
+
+class QuantileColumn(SketchColumn):
+    """A :class:`SketchColumn` of :class:`Quantiles` read without a merged copy per row: ``arg``
+    gets the cached merge of the complete tiles, the newest tile and the pending values (see
+    :meth:`Quantiles.quantile_with`; the same value as merging them, and much cheaper once the
+    window is a sketch: a binary search over the cache's running counts)."""
+
+    __slots__ = ()
+
+    def value(
+        self, d: list[Any], c: int, shadow: int, extra: Sequence[Any] | None, arg: Any
+    ) -> Any:
+        tiles = d[self.tix]
+        if not tiles:
+            return arg(Quantiles(), None, extra or ())
+        newest = tiles[-1]
+        return arg(self.complete(d, c), newest[self.tcol] if newest[0] >= c else None, extra or ())
 
 
 class DistinctColumn(SketchColumn):
@@ -489,8 +514,8 @@ class WindowGroup:
                 columns.append(MinColumn(field, tcol, gcol, offset))
             elif agg is Aggregation.DISTINCT_COUNT:
                 columns.append(DistinctColumn(field, tcol, gcol, offset, aggregator_for(agg)))
-            else:  # approx_percentile: a KLL per tile; the quantile is chosen per feature
-                columns.append(SketchColumn(field, tcol, gcol, offset, _QUANTILES))
+            else:  # approx_percentile: Quantiles per tile; the quantile is chosen per feature
+                columns.append(QuantileColumn(field, tcol, gcol, offset, _QUANTILES))
         self.columns = tuple(columns)
         self.kix = first_gcol + 2 * len(columns)
         self.tlen = 2 + len(sum_fields) + len(columns)
@@ -685,13 +710,15 @@ class WindowGroup:
                     out[position] = total / count if count else None
 
 
-def _quantile_of(q: float | None) -> Callable[[Quantiles], float | None]:
+def _quantile_of(
+    q: float | None,
+) -> Callable[[Quantiles, Quantiles | None, Sequence[float]], float | None]:
     assert q is not None
-    return lambda partial: partial.quantile(q)
+    return lambda complete, newest, extra: complete.quantile_with(q, newest, extra)
 
 
 class _QuantilesAggregator(Aggregator[Quantiles]):
-    """KLL partials for window tiles (the quantile is applied per feature by the column)."""
+    """Quantiles partials for window tiles (the quantile is applied per feature by the column)."""
 
     __slots__ = ()
 

@@ -4,7 +4,8 @@ It keeps every accepted event and recomputes each value from scratch by filterin
 time: slow and obviously right. The engine's rows are checked against it.
 
 * value of a windowed feature as of ``T``: the accepted events with ``floor_h(T - W) <= t <= T``;
-  lifetime features: ``t <= T``;
+  lifetime features: ``t <= T``; percentiles by exact nearest rank over the sorted values (the
+  engine's sketch is exact while small, then within a relative bound: ``assert_rows_close``);
 * watermark per entity: ``max t - L``, raised by ``advance(now)`` to
   ``max t - L + (now - wall time when max t was seen)``; an event with ``t < watermark`` is late;
 * rows: one per accepted event (as of the entity's max event time, carrying the event's
@@ -20,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from flows.aggregations import QUANTILE_RELATIVE_ERROR
 from flows.definitions import Aggregation, FeatureView
 from sinks.rows import Row
 
@@ -33,13 +35,31 @@ class Event:
     seq: int  # arrival order
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    """DataSketches' inclusive quantile on exact data: the smallest x with ceil(q*n) items <= x."""
-    if not values:
+def exact_percentile(values: list[float], q: float, *, presorted: bool = False) -> float | None:
+    """The nearest-rank q-quantile, exactly: the ``max(ceil(q*n), 1)``-th smallest of the
+    ``n`` values, NaN left out and ``-0.0`` read as ``0.0`` (``presorted``: ``values`` are
+    already so, sorted)."""
+    ordered = values if presorted else sorted(v + 0.0 for v in values if v == v)
+    if not ordered:
         return None
-    ordered = sorted(values)
-    rank = math.ceil(q * len(ordered))
-    return ordered[max(rank - 1, 0)]
+    return ordered[max(math.ceil(q * len(ordered)), 1) - 1]
+
+
+def assert_rows_close(view: FeatureView, got: list[Row], want: list[Row]) -> None:
+    """``got == want``, except that approx_percentile values may be off by the documented
+    relative error (flows/aggregations.py, ``QUANTILE_RELATIVE_ERROR``: exact up to
+    ``EXACT_QUANTILE_LIMIT`` values in the window, then within ``|exact| / 128``)."""
+    assert len(got) == len(want), (len(got), len(want))
+    approx = [f.agg is Aggregation.APPROX_PERCENTILE for f in view.features]
+    for g, w in zip(got, want, strict=True):
+        assert g._replace(values=()) == w._replace(values=()), (g, w)
+        for name, is_approx, a, b in zip(
+            (f.name for f in view.features), approx, g.values, w.values, strict=True
+        ):
+            if not is_approx or a is None or b is None or b == 0.0 or math.isinf(b):
+                assert a == b, (name, g, w)
+            else:
+                assert abs(a - b) <= abs(b) * QUANTILE_RELATIVE_ERROR, (name, a, b, g, w)
 
 
 def feature_values(view: FeatureView, events: list[Event], as_of: int) -> tuple[Any, ...]:
@@ -76,7 +96,7 @@ def feature_values(view: FeatureView, events: list[Event], as_of: int) -> tuple[
             out.append(len(set(values)))
         else:
             assert feature.quantile is not None
-            out.append(_percentile([float(v) for v in values], feature.quantile))
+            out.append(exact_percentile([float(v) for v in values], feature.quantile))
     return tuple(out)
 
 
