@@ -19,7 +19,7 @@ split. ``freshet serve`` runs it on uvicorn (least CPU per lookup: ~80 µs at c=
 ~100 µs on granian) or, with ``--server granian``, on granian (more lookups/s at c>=32 when a
 core is spare); see ``tests/bench/serving/bench_serving.py``.
 
-Errors are :class:`serving.errors.HttpError` (and ``serving.auth.AuthError``) turned into
+Errors are :class:`freshet.serving.errors.HttpError` (and ``freshet.serving.auth.AuthError``) turned into
 JSON; anything else is logged with its traceback and answered 500 "internal error", never
 with the traceback.
 """
@@ -37,16 +37,15 @@ from urllib.parse import parse_qs, unquote, unquote_to_bytes
 
 import orjson
 import redis.exceptions
-
-from flows.registry import all_views, views_json
-from serving.auth import ApiKeys, AuthError, presented_key
-from serving.errors import HttpError
-from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from serving.metrics import ServingMetrics
-from serving.openapi import build_openapi
-from serving.redis_link import RedisLink
-from sinks.layout import ENTITY_FORBIDDEN_CHARS, MAX_ENTITY_LENGTH, ViewLayout
-from sinks.redis_store import (
+from freshet.dsl.registry import all_views, views_json
+from freshet.serving.auth import ApiKeys, AuthError, presented_key
+from freshet.serving.errors import HttpError
+from freshet.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from freshet.serving.metrics import ServingMetrics
+from freshet.serving.openapi import build_openapi
+from freshet.serving.redis_link import RedisLink
+from freshet.sinks.layout import ENTITY_FORBIDDEN_CHARS, MAX_ENTITY_LENGTH, ViewLayout
+from freshet.sinks.redis_store import (
     AsyncRedisFeatureReader,
     InvalidEntityError,
     Lookup,
@@ -54,7 +53,7 @@ from sinks.redis_store import (
     connect_async,
     is_cluster_url,
 )
-from sinks.settings import Settings
+from freshet.sinks.settings import Settings
 
 __all__ = [
     "MAX_BATCH",
@@ -308,7 +307,7 @@ def entity_problem(entity: str) -> str | None:
     """Why ``entity`` is not an id freshet can store or serve, or None if it is one.
 
     The lookup endpoint answers such ids with a 422 carrying this message, and ``freshet get``
-    refuses them with it: one rule, in one place (``sinks.layout`` holds its limits).
+    refuses them with it: one rule, in one place (``freshet.sinks.layout`` holds its limits).
     """
     if not entity:
         return "entity ids are non-empty strings"

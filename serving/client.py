@@ -1,6 +1,6 @@
 """A small Python client of the lookup endpoint::
 
-    from serving import Client
+    from freshet.serving import Client
 
     with Client("http://127.0.0.1:8000") as client:
         client.get("card_txn", "card_42")["features"]["txn_count_5m"]
@@ -23,7 +23,7 @@ import orjson
 
 __all__ = ["Client", "ServingError"]
 
-# The endpoint's batch limit (serving.app.MAX_BATCH); larger get_many calls are split.
+# The endpoint's batch limit (freshet.serving.app.MAX_BATCH); larger get_many calls are split.
 _MAX_BATCH = 1_000
 
 

@@ -69,11 +69,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-
-from sinks.durable import fsync_dir
-from sinks.faults import crash_point
-from sinks.layout import ViewLayout
-from sinks.rows import Row
+from freshet.sinks.durable import fsync_dir
+from freshet.sinks.faults import crash_point
+from freshet.sinks.layout import ViewLayout
+from freshet.sinks.rows import Row
 
 __all__ = [
     "DEDUPE_KEY",

@@ -55,7 +55,7 @@ after a retry, rows that had landed before the failure count again.
 Reads
 -----
 ``RedisFeatureReader`` (sync) and ``AsyncRedisFeatureReader`` (any async client with ``mget``:
-``redis.asyncio`` or the endpoint's ``serving.redis_link.RedisLink``) share the key building
+``redis.asyncio`` or the endpoint's ``freshet.serving.redis_link.RedisLink``) share the key building
 and decoding; each lookup is one ``MGET`` round trip and yields :class:`Lookup` dicts, the
 endpoint's JSON as is. Clients must be built with ``decode_responses=False`` (``connect`` and
 ``connect_async`` do so).
@@ -76,12 +76,11 @@ import orjson
 import redis
 import redis.asyncio
 import redis.cluster
+from freshet.sinks.faults import crash_point
+from freshet.sinks.layout import ViewLayout
+from freshet.sinks.rows import Row
 from redis.crc import key_slot
 from redis.exceptions import BusyLoadingError, NoScriptError
-
-from sinks.faults import crash_point
-from sinks.layout import ViewLayout
-from sinks.rows import Row
 
 __all__ = [
     "CLUSTER_PARAM",

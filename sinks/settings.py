@@ -28,7 +28,7 @@ class Settings:
     kafka_bootstrap: str = "127.0.0.1:9092"
     redis_url: str = "redis://127.0.0.1:6379/0"
     offline_dir: Path = Path("data/offline")
-    # Raw ``FRESHET_API_KEYS`` value (parsed by serving.auth); empty means no auth.
+    # Raw ``FRESHET_API_KEYS`` value (parsed by freshet.serving.auth); empty means no auth.
     api_keys: str = ""
     # Extra librdkafka settings (security and tuning), e.g.
     # FRESHET_KAFKA_CONFIG_SASL_MECHANISM=PLAIN becomes {"sasl.mechanism": "PLAIN"}.

@@ -27,17 +27,17 @@ _DEBUG_ENV = "FRESHET_DEBUG"
 
 # command name -> "module:attribute" of a click command or group.
 _COMMANDS: dict[str, str] = {
-    "dev": "flows.cli.dev:dev",
-    "views": "flows.cli.views:views",
-    "demo": "flows.cli.demo:demo",
-    "run": "flows.cli.run:run",
-    "backfill": "flows.cli.backfill:backfill",
-    "serve": "serving.cli:serve",
-    "get": "serving.cli:get",
-    "historical": "flows.cli.historical:historical",
-    "verify": "flows.cli.verify:verify",
-    "reconcile": "flows.cli.verify:reconcile",
-    "doctor": "flows.cli.doctor:doctor",
+    "dev": "freshet.cli.dev:dev",
+    "views": "freshet.cli.views:views",
+    "demo": "freshet.cli.demo:demo",
+    "run": "freshet.cli.run:run",
+    "backfill": "freshet.cli.backfill:backfill",
+    "serve": "freshet.serving.cli:serve",
+    "get": "freshet.serving.cli:get",
+    "historical": "freshet.cli.historical:historical",
+    "verify": "freshet.cli.verify:verify",
+    "reconcile": "freshet.cli.verify:reconcile",
+    "doctor": "freshet.cli.doctor:doctor",
 }
 
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> Any:
     line (see :func:`_report`)."""
     # Views come from FRESHET_VIEWS modules, loaded by whichever command needs them: a bad
     # module or an unknown view is the user's input, so it gets a message, not a traceback.
-    from flows.registry import RegistryError, UnknownViewError
+    from freshet.dsl.registry import RegistryError, UnknownViewError
 
     args = _debug_first(list(sys.argv[1:] if argv is None else argv))
     if args[:1] != ["--debug"] and os.environ.get(_DEBUG_ENV, "").lower() not in _DEBUG_ENV_VALUES:
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> Any:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        # Ctrl-C before a command installed its own handling (flows.shutdown): no traceback.
+        # Ctrl-C before a command installed its own handling (freshet.stream.shutdown): no traceback.
         sys.exit(130)
     except Exception as exc:
         sys.exit(_report(exc))
@@ -118,15 +118,15 @@ _DEBUG_ENV_VALUES = ("1", "true", "yes", "on")
 # Looked up in sys.modules, so checking for them imports nothing (an error of a module that
 # was never imported cannot have been raised).
 _KNOWN: tuple[tuple[str, str, int], ...] = (
-    ("flows.kafka_clients", "KafkaUnreachable", EXIT_UNREACHABLE),
-    ("flows.schema_registry", "SchemaRegistryUnavailable", EXIT_UNREACHABLE),
-    ("flows.connectors", "SourceError", 1),
-    ("flows.deadletter", "DeadLetterError", 1),
-    ("flows.devstack", "DevStackError", 1),
-    ("flows.definitions", "DefinitionError", 2),
-    ("flows.decode", "DecodeConfigError", 2),
-    ("flows.schema_registry", "SchemaRegistryError", 2),
-    ("sinks.settings", "SettingsError", 2),
+    ("freshet.stream.kafka_clients", "KafkaUnreachable", EXIT_UNREACHABLE),
+    ("freshet.decode.schema_registry", "SchemaRegistryUnavailable", EXIT_UNREACHABLE),
+    ("freshet.stream.connectors", "SourceError", 1),
+    ("freshet.stream.deadletter", "DeadLetterError", 1),
+    ("freshet.ops.devstack", "DevStackError", 1),
+    ("freshet.dsl.definitions", "DefinitionError", 2),
+    ("freshet.decode.decoder", "DecodeConfigError", 2),
+    ("freshet.decode.schema_registry", "SchemaRegistryError", 2),
+    ("freshet.sinks.settings", "SettingsError", 2),
 )
 
 

@@ -1,5 +1,5 @@
 """``freshet backfill VIEW --from TIME [--to TIME]``: rebuild a view's rows for a time range by
-replaying its topic (see :mod:`flows.backfill` for the plan, the writes and idempotence)."""
+replaying its topic (see :mod:`freshet.backfill.plan` for the plan, the writes and idempotence)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from typing import Any
 
 import click
 import orjson
-
-from flows import kafka_clients
-from flows.backfill import (
+from freshet.backfill.plan import (
     DEFAULT_GRACE_MS,
     BackfillError,
     BackfillFailed,
@@ -26,9 +24,10 @@ from flows.backfill import (
     plan_backfill,
     run_backfill,
 )
-from flows.definitions import FeatureView
-from flows.registry import UnknownViewError, get_view
-from sinks.settings import Settings
+from freshet.dsl.definitions import FeatureView
+from freshet.dsl.registry import UnknownViewError, get_view
+from freshet.sinks.settings import Settings
+from freshet.stream import kafka_clients
 
 __all__ = ["backfill"]
 
@@ -215,7 +214,7 @@ def backfill(
         raise click.BadParameter(str(exc)) from None
     settings = Settings.from_env()
     # Kafka unreachable: one line naming the address (kafka_clients.KafkaUnreachable, reported
-    # by flows.cli.main) after FRESHET_KAFKA_TIMEOUT, before any worker starts.
+    # by freshet.cli.main) after FRESHET_KAFKA_TIMEOUT, before any worker starts.
     kafka_clients.preflight(settings.kafka_client_config(), timeout_s=settings.kafka_timeout_s)
     try:
         with KafkaOffsets(settings.kafka_client_config()) as lookup:

@@ -1,8 +1,8 @@
 """``freshet demo``: the whole product in one command, on the local stack.
 
-Starts Kafka + Redis (``flows.devstack``, as ``freshet dev up``), creates the demo view's
+Starts Kafka + Redis (``freshet.ops.devstack``, as ``freshet dev up``), creates the demo view's
 topic, runs ``freshet run card_txn`` as a child process, produces a synthetic card stream
-(``flows.generator``: Zipf cards, some late and some malformed records) at a steady rate,
+(``freshet.ops.generator``: Zipf cards, some late and some malformed records) at a steady rate,
 and shows the busiest cards' features changing live in Redis, with the flow's counters from
 its ``/metrics``. At the end it says how to query the values.
 """
@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from sinks.redis_store import RedisFeatureReader
+    from freshet.sinks.redis_store import RedisFeatureReader
 
 __all__ = ["demo"]
 
 _VIEW = "card_txn"
-_FRESHET = [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())"]
+_FRESHET = [sys.executable, "-c", "import sys; from freshet.cli import main; sys.exit(main())"]
 _FLOW_START_TIMEOUT_S = 60.0
 _DRAIN_S = 3.0  # keep showing after the last record, while the flow catches up
 
@@ -86,7 +86,7 @@ def _stop_flow(flow: subprocess.Popen[bytes], console: Any) -> bool:
 
 def _rows_emitted(log_path: Path, start: int) -> int | None:
     """The rows the flow says it emitted, from its last line (None if it did not say)."""
-    from flows.cli.run import rows_emitted_in
+    from freshet.cli.run import rows_emitted_in
 
     with open(log_path, "rb") as log:
         log.seek(start)
@@ -176,22 +176,20 @@ def demo(
     Ctrl-C (or SIGTERM) ends it early the same way it ends on its own: the flow is stopped
     gracefully and the demo checks that every row it emitted is in the offline log.
     """
+    from freshet.stream.shutdown import STOP, block_stop_signals
     from rich.console import Console
     from rich.live import Live
-
-    from flows.shutdown import STOP, block_stop_signals
 
     STOP.install()
 
     import pyarrow.parquet as pq
-
-    from flows import devstack
-    from flows.cli.run import _ensure_topics
-    from flows.generator import GeneratorConfig, ProduceCounts, TransactionStream, produce
-    from flows.registry import get_view
-    from sinks.parquet_log import segment_paths
-    from sinks.redis_store import RedisFeatureReader, connect
-    from sinks.settings import Settings
+    from freshet.cli.run import _ensure_topics
+    from freshet.dsl.registry import get_view
+    from freshet.ops import devstack
+    from freshet.ops.generator import GeneratorConfig, ProduceCounts, TransactionStream, produce
+    from freshet.sinks.parquet_log import segment_paths
+    from freshet.sinks.redis_store import RedisFeatureReader, connect
+    from freshet.sinks.settings import Settings
 
     console = Console(stderr=True)
     stack = devstack.StackConfig.from_env(os.environ)

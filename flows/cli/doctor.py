@@ -1,16 +1,16 @@
 """``freshet doctor [VIEW…]``: check Kafka, topics, Redis and the offline dir; say what to fix.
 
 Exit status: 0 when nothing is wrong (warnings included), 1 when a check failed, or with
-``--strict`` when one warned. See :mod:`flows.doctor` for the checks and why each matters.
+``--strict`` when one warned. See :mod:`freshet.ops.doctor` for the checks and why each matters.
 """
 
 from __future__ import annotations
 
 import click
 import orjson
-
-from flows.definitions import FeatureView
-from flows.doctor import (
+from freshet.dsl.definitions import FeatureView
+from freshet.dsl.registry import UnknownViewError, all_views, get_view
+from freshet.ops.doctor import (
     Finding,
     Level,
     diagnose,
@@ -19,8 +19,7 @@ from flows.doctor import (
     probe_redis,
     probe_schema_registry,
 )
-from flows.registry import UnknownViewError, all_views, get_view
-from sinks.settings import Settings
+from freshet.sinks.settings import Settings
 
 __all__ = ["doctor"]
 

@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from flows.definitions import FeatureView
-from flows.registry import UnknownViewError, get_view
-from flows.shutdown import STOP, block_stop_signals
-from sinks.durable import write_durably
+from freshet.dsl.definitions import FeatureView
+from freshet.dsl.registry import UnknownViewError, get_view
+from freshet.sinks.durable import write_durably
+from freshet.stream.shutdown import STOP, block_stop_signals
 
 __all__ = ["clock_offset", "freeze_gc_survivors", "parse_start", "rows_emitted_in", "run"]
 
@@ -41,7 +40,7 @@ log = logging.getLogger("freshet.run")
 _DEFAULT_METRICS_PORT = 9108
 _RECOVERY_INIT_TIMEOUT_S = 60.0
 # This interpreter running the ``freshet`` console script, whatever PATH says.
-_FRESHET = (sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())")
+_FRESHET = (sys.executable, "-c", "import sys; from freshet.cli import main; sys.exit(main())")
 
 
 def parse_start(value: str) -> str | int:
@@ -79,7 +78,7 @@ def _die_with_parent() -> None:
 
 def _child_setup() -> None:
     _die_with_parent()
-    block_stop_signals()  # until the child's own handler is installed (flows.shutdown)
+    block_stop_signals()  # until the child's own handler is installed (freshet.stream.shutdown)
 
 
 def _supervise(processes: int, argv: Sequence[str], metrics_port: int) -> int:
@@ -200,7 +199,7 @@ class _FlowClockFile:
     second, and with ``"<time> stopped"`` once its flow ended gracefully. On restart the flow
     clock continues from the newest such time, minus one snapshot interval unless every process
     stopped gracefully (a crash resumes the last snapshot, taken up to an interval before), so
-    the downtime does not count as idle time of the entities (``flows.pipeline.flow_clock``).
+    the downtime does not count as idle time of the entities (``freshet.stream.pipeline.flow_clock``).
     """
 
     def __init__(self, directory: Path, process_id: int, snapshot_interval_s: int) -> None:
@@ -279,8 +278,7 @@ def _ensure_topics(
     """
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.cimpl import NewTopic
-
-    from flows import kafka_clients
+    from freshet.stream import kafka_clients
 
     timeout_s = kafka_clients.DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
     existing = kafka_clients.preflight(config, timeout_s=timeout_s).topics
@@ -464,7 +462,7 @@ def run(
     if process_id is not None and not addresses:
         raise click.UsageError("-i needs -a with the addresses of every process")
 
-    from sinks.settings import Settings
+    from freshet.sinks.settings import Settings
 
     settings = Settings.from_env()
     cluster = addresses.split(";") if addresses else None
@@ -487,17 +485,16 @@ def run(
     if not process_id:
         _ensure_dead_letter_topics(settings, views)
     else:  # process 0 creates the topics; every process checks that Kafka answers
-        from flows import kafka_clients
+        from freshet.stream import kafka_clients
 
         kafka_clients.preflight(settings.kafka_client_config(), timeout_s=settings.kafka_timeout_s)
     _check_redis(settings.redis_url)
 
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
-
-    from flows.connectors import KafkaIO
-    from flows.metrics import serve_metrics
-    from flows.pipeline import FlowOptions, build_flow
+    from freshet.stream.connectors import KafkaIO
+    from freshet.stream.metrics import serve_metrics
+    from freshet.stream.pipeline import FlowOptions, build_flow
 
     freeze_gc_survivors()
     if metrics_port:
@@ -609,9 +606,9 @@ def _child_argv(ctx: click.Context) -> list[str]:
 
 def _check_redis(url: str) -> None:
     """Fail before the flow starts when Redis does not answer (a ping inside Bytewax would
-    fail too, with a Rust panic printed around the message); ``flows.cli.main`` reports the
+    fail too, with a Rust panic printed around the message); ``freshet.cli.main`` reports the
     connection error as one line."""
-    from sinks.redis_store import connect
+    from freshet.sinks.redis_store import connect
 
     client = connect(url)
     try:
@@ -621,7 +618,7 @@ def _check_redis(url: str) -> None:
 
 
 def _ensure_dead_letter_topics(settings: Any, views: Sequence[FeatureView]) -> None:
-    from flows.deadletter import dead_letter_topic
+    from freshet.stream.deadletter import dead_letter_topic
 
     topics = {dead_letter_topic(v): 1 for v in views}
     _ensure_topics(settings.kafka_client_config(), topics, timeout_s=settings.kafka_timeout_s)

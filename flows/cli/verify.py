@@ -4,7 +4,7 @@ Exit status of ``verify``: 0 when Redis and the log agree for every checked enti
 may be ``expired`` or ``in_flight``), 1 when any entity differs (``online_newer``,
 ``missing_offline``, ``missing_online``, ``online_stale``, ``values_differ``), 3 when Redis is
 unreachable; ``reconcile`` exits 0 or 3. Outcomes and ``--allow-lag``: see
-:mod:`flows.reconcile`.
+:mod:`freshet.offline.reconcile`.
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ from pathlib import Path
 import click
 import orjson
 import redis
-
-from flows.definitions import FeatureView
-from flows.reconcile import FAILING, Outcome, ReconcileReport, Record, VerifyReport
-from flows.reconcile import reconcile as run_reconcile
-from flows.reconcile import verify as run_verify
-from flows.registry import UnknownViewError, get_view
-from sinks.redis_store import RedisClient, RedisFeatureWriter, connect
-from sinks.settings import Settings
+from freshet.dsl.definitions import FeatureView
+from freshet.dsl.registry import UnknownViewError, get_view
+from freshet.offline.reconcile import FAILING, Outcome, ReconcileReport, Record, VerifyReport
+from freshet.offline.reconcile import reconcile as run_reconcile
+from freshet.offline.reconcile import verify as run_verify
+from freshet.sinks.redis_store import RedisClient, RedisFeatureWriter, connect
+from freshet.sinks.settings import Settings
 
 __all__ = ["reconcile", "verify"]
 

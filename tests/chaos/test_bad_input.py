@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from confluent_kafka import Producer
+from freshet.decode.decoder import decoder_for
+from freshet.ops.generator import GeneratorConfig, TransactionStream
 from pipeline_harness import (
     VIEW,
     FlowProcess,
@@ -19,9 +21,6 @@ from pipeline_harness import (
     offline_rows,
     read_topic,
 )
-
-from flows.decode import decoder_for
-from flows.generator import GeneratorConfig, TransactionStream
 
 
 def _mutate(rng: random.Random, value: bytes) -> bytes:

@@ -25,16 +25,11 @@ import redis.asyncio
 import redis.cluster
 import redis.connection
 from click.testing import CliRunner
-from http_servers import running_server
-from pipeline_harness import FlowProcess, Reference, read_topic
-from redis.crc import key_slot
-from redis_servers import RedisProcess, start_cluster
-
-from flows.cli import cli
-from flows.generator import GeneratorConfig, produce
-from flows.registry import get_view
-from serving.app import create_app
-from sinks.redis_store import (
+from freshet.cli import cli
+from freshet.dsl.registry import get_view
+from freshet.ops.generator import GeneratorConfig, produce
+from freshet.serving.app import create_app
+from freshet.sinks.redis_store import (
     AsyncRedisFeatureReader,
     RedisFeatureReader,
     RedisFeatureWriter,
@@ -42,8 +37,12 @@ from sinks.redis_store import (
     connect_async,
     record_key,
 )
-from sinks.rows import Row
-from sinks.settings import Settings
+from freshet.sinks.rows import Row
+from freshet.sinks.settings import Settings
+from http_servers import running_server
+from pipeline_harness import FlowProcess, Reference, read_topic
+from redis.crc import key_slot
+from redis_servers import RedisProcess, start_cluster
 
 VIEW = get_view("card_txn")
 LAYOUT = VIEW.layout()

@@ -15,18 +15,17 @@ import httpx
 import pytest
 import redis
 from click.testing import CliRunner
+from freshet.cli import cli
+from freshet.dsl.registry import get_view
+from freshet.serving import Client, ServingError
+from freshet.serving.app import FeatureApp, create_app
+from freshet.serving.auth import ApiKeys
+from freshet.serving.redis_link import RedisLink
+from freshet.sinks.redis_store import RedisFeatureWriter, connect
+from freshet.sinks.rows import Row
+from freshet.sinks.settings import Settings
 from http_servers import running_server
 from redis_servers import RedisProcess, free_port
-
-from flows.cli import cli
-from flows.registry import get_view
-from serving import Client, ServingError
-from serving.app import FeatureApp, create_app
-from serving.auth import ApiKeys
-from serving.redis_link import RedisLink
-from sinks.redis_store import RedisFeatureWriter, connect
-from sinks.rows import Row
-from sinks.settings import Settings
 
 CARD_TXN = get_view("card_txn").layout()
 LAYOUTS = {CARD_TXN.name: CARD_TXN}
@@ -293,11 +292,10 @@ def test_freshet_get_accepts_a_versioned_view_name(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
     from click.testing import CliRunner
-
-    from flows.cli import cli
-    from flows.registry import get_view
-    from sinks.redis_store import RedisFeatureWriter
-    from sinks.rows import Row
+    from freshet.cli import cli
+    from freshet.dsl.registry import get_view
+    from freshet.sinks.redis_store import RedisFeatureWriter
+    from freshet.sinks.rows import Row
 
     layout = get_view("card_txn").layout()
     values = (3, 30.0, 10.0, 20.0, "m_1", 2)

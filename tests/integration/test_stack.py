@@ -14,8 +14,7 @@ from pathlib import Path
 
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-
-from flows import devstack, processes
+from freshet.ops import devstack, processes
 
 MESSAGES = 10_000
 KEYS = 200

@@ -20,8 +20,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.definitions import Aggregation, FeatureView
-from sinks.rows import Row
+from freshet.dsl.definitions import Aggregation, FeatureView
+from freshet.sinks.rows import Row
 
 
 @dataclass(frozen=True)

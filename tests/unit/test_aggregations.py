@@ -8,10 +8,8 @@ import random
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from flows.aggregations import (
+from freshet.dsl.definitions import Aggregation
+from freshet.engine.aggregations import (
     EXACT_DISTINCT_LIMIT,
     Distinct,
     Quantiles,
@@ -19,7 +17,8 @@ from flows.aggregations import (
     exact_float,
     exact_to_float,
 )
-from flows.definitions import Aggregation
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 # (aggregation, quantile, float field?, values, result, result of no values)
 TABLE: list[tuple[Aggregation, float | None, bool, list[Any], Any, Any]] = [

@@ -9,10 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
-from flows.backfill import (
+from freshet.backfill.plan import (
     BackfillError,
     BackfillFailed,
     BackfillPlan,
@@ -27,10 +24,12 @@ from flows.backfill import (
     range_lock,
     writer_prefix,
 )
-from flows.definitions import Aggregation, Feature
-from flows.views import CARD_TXN
-from sinks.parquet_log import ParquetLogWriter, log_dir
-from sinks.rows import Row
+from freshet.dsl.definitions import Aggregation, Feature
+from freshet.dsl.views import CARD_TXN
+from freshet.sinks.parquet_log import ParquetLogWriter, log_dir
+from freshet.sinks.rows import Row
+from hypothesis import given
+from hypothesis import strategies as st
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -323,8 +322,7 @@ def test_the_command_refuses_bad_arguments_before_touching_kafka(
     args: list[str], message: str
 ) -> None:
     from click.testing import CliRunner
-
-    from flows.cli import cli
+    from freshet.cli import cli
 
     env = {"FRESHET_KAFKA_BOOTSTRAP": "127.0.0.1:1"}  # nothing listens: it must not be asked
     result = CliRunner(env=env).invoke(cli, ["backfill", *args])

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-FRESHET = [sys.executable, "-c", "from flows.cli import main; main()"]
+FRESHET = [sys.executable, "-c", "from freshet.cli import main; main()"]
 
 CONTRACT_COMMANDS = (
     "dev", "demo", "run", "backfill", "serve", "get", "views",

@@ -9,9 +9,8 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import CliRunner
-
-from flows.cli import cli
-from flows.definitions import (
+from freshet.cli import cli
+from freshet.dsl.definitions import (
     Aggregation,
     DefinitionError,
     Entity,
@@ -21,8 +20,8 @@ from flows.definitions import (
     default_hop_seconds,
     parse_duration,
 )
-from flows.registry import UnknownViewError, all_views, get_view, views_json
-from flows.views import CARD_TXN, CARD_TXN_JSON
+from freshet.dsl.registry import UnknownViewError, all_views, get_view, views_json
+from freshet.dsl.views import CARD_TXN, CARD_TXN_JSON
 
 SOURCE = Source(topic="transactions", encoding="avro", schema="transaction.avsc",
                 event_time_field="ts")  # fmt: skip

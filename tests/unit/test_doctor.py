@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
-from flows.cli import cli
-from flows.doctor import (
+from freshet.cli import cli
+from freshet.dsl.registry import get_view
+from freshet.ops.doctor import (
     C_EXTENSIONS,
     Finding,
     KafkaFacts,
@@ -25,7 +25,6 @@ from flows.doctor import (
     diagnose,
     probe_c_extensions,
 )
-from flows.registry import get_view
 
 CARD_TXN = get_view("card_txn")
 NO_TTL = dataclasses.replace(get_view("card_txn_json"), ttl_seconds=0)
@@ -199,19 +198,19 @@ def test_c_extensions_built_are_ok_and_missing_ones_warn_with_the_fix(tmp_path: 
     # This install (CI's) has both built.
     assert probe_c_extensions() == []
     assert check_c_extensions([]).level is Level.OK
-    missing = check_c_extensions(["flows._fastdecode"])
+    missing = check_c_extensions(["freshet.decode._fastdecode"])
     assert missing.level is Level.WARN
-    assert "flows._fastdecode" in missing.message
+    assert "freshet.decode._fastdecode" in missing.message
     assert "2.8x slower" in missing.message
     assert "C compiler" in missing.fix
-    assert "flows._faststate" not in missing.message
+    assert "freshet.engine._faststate" not in missing.message
     down = KafkaFacts("k:9092", error="Local: Timed out")
     findings = by_check(
         diagnose(down, RedisFacts("u", False), [CARD_TXN], tmp_path,
                  missing_extensions=list(C_EXTENSIONS))
     )  # fmt: skip
     assert findings["c extensions"].level is Level.WARN
-    assert "flows._faststate" in findings["c extensions"].message
+    assert "freshet.engine._faststate" in findings["c extensions"].message
 
 
 def test_every_primary_of_a_cluster_is_checked(tmp_path: Path) -> None:

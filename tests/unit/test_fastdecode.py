@@ -1,4 +1,4 @@
-"""The C loop (``flows/_fastdecode.c``) decodes exactly what the Python loop decodes.
+"""The C loop (``flows/decode/_fastdecode.c``) decodes exactly what the Python loop decodes.
 
 Both loops of ``AvroDecoder`` get the same batches — valid records, records with random
 edits, arbitrary bytes, tombstones, entities and event times at and beyond the rules' edges,
@@ -16,19 +16,18 @@ from typing import Any
 
 import pytest
 from fastavro import parse_schema, schemaless_writer
-from hypothesis import given
-from hypothesis import strategies as st
-from test_decode_fuzz import FUZZ, messages_of, mutated, valid_avro
-
-from flows import decode
-from flows.decode import (
+from freshet.decode import decoder as decode
+from freshet.decode.decoder import (
     EVENT_TIME_MAX_MS,
     EVENT_TIME_MIN_MS,
     AvroDecoder,
     RawMessage,
     load_schema,
 )
-from flows.registry import get_view
+from freshet.dsl.registry import get_view
+from hypothesis import given
+from hypothesis import strategies as st
+from test_decode_fuzz import FUZZ, messages_of, mutated, valid_avro
 
 VIEW = get_view("card_txn")
 
@@ -234,7 +233,7 @@ def test_shard_groups_take_entities_with_lone_surrogates() -> None:
 def test_the_c_extension_is_built() -> None:
     if decode._fastdecode is None:
         pytest.fail(
-            "flows._fastdecode is not built: `pip install -e .` needs a C compiler and Python "
+            "freshet.decode._fastdecode is not built: `pip install -e .` needs a C compiler and Python "
             "headers (the flow then decodes ~2.5x faster)"
         )
     assert CARD[0]._fast is not None

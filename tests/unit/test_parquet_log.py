@@ -1,4 +1,4 @@
-"""sinks.parquet_log: immutable segments on disk, each row exactly once through the reader."""
+"""freshet.sinks.parquet_log: immutable segments on disk, each row exactly once through the reader."""
 
 from __future__ import annotations
 
@@ -9,18 +9,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from sinks.layout import FeatureColumn, ViewLayout
-from sinks.parquet_log import (
+from freshet.sinks.layout import FeatureColumn, ViewLayout
+from freshet.sinks.parquet_log import (
     ParquetLogError,
     ParquetLogWriter,
     WriterState,
     read_log,
     segment_paths,
 )
-from sinks.rows import Row
+from freshet.sinks.rows import Row
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 LAYOUT = ViewLayout(
     name="card_txn",

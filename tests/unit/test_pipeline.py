@@ -1,4 +1,4 @@
-"""flows.pipeline: the dataflow wired end to end in-process (TestingSource in, Parquet + lists out).
+"""freshet.stream.pipeline: the dataflow wired end to end in-process (TestingSource in, Parquet + lists out).
 
 The flow's rows are checked against ``ViewEngine`` run directly over each entity's events: the
 wiring (decode, sharding, timers, sinks, snapshots) must neither lose, duplicate nor reorder
@@ -29,9 +29,7 @@ from bytewax.inputs import AbortExecution, FixedPartitionedSource, StatefulSourc
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 from fastavro import parse_schema, schemaless_writer
-
-from flows import metrics
-from flows.cli.run import (
+from freshet.cli.run import (
     _child_argv,
     _init_recovery,
     clock_offset,
@@ -39,15 +37,23 @@ from flows.cli.run import (
     parse_start,
     run,
 )
-from flows.connectors import ParquetSink
-from flows.deadletter import DeadLetter
-from flows.decode import RawMessage
-from flows.definitions import SCHEMAS_DIR
-from flows.engine import ViewEngine
-from flows.pipeline import Changes, FlowOptions, ShardLogic, build_flow, shard_keys, shard_of
-from flows.registry import get_view
-from sinks.parquet_log import WriterState, read_log, segment_paths
-from sinks.rows import Row
+from freshet.decode.decoder import RawMessage
+from freshet.dsl.definitions import SCHEMAS_DIR
+from freshet.dsl.registry import get_view
+from freshet.engine.view_engine import ViewEngine
+from freshet.sinks.parquet_log import WriterState, read_log, segment_paths
+from freshet.sinks.rows import Row
+from freshet.stream import metrics
+from freshet.stream.connectors import ParquetSink
+from freshet.stream.deadletter import DeadLetter
+from freshet.stream.pipeline import (
+    Changes,
+    FlowOptions,
+    ShardLogic,
+    build_flow,
+    shard_keys,
+    shard_of,
+)
 
 VIEW = get_view("card_txn")
 SCHEMA = parse_schema(json.loads((SCHEMAS_DIR / "transaction.avsc").read_text()))
@@ -97,7 +103,7 @@ def engine_reference(
     """Per entity: the rows of ``apply`` over its events in partition order, the rows a final
     flush adds (boundaries a live flow may or may not have passed yet), and the late count."""
     engine = ViewEngine(VIEW, clock=lambda: 0)
-    from flows.decode import decoder_for
+    from freshet.decode.decoder import decoder_for
 
     events = decoder_for(VIEW).decode(messages).events
     states: dict[str, Any] = {}
@@ -474,7 +480,7 @@ def test_without_recovery_shards_skip_pickling() -> None:
 def test_an_entity_has_the_same_shard_in_every_process(seed: str) -> None:
     # Every process of a cluster, and every restart, must route an entity to the same state.
     code = (
-        "from flows.pipeline import shard_of; "
+        "from freshet.stream.pipeline import shard_of; "
         "print([shard_of(f'card_{i}', 256) for i in range(50)])"
     )
     env = {**os.environ, "PYTHONHASHSEED": seed}

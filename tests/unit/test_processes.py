@@ -7,7 +7,7 @@ import socket
 import sys
 from pathlib import Path
 
-from flows import processes
+from freshet.ops import processes
 
 PROC_NET_TCP = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode

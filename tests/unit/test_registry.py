@@ -7,10 +7,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-from flows.definitions import Aggregation, Feature
-from flows.registry import Registry, RegistryError, UnknownViewError, parse_view_ref
-from flows.views import CARD_TXN, CARD_TXN_JSON
+from freshet.dsl.definitions import Aggregation, Feature
+from freshet.dsl.registry import Registry, RegistryError, UnknownViewError, parse_view_ref
+from freshet.dsl.views import CARD_TXN, CARD_TXN_JSON
 
 V2 = replace(
     CARD_TXN,
@@ -69,7 +68,7 @@ def test_views_modules_named_in_the_environment_are_registered(tmp_path: Path) -
     module = tmp_path / "team_views.py"
     module.write_text(
         "from dataclasses import replace\n"
-        "from flows.views import CARD_TXN\n"
+        "from freshet.dsl.views import CARD_TXN\n"
         "CARD_TXN_V2 = replace(CARD_TXN, version=2, ttl_seconds=3600)\n"
     )
     registry = Registry([CARD_TXN])

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from freshet.serving.metrics import ServingMetrics, observe_many
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-
-from serving.metrics import ServingMetrics, observe_many
 
 
 def _histogram(registry: CollectorRegistry) -> Histogram:

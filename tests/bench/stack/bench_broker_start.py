@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from flows import devstack
+from freshet.ops import devstack
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 

@@ -8,17 +8,17 @@
   frozen ``KafkaSourceMessage``: 3.9-5.7 µs per record, more than decoding it).
 * :class:`RedisSink` — a ``FixedPartitionedSink`` (one partition per worker in ``freshet
   run``): each partition hands its rows to a writer thread doing pipelined newer-wins writes
-  (``sinks.redis_store.RedisFeatureWriter``, which retries with backoff and never drops rows)
+  (``freshet.sinks.redis_store.RedisFeatureWriter``, which retries with backoff and never drops rows)
   of each entity's newest row, then records write latency and freshness (Kafka timestamp ->
   write done). Its ``snapshot`` waits for the queue, so an epoch is committed only once its
   rows are in Redis.
 * :class:`ParquetSink` — a ``FixedPartitionedSink``: each partition is a
-  ``sinks.parquet_log.ParquetLogWriter`` whose writer id is the partition name and whose
+  ``freshet.sinks.parquet_log.ParquetLogWriter`` whose writer id is the partition name and whose
   resume state is the writer's ``WriterState``; the writer commits its buffer at every snapshot,
   so after a crash + resume no row is lost and none is on disk twice. Commits run on the
   writer's thread, so a commit of tens of thousands of rows does not hold the flow (and its
   Redis writes) for a quarter of a second; only a snapshot with recovery waits for them.
-* :class:`DeadLetterSink` — per worker, ``flows.deadletter.DeadLetterProducer``; flushes each
+* :class:`DeadLetterSink` — per worker, ``freshet.stream.deadletter.DeadLetterProducer``; flushes each
   batch before returning, so a dead letter is on the broker before the epoch that produced it
   can be snapshotted (at-least-once, never lost). Late letters, which the engine built from
   decoded events, first get their source records' bytes back (``SourceRecords``).
@@ -54,23 +54,22 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
-
-from flows import kafka_clients, metrics
-from flows.deadletter import (
+from freshet.dsl.definitions import FeatureView
+from freshet.sinks.durable import write_durably
+from freshet.sinks.parquet_log import ParquetLogWriter, WriterState
+from freshet.sinks.redis_store import RedisFeatureWriter, connect
+from freshet.sinks.rows import Row
+from freshet.sinks.settings import Settings
+from freshet.stream import kafka_clients, metrics
+from freshet.stream.deadletter import (
     RECENT,
     DeadLetter,
     DeadLetterProducer,
     SourceRecords,
     dead_letter_topic,
 )
-from flows.definitions import FeatureView
-from flows.pipeline import Changes, StartAt
-from flows.shutdown import STOP
-from sinks.durable import write_durably
-from sinks.parquet_log import ParquetLogWriter, WriterState
-from sinks.redis_store import RedisFeatureWriter, connect
-from sinks.rows import Row
-from sinks.settings import Settings
+from freshet.stream.pipeline import Changes, StartAt
+from freshet.stream.shutdown import STOP
 
 __all__ = [
     "DeadLetterSink",
@@ -233,7 +232,7 @@ class _KafkaPartition(StatefulSourcePartition[Message, int]):
 
     def _stats(self, json_stats: str) -> None:
         """librdkafka's statistics (once a second): consumer lag, re-exported by
-        ``flows.metrics`` as ``freshet_consumer_lag``."""
+        ``freshet.stream.metrics`` as ``freshet_consumer_lag``."""
         if self._offset > 0:
             stats = json.loads(json_stats)["topics"][self._topic]["partitions"][str(self._idx)]
             self._lag.set(stats["ls_offset"] - self._offset)
@@ -569,7 +568,7 @@ class DeadLetterSink(DynamicSink[DeadLetter]):
 
 @dataclass(frozen=True, kw_only=True)
 class KafkaIO:
-    """The production :class:`flows.pipeline.FlowIO`: Kafka in, Redis + Parquet + DLQ out.
+    """The production :class:`freshet.stream.pipeline.FlowIO`: Kafka in, Redis + Parquet + DLQ out.
 
     Reads ``view.source.topic``, sends dead letters to ``dead_letter_topic(view)``.
     ``tail=False`` stops at the end of every partition (tests, benchmarks, catch-up jobs).

@@ -3,14 +3,14 @@
 Pure and Bytewax-free, so the serving path may import it.
 
 Versions. A view is registered per ``(name, version)``; each version has its own Redis key
-space and offline log (``sinks.redis_store``, ``sinks.parquet_log.log_dir``), so a new version
+space and offline log (``freshet.sinks.redis_store``, ``freshet.sinks.parquet_log.log_dir``), so a new version
 can be backfilled and verified beside the old one. :func:`get_view` takes ``"card_txn"`` (the
 newest version) or ``"card_txn@2"`` (that version), so every command taking a view name takes
 ``VIEW@N`` too. :func:`all_views` and :func:`views_json` list every version, names in
 registration order and each name's versions ascending: a mapping built from them by name keeps
 the newest version, as :func:`get_view` does.
 
-Where views come from: the shipped demo views (:mod:`flows.views`), then the views of the
+Where views come from: the shipped demo views (:mod:`freshet.dsl.views`), then the views of the
 modules named in ``FRESHET_VIEWS`` (comma-separated; a dotted module name such as
 ``myteam.features`` or a path to a ``.py`` file). Such a module lists its views in
 ``VIEWS`` (a sequence of :class:`FeatureView`) or, without it, every module-level
@@ -36,8 +36,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from flows.definitions import FeatureView
-from flows.views import DEMO_VIEWS
+from freshet.dsl.definitions import FeatureView
+from freshet.dsl.views import DEMO_VIEWS
 
 __all__ = [
     "VIEWS_ENV",
@@ -161,7 +161,7 @@ class Registry:
         return tuple(dict.fromkeys(name for name, _ in list(self._views)))
 
 
-_REGISTRY = Registry(DEMO_VIEWS, origin="flows.views")
+_REGISTRY = Registry(DEMO_VIEWS, origin="freshet.dsl.views")
 _loaded = False
 _load_lock = threading.Lock()
 

@@ -46,8 +46,7 @@ import orjson
 
 if TYPE_CHECKING:
     from confluent_kafka import Producer
-
-    from flows.definitions import FeatureView
+    from freshet.dsl.definitions import FeatureView
 
 __all__ = [
     "REASONS",
@@ -129,7 +128,7 @@ def late_letter(
 ) -> DeadLetter:
     """A dead letter for a decoded event the engine refused as late.
 
-    ``event`` is a ``flows.decode`` event ``(entity, event_time_ms, fields, partition, offset,
+    ``event`` is a ``freshet.decode.decoder`` event ``(entity, event_time_ms, fields, partition, offset,
     kafka_timestamp_ms)``. Without the raw ``value``, the event is re-encoded as JSON (entity,
     event time and input fields) and marked with ``freshet.value.encoding: decoded-json``.
     ``topic`` is the topic the event was read from, if not the view's own source topic.
@@ -203,7 +202,7 @@ class RecentRecords:
         return None
 
 
-# The process's recent source records, remembered by ``flows.connectors``' Kafka source.
+# The process's recent source records, remembered by ``freshet.stream.connectors``' Kafka source.
 RECENT = RecentRecords()
 
 
@@ -280,7 +279,7 @@ class SourceRecords:
         return out
 
     def _read(self, wanted: dict[tuple[str, int], set[int]]) -> dict[tuple[str, int, int], _Record]:
-        from flows import kafka_clients
+        from freshet.stream import kafka_clients
 
         if self._consumer is None:
             self._consumer = kafka_clients.consumer(self._config)
@@ -375,8 +374,7 @@ class DeadLetterProducer:
     def build(self) -> DeadLetterProducer:
         """Create the producer and fail fast if the broker does not answer."""
         from confluent_kafka import KafkaException
-
-        from flows import kafka_clients
+        from freshet.stream import kafka_clients
 
         producer = kafka_clients.producer(self._config)
         try:

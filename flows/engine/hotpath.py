@@ -1,8 +1,8 @@
 """The compiled hot path: per view, straight-line Python for the common cases of the engine.
 
-Per event, the generic code of :mod:`flows.tiles` costs a dozen method calls and loops over
+Per event, the generic code of :mod:`freshet.engine.tiles` costs a dozen method calls and loops over
 small lists; at the target rate (> 150k events/s on one core) that overhead is most of the
-budget. So each :class:`~flows.engine.ViewEngine` compiles, from its view's plan, functions with
+budget. So each :class:`~freshet.engine.view_engine.ViewEngine` compiles, from its view's plan, functions with
 every group and feature unrolled: ``apply`` (fold the event into every open tile inline and
 read its row off the running state), ``apply_batch`` (the same body in a loop over a batch:
 state lookup, rows, late events), ``fold``, ``values`` (no pending event, no tile older than
@@ -12,7 +12,7 @@ out-of-order tiles, sketch mode, the fine sum scale. ``ViewEngine.source`` holds
 code; the engine's property tests run through it.
 
 With 100,000 entities the code is bound by memory latency more than by bytecodes (the same
-events ran ~2x faster over 1,000 entities), so the layout (:mod:`flows.tiles`) and this code
+events ran ~2x faster over 1,000 entities), so the layout (:mod:`freshet.engine.tiles`) and this code
 aim at touching few objects per event: the open tile's slots live in the entity's flat list,
 its count and sums ride on the running totals, window max/min and exact distinct counts are
 read from one cached slot each, and an empty pending list is None.
@@ -25,8 +25,8 @@ from bisect import insort_right
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from flows.aggregations import EXACT_DISTINCT_LIMIT
-from flows.tiles import (
+from freshet.engine.aggregations import EXACT_DISTINCT_LIMIT
+from freshet.engine.tiles import (
     COARSE,
     FINE_SCALE,
     INV_TWO_64,
@@ -40,10 +40,10 @@ from flows.tiles import (
     MinColumn,
     to_coarse,
 )
-from sinks.rows import Row
+from freshet.sinks.rows import Row
 
 if TYPE_CHECKING:
-    from flows.engine import ViewEngine
+    from freshet.engine.view_engine import ViewEngine
 
 __all__ = ["compile_hot_path"]
 

@@ -14,7 +14,7 @@ Output: :class:`Decoded` ``(events, dead)``. An event is the plain tuple
 
 with ``fields`` in the order of ``view.input_fields`` (``kafka_timestamp_ms`` is ``-1`` when
 the record has none). A record that cannot be used becomes a
-:class:`~flows.deadletter.DeadLetter` whose error names the field and the problem.
+:class:`~freshet.stream.deadletter.DeadLetter` whose error names the field and the problem.
 
 Accepted values
   * **Entity**: a non-empty string (or an Avro ``int``/``long``, or in JSON an integer,
@@ -33,7 +33,7 @@ Accepted values
 
 Wire formats (Avro): ``schemaless`` (fastavro ``schemaless_writer`` bytes) or ``confluent``
 (magic byte 0 + 4-byte big-endian schema id + the schemaless bytes). In the Confluent format
-with a ``registry`` (:class:`flows.schema_registry.SchemaRegistry`, ``FRESHET_SCHEMA_REGISTRY_URL``)
+with a ``registry`` (:class:`freshet.decode.schema_registry.SchemaRegistry`, ``FRESHET_SCHEMA_REGISTRY_URL``)
 each record is read with the schema its id names, resolved against the view's schema (fastavro
 schema resolution: fields the view does not read are skipped, missing ones take the view's
 defaults); an id the registry does not know, or a schema that does not resolve, dead-letters
@@ -60,19 +60,18 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, cast
 import orjson
 from confluent_kafka import Message
 from fastavro import parse_schema, schemaless_reader
-
-from flows.avro_reader import Reader, compile_reader, fast_plan
-from flows.deadletter import DeadLetter, Headers, Reason
-from flows.schema_registry import SchemaRegistry, SchemaRegistryUnavailable
-from sinks.layout import ENTITY_FORBIDDEN_CHARS, MAX_ENTITY_LENGTH
+from freshet.decode.avro_reader import Reader, compile_reader, fast_plan
+from freshet.decode.schema_registry import SchemaRegistry, SchemaRegistryUnavailable
+from freshet.sinks.layout import ENTITY_FORBIDDEN_CHARS, MAX_ENTITY_LENGTH
+from freshet.stream.deadletter import DeadLetter, Headers, Reason
 
 if TYPE_CHECKING:
-    from flows.definitions import FeatureView
+    from freshet.dsl.definitions import FeatureView
 
 _forbidden_char = ENTITY_FORBIDDEN_CHARS.search
 
-try:  # the per-record loop in C (flows/_fastdecode.c), built by `pip install` where it can be
-    from flows import _fastdecode
+try:  # the per-record loop in C (flows/decode/_fastdecode.c), built by `pip install` where it can be
+    from freshet.decode import _fastdecode
 except ImportError:  # pragma: no cover - no C compiler at install time: the Python loop
     _fastdecode = None  # type: ignore[assignment]
 
@@ -336,7 +335,7 @@ def _check_fields(
 
 def _fastavro_reader(schema: Any, wanted: Sequence[str], *, reader_schema: Any = None) -> Reader:
     """fastavro's ``schemaless_reader`` in the shape of a generated reader
-    (:func:`flows.avro_reader.compile_reader`): ``wanted`` fields and the end offset.
+    (:func:`freshet.decode.avro_reader.compile_reader`): ``wanted`` fields and the end offset.
     ``schema`` is the writer's; with ``reader_schema`` records are resolved against it."""
     get = _getter(wanted)
 
@@ -471,7 +470,7 @@ def _shard_groups_py(events: Sequence[Event], shards: int) -> dict[int, list[Eve
 
 
 # ``shard_groups(events, shards)``: ``{crc32(entity) % shards: [its events, in order]}``, the
-# grouping of ``flows.pipeline.shard_of``; in C where flows._fastdecode is built
+# grouping of ``freshet.stream.pipeline.shard_of``; in C where freshet.decode._fastdecode is built
 # (tests/unit/test_fastdecode.py checks both agree).
 shard_groups: Callable[[Sequence[Event], int], dict[int, list[Event]]] = (
     _fastdecode.shard_groups if _fastdecode is not None else _shard_groups_py
@@ -482,9 +481,9 @@ class AvroDecoder:
     """Decodes Avro records (schemaless or Confluent wire format) with the view's schema.
 
     Flat records of primitive fields are read by a reader generated for the schema
-    (:mod:`flows.avro_reader`, ~2x fastavro's ``schemaless_reader``); other schemas, or
+    (:mod:`freshet.decode.avro_reader`, ~2x fastavro's ``schemaless_reader``); other schemas, or
     ``generated_reader=False``, use fastavro. Such records are first tried by the C loop of
-    ``flows._fastdecode`` (``c_loop``; decode ~1.0 µs per record against ~2.8 µs), which hands
+    ``freshet.decode._fastdecode`` (``c_loop``; decode ~1.0 µs per record against ~2.8 µs), which hands
     every record it does not read cleanly to the Python path (with a registry: every record of
     a schema id not yet resolved to the view's own schema).
     """
@@ -542,7 +541,7 @@ class AvroDecoder:
     def decode(self, messages: Sequence[SourceMessage] | Sequence[Message]) -> Decoded:
         """Decode a batch; never raises for bad records (they become dead letters).
 
-        With the C loop (``flows._fastdecode``), records it reads cleanly become events there
+        With the C loop (``freshet.decode._fastdecode``), records it reads cleanly become events there
         and every other record goes through :meth:`_decode_one`, in order; without it, every
         record does."""
         dead: list[DeadLetter] = []

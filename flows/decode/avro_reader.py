@@ -129,7 +129,7 @@ def compile_reader(schema: Mapping[str, Any], wanted: Sequence[str]) -> Reader |
     schema holds a type this reader does not handle (see the module docstring).
 
     ``schema`` is a record schema with time logical types already stripped
-    (``flows.decode.strip_time_logical_types``).
+    (``freshet.decode.decoder.strip_time_logical_types``).
     """
     if schema.get("type") != "record" or _FASTAVRO_READ_LONG is None:
         return None
@@ -176,7 +176,7 @@ _SKIPPED = 255
 
 
 def fast_plan(schema: Mapping[str, Any], wanted: Sequence[str]) -> tuple[bytes, bytes] | None:
-    """``(plan, slots)`` describing ``schema`` to the C decoder (``flows/_fastdecode.c``): per
+    """``(plan, slots)`` describing ``schema`` to the C decoder (``flows/decode/_fastdecode.c``): per
     field in schema order, its type and null branch, and its position among ``wanted``
     (255: skipped). None where ``compile_reader`` would return None, or for a schema the C
     decoder does not take (over 64 fields, a field wanted twice)."""

@@ -26,8 +26,8 @@ Implements ``../shared/DESIGN.md``, section "Window semantics", exactly:
   same ``as_of`` under the ``(as_of, offset)`` tie-break.
 
 Cost per event does not grow with ``W/h``: the tile state and its generic operations are in
-:mod:`flows.tiles` (running totals, monotonic queues, value -> tile-count maps, cached sketch
-merges); :mod:`flows.hotpath` compiles each view's common cases into straight-line code.
+:mod:`freshet.engine.tiles` (running totals, monotonic queues, value -> tile-count maps, cached sketch
+merges); :mod:`freshet.engine.hotpath` compiles each view's common cases into straight-line code.
 
 The state of one entity, :class:`EntityState`, is a few ints and one flat list of plain lists,
 dicts and sets (sketches in serial form when pickled), so it pickles small into Bytewax recovery
@@ -40,10 +40,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flows.definitions import Aggregation, Feature, FeatureView
-from flows.hotpath import compile_hot_path
-from flows.tiles import NEVER, LifetimeFeatures, Pending, WindowGroup
-from sinks.rows import Row
+from freshet.dsl.definitions import Aggregation, Feature, FeatureView
+from freshet.engine.hotpath import compile_hot_path
+from freshet.engine.tiles import NEVER, LifetimeFeatures, Pending, WindowGroup
+from freshet.sinks.rows import Row
 
 __all__ = [
     "STATE_FORMAT",
@@ -96,8 +96,8 @@ def _unpack(value: Any) -> Any:
     return value
 
 
-try:  # __getstate__'s walk in C (flows/_faststate.c), built by `pip install` where it can be
-    from flows._faststate import pack_d as _c_pack_d
+try:  # __getstate__'s walk in C (flows/engine/_faststate.c), built by `pip install` where it can be
+    from freshet.engine._faststate import pack_d as _c_pack_d
 except ImportError:  # pragma: no cover - no C compiler at install time: the Python walk
     _c_pack_d = None  # type: ignore[assignment]
 
@@ -117,7 +117,7 @@ def _pack_d_py(d: list[Any]) -> list[Any]:
 
 
 def _pack_d(d: list[Any]) -> list[Any]:
-    """``_pack_d_py`` in C where flows._faststate is built (~19 -> ~3 µs for an hour-long
+    """``_pack_d_py`` in C where freshet.engine._faststate is built (~19 -> ~3 µs for an hour-long
     state; tests/unit/test_faststate.py checks both pickle alike)."""
     if _c_pack_d is not None:
         return _c_pack_d(d, _Packed)
@@ -137,7 +137,7 @@ class EntityState:
     the tiles (None: none); ``pending``: ``(t, fields, partition, offset)`` of the events newer
     than the watermark, not yet in tiles, sorted by ``t`` (ties in arrival order); ``d``: the
     window groups' and then the lifetime features' slots, one flat list (layout in
-    :mod:`flows.tiles`).
+    :mod:`freshet.engine.tiles`).
     """
 
     __slots__ = (

@@ -1,7 +1,7 @@
 """Local processes seen through pid files and Linux ``/proc``: liveness, memory, who listens on
 a port, starting a program detached from us and stopping it by pid.
 
-Used by ``flows.devstack``; nothing here knows about Kafka or Redis.
+Used by ``freshet.ops.devstack``; nothing here knows about Kafka or Redis.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ features; only the topic and its encoding differ.
 
 from __future__ import annotations
 
-from flows.definitions import Aggregation, Entity, Feature, FeatureView, Source
+from freshet.dsl.definitions import Aggregation, Entity, Feature, FeatureView, Source
 
 __all__ = ["CARD", "CARD_TXN", "CARD_TXN_FEATURES", "CARD_TXN_JSON", "DEMO_VIEWS"]
 

@@ -1,7 +1,7 @@
 """Every Kafka client freshet creates, made here: librdkafka's log goes through Python logging,
 rate-limited, and a command checks the broker answers (:func:`preflight`) before it starts.
 
-    from flows import kafka_clients
+    from freshet.stream import kafka_clients
 
     kafka_clients.preflight(settings.kafka_client_config(), timeout_s=settings.kafka_timeout_s)
     consumer = kafka_clients.consumer({**settings.kafka_client_config(), "group.id": "x"})

@@ -3,7 +3,7 @@
 Both sides hold one view *version* (Redis keys and the log are per view and version). The
 reference for an entity is its **latest log row** by ``(as_of, offset, partition)`` — the row
 the Redis writer's newer-wins check keeps — read with DuckDB from the committed segments
-(copies of a row are one row, see :mod:`flows.historical`).
+(copies of a row are one row, see :mod:`freshet.offline.historical`).
 
 Outcomes of :func:`classify`, per entity (``O`` = latest log row, ``R`` = Redis record; both
 compared by their ``(as_of, offset)`` version). Every kind but ``match``, ``expired`` and
@@ -29,7 +29,7 @@ compared by their ``(as_of, offset)`` version). Every kind but ``match``, ``expi
 ===================  ===========================================================================
 
 ``missing_online``/``online_stale`` and ``values_differ`` are repaired by :func:`reconcile`,
-which writes each entity's latest log row through :class:`sinks.redis_store.RedisFeatureWriter`
+which writes each entity's latest log row through :class:`freshet.sinks.redis_store.RedisFeatureWriter`
 (newer-wins: a value newer in Redis is never replaced; rows already expired are skipped).
 
 Rows in flight
@@ -65,12 +65,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-
-from flows.historical import connect_duckdb, log_rows_sql
-from sinks.layout import ViewLayout
-from sinks.parquet_log import segment_paths
-from sinks.redis_store import RedisFeatureWriter, decode_record, record_key, scan_entities
-from sinks.rows import Row
+from freshet.offline.historical import connect_duckdb, log_rows_sql
+from freshet.sinks.layout import ViewLayout
+from freshet.sinks.parquet_log import segment_paths
+from freshet.sinks.redis_store import RedisFeatureWriter, decode_record, record_key, scan_entities
+from freshet.sinks.rows import Row
 
 __all__ = [
     "FAILING",
@@ -719,7 +718,7 @@ def reconcile(
 
     Never regresses a value: Redis keeps a record whose ``(as_of, offset)`` is newer. Rows
     older than the view's TTL are skipped. ``writer`` defaults to a
-    :class:`~sinks.redis_store.RedisFeatureWriter` on ``client`` (retrying while Redis is
+    :class:`~freshet.sinks.redis_store.RedisFeatureWriter` on ``client`` (retrying while Redis is
     unreachable).
     """
     started = time.perf_counter()

@@ -12,13 +12,13 @@ An event into the open tile, by far the common case, then touches no tile list a
 100,000 entities the engine is bound by memory latency (measured: the same code runs 2x faster
 over 1,000 entities), so every object not touched counts. The generic code below works on
 *sealed* groups (``seal`` appends the open tile to ``tiles``; ``unseal`` opens the newest tile
-again); the compiled hot path (:mod:`flows.hotpath`) handles the open tile inline. Features
+again); the compiled hot path (:mod:`freshet.engine.hotpath`) handles the open tile inline. Features
 without a window live in :class:`LifetimeFeatures`.
 
 Per-event cost does not grow with ``W/h``: counts and sums are running totals (a tile is
 subtracted when it expires), min/max keep a monotonic queue of tile extremes, exact distinct
 counts a value -> number-of-tiles map, and sketches (HLL beyond the exact limit, KLL) a cached
-merge of the complete tiles. The generic methods here handle every case; :mod:`flows.hotpath`
+merge of the complete tiles. The generic methods here handle every case; :mod:`freshet.engine.hotpath`
 compiles the common cases of a view into straight-line code that calls back into them.
 """
 
@@ -27,7 +27,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from flows.aggregations import (
+from freshet.dsl.definitions import Aggregation, Feature, FeatureView
+from freshet.engine.aggregations import (
     EXACT_DISTINCT_LIMIT,
     Aggregator,
     Distinct,
@@ -35,7 +36,6 @@ from flows.aggregations import (
     aggregator_for,
     exact_float,
 )
-from flows.definitions import Aggregation, Feature, FeatureView
 
 __all__ = [
     "COARSE",
@@ -122,7 +122,7 @@ class MaxColumn(Column):
     """Window max: a monotonic queue of ``(k, tile max)`` with strictly decreasing values.
 
     The common case (a value into the newest tile: pop the dominated tail, append) is inlined
-    by :mod:`flows.hotpath`; :meth:`add` + :meth:`refresh` rebuild the queue (rare)."""
+    by :mod:`freshet.engine.hotpath`; :meth:`add` + :meth:`refresh` rebuild the queue (rare)."""
 
     __slots__ = ()
 
@@ -565,7 +565,7 @@ class WindowGroup:
         return (k + 1) * self.h + self.w
 
     def fold(self, d: list[Any], t: int, fields: tuple[Any, ...]) -> int | None:
-        """Add one event to its tile, any tile (the general, slow path: :mod:`flows.hotpath`
+        """Add one event to its tile, any tile (the general, slow path: :mod:`freshet.engine.hotpath`
         inlines the open-tile cases); returns the group's new oldest boundary if it changed."""
         # Convert the sums first: switching to the fine scale rewrites every tile.
         floats = [self.scaled(d, fields[index]) for _, index in self.float_sums]

@@ -23,7 +23,7 @@ snapshot, which then pickles only the recently changed ones: Bytewax snapshots e
 at once, and the flow stops meanwhile (at a steady 5,000 events/s over 100,000 cards, ~40,000
 states per 10 s epoch: freshness p99 893 -> 478 ms, shard snapshot p50 1.9 -> 0.5 ms; no
 throughput change measured with recovery on, 37.3-39.1k vs 38.1-38.8k events/s; with the
-state walk in C, ``flows/_faststate.c``: p99 402 ms, 47.5-50.8k events/s). What is
+state walk in C, ``flows/engine/_faststate.c``: p99 402 ms, 47.5-50.8k events/s). What is
 left of the stall is mostly Bytewax writing each shard's whole dict of pickled states (about
 50 MB per epoch for 100,000 cards): a snapshot's size follows the state, its pickling work
 follows the changes.
@@ -53,7 +53,7 @@ went, measured with py-spy and ``gc.callbacks``, and what changed:
   2.0 of 8.2 CPU-seconds re-scanning the engine's 100,000 entity states;
 * polls of up to 10,000 records per partition (+22 %: ~40 events per shard activation);
 * Avro records are read by a reader generated for the schema (1.6 µs, fastavro 2.7 µs), and
-  the decode loop and shard grouping run in C (``flows/_fastdecode.c``: decode + grouping
+  the decode loop and shard grouping run in C (``flows/decode/_fastdecode.c``: decode + grouping
   3.56 -> 1.45 µs per record in the flow, where the records are cold in memory);
 * Parquet segments are committed on the writer's thread, and without recovery a snapshot
   does not wait for its commit: a commit of an epoch's ~75,000 rows had held the flow and its
@@ -91,16 +91,15 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
-
-from flows import metrics
-from flows.deadletter import DeadLetter, late_letter
-from flows.decode import Event, decoder_for, shard_groups
-from flows.definitions import FeatureView
-from flows.engine import EntityState, ViewEngine
-from flows.schema_registry import SchemaRegistry
-from flows.shutdown import STOP
-from sinks.faults import crash_point
-from sinks.rows import Row
+from freshet.decode.decoder import Event, decoder_for, shard_groups
+from freshet.decode.schema_registry import SchemaRegistry
+from freshet.dsl.definitions import FeatureView
+from freshet.engine.view_engine import EntityState, ViewEngine
+from freshet.sinks.faults import crash_point
+from freshet.sinks.rows import Row
+from freshet.stream import metrics
+from freshet.stream.deadletter import DeadLetter, late_letter
+from freshet.stream.shutdown import STOP
 
 __all__ = [
     "DEFAULT_SHARDS",
@@ -163,11 +162,11 @@ class Changes(NamedTuple):
 
 
 class FlowIO(Protocol):
-    """Where a flow reads and writes; production is :class:`flows.cli.run.KafkaIO`-like,
+    """Where a flow reads and writes; production is :class:`freshet.cli.run.KafkaIO`-like,
     unit tests pass ``TestingSource``/``TestingSink`` and a tmp Parquet dir."""
 
     def source(self, view: FeatureView) -> Source[Any]:
-        """Items: ``KafkaSourceMessage``-like records (``flows.decode.SourceMessage``)."""
+        """Items: ``KafkaSourceMessage``-like records (``freshet.decode.decoder.SourceMessage``)."""
         ...
 
     def online_sink(self, view: FeatureView) -> Sink[tuple[str, Changes]]: ...

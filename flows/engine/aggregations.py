@@ -26,7 +26,7 @@ The two sketches, both from Apache DataSketches and both mergeable:
   ``quantile(q)`` is the smallest item ``x`` such that at least ``ceil(q * n)`` items are
   ``<= x`` (DataSketches' inclusive rank).
 
-The hot path of :mod:`flows.engine` keeps running totals and monotonic queues rather than calling
+The hot path of :mod:`freshet.engine.view_engine` keeps running totals and monotonic queues rather than calling
 these objects per event; it uses them for lifetime features and for sketches.
 """
 
@@ -37,8 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 import datasketches
-
-from flows.definitions import Aggregation
+from freshet.dsl.definitions import Aggregation
 
 __all__ = [
     "AGGREGATORS",

@@ -2,7 +2,7 @@
 
 ``freshet backfill VIEW --from F --to T`` recomputes a view's rows with ``as_of`` in ``[F, T]``
 from its Kafka topic, through the same dataflow as ``freshet run``
-(:func:`flows.pipeline.build_flow`: decode, engine shards, sinks), and writes them to the
+(:func:`freshet.stream.pipeline.build_flow`: decode, engine shards, sinks), and writes them to the
 view version's offline log and, newer-wins, to Redis.
 
 Plan (:func:`plan_backfill`). Windows need history: the replay starts at record time
@@ -35,19 +35,19 @@ on-time input gives exactly the live rows (the integration tests compare them). 
 replay stalled for longer than an event's margin to its watermark (the demo stream: > 3 s)
 could refuse it. A ``FlowOptions`` switch that stops the wall clock in replays (no timers;
 watermarks from event time only, drained entities kept until the end) would remove even
-that; it belongs in :mod:`flows.pipeline`.
+that; it belongs in :mod:`freshet.stream.pipeline`.
 
-Idempotence, offline. Each worker writes through a ``sinks.parquet_log.ParquetLogWriter``
+Idempotence, offline. Each worker writes through a ``freshet.sinks.parquet_log.ParquetLogWriter``
 whose writer id is deterministic per range and worker, ``bf<F>-<T>-p<i>``, distinct from the
 live writers (``p<i>``). Before replaying, the segments of earlier runs of the same range are
 listed; after every worker finished, they are deleted, so running the same backfill again
 replaces its segments (and a run that fails leaves the earlier ones in place). Where a
 backfill overlaps what the live flow (or a backfill of another range) logged, the rows are
 the same rows and the log reader shows each once: it dedupes on
-``sinks.parquet_log.DEDUPE_KEY`` = ``(entity, as_of, partition, offset)``. A lock file per
+``freshet.sinks.parquet_log.DEDUPE_KEY`` = ``(entity, as_of, partition, offset)``. A lock file per
 range keeps two runs of one range apart.
 
-Idempotence, online. Rows go through ``sinks.redis_store.RedisFeatureWriter``, newer-wins on
+Idempotence, online. Rows go through ``freshet.sinks.redis_store.RedisFeatureWriter``, newer-wins on
 ``(as_of, offset)``: a backfill beside the live flow never regresses a fresher value.
 
 Lifetime aggregates other than ``last`` cannot be rebuilt from a range (they would count the
@@ -82,11 +82,11 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from flows.definitions import Aggregation, DefinitionError, FeatureView, parse_duration
-from flows.registry import get_view
-from flows.shutdown import STOP, block_stop_signals
-from sinks.parquet_log import log_dir, segment_paths
-from sinks.settings import Settings
+from freshet.dsl.definitions import Aggregation, DefinitionError, FeatureView, parse_duration
+from freshet.dsl.registry import get_view
+from freshet.sinks.parquet_log import log_dir, segment_paths
+from freshet.sinks.settings import Settings
+from freshet.stream.shutdown import STOP, block_stop_signals
 
 __all__ = [
     "DEFAULT_GRACE_MS",
@@ -287,7 +287,7 @@ class KafkaOffsets:
     """:class:`OffsetLookup` on a real broker: one consumer that never joins a group."""
 
     def __init__(self, config: Mapping[str, str]) -> None:
-        from flows import kafka_clients
+        from freshet.stream import kafka_clients
 
         self._consumer = kafka_clients.consumer({**config, **_CONSUMER_CONFIG})
 
@@ -580,9 +580,8 @@ def run_replay(
     """Replay ``job`` in this process (one Bytewax worker; a cluster member with
     ``process_id``/``addresses``); returns what it did. Progress goes to ``workdir``."""
     from bytewax.run import cli_main
-
-    from flows.pipeline import FlowOptions, build_flow
-    from flows.replay import BackfillIO
+    from freshet.backfill.replay import BackfillIO
+    from freshet.stream.pipeline import FlowOptions, build_flow
 
     view = job.view()
     tally = Tally()
@@ -660,7 +659,7 @@ class Workers:
         job_file = workdir / "job.json"
         job_file.write_text(json.dumps(job.to_json()))
         addresses = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(job.workers))
-        entry = "from flows.backfill import worker_main; worker_main()"
+        entry = "from freshet.backfill.plan import worker_main; worker_main()"
         self._logs = [open(workdir / f"worker-{i}.log", "wb") for i in range(job.workers)]  # noqa: SIM115 - closed in stop()
         self._procs = [
             subprocess.Popen(

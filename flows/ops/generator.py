@@ -34,11 +34,10 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import orjson
 from fastavro import parse_schema, schemaless_writer
-
-from flows.decode import RawMessage, decoder_for, load_schema
+from freshet.decode.decoder import RawMessage, decoder_for, load_schema
 
 if TYPE_CHECKING:
-    from flows.definitions import FeatureView
+    from freshet.dsl.definitions import FeatureView
 
 __all__ = [
     "MAX_COUNT",
@@ -305,7 +304,7 @@ def produce(
     Stops early after ``max_seconds`` (default: twice the scheduled duration plus 60 s).
     Raises ``RuntimeError`` if Kafka does not acknowledge every record sent.
     """
-    from flows import kafka_clients
+    from freshet.stream import kafka_clients
 
     stream = TransactionStream(view, config)
     records = stream.records(count, start_ms=start_ms or time.time_ns() // 1_000_000, rate=rate)

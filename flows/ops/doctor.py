@@ -35,8 +35,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from flows.deadletter import dead_letter_topic
-from flows.definitions import FeatureView
+from freshet.dsl.definitions import FeatureView
+from freshet.stream.deadletter import dead_letter_topic
 
 __all__ = [
     "C_EXTENSIONS",
@@ -356,8 +356,8 @@ def check_eviction(node: RedisNode, views: Sequence[FeatureView]) -> Finding:
 
 # freshet's C extensions and what runs without each (pip skips one it cannot compile).
 C_EXTENSIONS = {
-    "flows._fastdecode": "Avro decoding and shard grouping run in Python, ~2.8x slower",
-    "flows._faststate": "recovery snapshots pickle engine states ~1.5x slower",
+    "freshet.decode._fastdecode": "Avro decoding and shard grouping run in Python, ~2.8x slower",
+    "freshet.engine._faststate": "recovery snapshots pickle engine states ~1.5x slower",
 }
 
 
@@ -463,7 +463,7 @@ def probe_schema_registry(url: str, *, timeout_s: float = 5.0) -> RegistryFacts:
     """``GET <url>/subjects`` through the flow's own client (same auth, no credentials shown)."""
     import urllib.error
 
-    from flows.schema_registry import SchemaRegistry, SchemaRegistryError
+    from freshet.decode.schema_registry import SchemaRegistry, SchemaRegistryError
 
     try:
         registry = SchemaRegistry(url, timeout_s=timeout_s)
@@ -487,8 +487,7 @@ def probe_schema_registry(url: str, *, timeout_s: float = 5.0) -> RegistryFacts:
 def probe_kafka(config: Mapping[str, str], *, timeout_s: float = 5.0) -> KafkaFacts:
     """Describe the cluster and list its topics with one admin client."""
     from confluent_kafka import KafkaException
-
-    from flows import kafka_clients
+    from freshet.stream import kafka_clients
 
     bootstrap = config.get("bootstrap.servers", "")
     # librdkafka's log goes to the rate-limited ``freshet.kafka`` logger like every client's;
@@ -540,8 +539,7 @@ def probe_redis(url: str, *, timeout_s: float = 5.0) -> RedisFacts:
     """
     import redis
     import redis.cluster
-
-    from sinks.redis_store import connect, split_cluster_url
+    from freshet.sinks.redis_store import connect, split_cluster_url
 
     shown = _redacted(url)
     try:

@@ -5,7 +5,7 @@
  *   For each consumer message (confluent_kafka.Message, in order), reads its value with the
  *   record schema described by ``plan`` and appends the event
  *   ``(entity, event_time, (inputs...), partition, offset, kafka_ts)`` exactly as
- *   flows.decode.AvroDecoder's Python loop builds it. Only the clean case is handled here:
+ *   freshet.decode.decoder.AvroDecoder's Python loop builds it. Only the clean case is handled here:
  *   a record this code does not read to its end without doubt (an error of any kind, a
  *   varint of 10 bytes or more, an entity or event time the Python loop would refuse or
  *   check further, a wrong header) is handed to ``slow(message)``, the Python path, which
@@ -23,7 +23,7 @@
  * shard_groups(events, shards) -> dict[int, list[event]]
  *
  *   Groups events by ``zlib.crc32(entity.encode("utf-8", "surrogateescape")) % shards``
- *   (flows.pipeline.shard_of), keeping their order within each shard.
+ *   (freshet.stream.pipeline.shard_of), keeping their order within each shard.
  *
  * Why: the Python decoder took ~3.1 µs per event (reader ~1.45, loop ~1.65) and grouping
  * ~0.4 µs, a fifth of the flow's GIL time.
@@ -359,8 +359,8 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "flows._fastdecode",
-    "The flow's per-record hot path in C (see flows/_fastdecode.c).", -1, methods,
+    PyModuleDef_HEAD_INIT, "freshet.decode._fastdecode",
+    "The flow's per-record hot path in C (see flows/decode/_fastdecode.c).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__fastdecode(void) {

@@ -1,16 +1,16 @@
-"""The Bytewax IO of a backfill replay (:class:`BackfillIO`, a ``flows.pipeline.FlowIO``).
+"""The Bytewax IO of a backfill replay (:class:`BackfillIO`, a ``freshet.stream.pipeline.FlowIO``).
 
 * :class:`ReplaySource` — one partition per Kafka partition of the plan, read with ``assign``
   (no consumer group, no commits) from its start offset up to, not including, its end offset;
   then the partition ends, and once all have, the engine flushes (``on_eof``). Each partition
-  writes its progress to the run's work directory (``flows.backfill.read_progress``).
+  writes its progress to the run's work directory (``freshet.backfill.plan.read_progress``).
 * Online sink — per worker, the newest in-range row of each entity of a batch through
-  ``sinks.redis_store.RedisFeatureWriter`` (newer-wins, retried, never dropped).
-* Offline sink — ``flows.connectors.ParquetSink`` with the range's writer ids
-  (``flows.backfill.writer_prefix``), fed only the rows with ``as_of`` in the range.
+  ``freshet.sinks.redis_store.RedisFeatureWriter`` (newer-wins, retried, never dropped).
+* Offline sink — ``freshet.stream.connectors.ParquetSink`` with the range's writer ids
+  (``freshet.backfill.plan.writer_prefix``), fed only the rows with ``as_of`` in the range.
 * Dead letters — counted, never produced: the live flow already sent them.
 
-Kept apart from :mod:`flows.backfill` so that planning (``--dry-run``) does not import Bytewax.
+Kept apart from :mod:`freshet.backfill.plan` so that planning (``--dry-run``) does not import Bytewax.
 """
 
 from __future__ import annotations
@@ -29,19 +29,18 @@ from bytewax.outputs import (
     StatelessSinkPartition,
 )
 from confluent_kafka import KafkaError, TopicPartition
-
-from flows import kafka_clients
-from flows.backfill import _CONSUMER_CONFIG, PartitionPlan, ReplayJob, Tally, writer_prefix
-from flows.connectors import ParquetSink
-from flows.deadletter import DeadLetter
-from flows.decode import RawMessage
-from flows.definitions import FeatureView
-from flows.pipeline import Changes
-from flows.shutdown import STOP
-from sinks.parquet_log import WriterState
-from sinks.redis_store import RedisFeatureWriter, connect
-from sinks.rows import Row
-from sinks.settings import Settings
+from freshet.backfill.plan import _CONSUMER_CONFIG, PartitionPlan, ReplayJob, Tally, writer_prefix
+from freshet.decode.decoder import RawMessage
+from freshet.dsl.definitions import FeatureView
+from freshet.sinks.parquet_log import WriterState
+from freshet.sinks.redis_store import RedisFeatureWriter, connect
+from freshet.sinks.rows import Row
+from freshet.sinks.settings import Settings
+from freshet.stream import kafka_clients
+from freshet.stream.connectors import ParquetSink
+from freshet.stream.deadletter import DeadLetter
+from freshet.stream.pipeline import Changes
+from freshet.stream.shutdown import STOP
 
 __all__ = ["BackfillIO", "ReplaySource"]
 

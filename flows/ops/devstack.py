@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.resources
 import re
 import shutil
 import subprocess
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from flows import processes
+from freshet.ops import processes
 
 __all__ = [
     "DEFAULT_CONTROLLER_PORT",
@@ -53,8 +54,8 @@ __all__ = [
     "up",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEPLOY_DIR = REPO_ROOT / "deploy" / "local"
+# The stack's files: deploy/local in a checkout, shipped in the wheel as freshet.ops.stack.
+DEPLOY_DIR = Path(str(importlib.resources.files("freshet.ops.stack")))
 
 DEFAULT_KAFKA_PORT = 9092
 DEFAULT_CONTROLLER_PORT = 9093
@@ -203,9 +204,8 @@ class StackConfig:
 
 
 def default_dev_dir() -> Path:
-    """``<repo>/.freshet`` for a source checkout, else ``./.freshet``."""
-    if (REPO_ROOT / "pyproject.toml").is_file():
-        return REPO_ROOT / ".freshet"
+    """``./.freshet``: the stack's data and jars live beside the project that uses them (in a
+    checkout, ``make`` runs from the repository root)."""
     return Path.cwd() / ".freshet"
 
 

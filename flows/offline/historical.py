@@ -10,8 +10,8 @@ Redis served at that event time — and never a value from the future:
   at ``t`` ms is visible from ``t.000`` on and never at ``(t-1).999``.
 * **Ties**: rows of one entity with the same ``as_of`` are ordered by source ``offset`` (then
   ``partition``), the order the Redis writer's newer-wins check uses, so the join returns the
-  row Redis kept. Copies of a row (equal on :data:`sinks.parquet_log.DEDUPE_KEY`, left by
-  crashes or replays) are the same row and are counted once, as :func:`sinks.parquet_log.read_log`
+  row Redis kept. Copies of a row (equal on :data:`freshet.sinks.parquet_log.DEDUPE_KEY`, left by
+  crashes or replays) are the same row and are counted once, as :func:`freshet.sinks.parquet_log.read_log`
   does.
 * **Nulls**: an entity absent from the log, a timestamp before the entity's first row, and a
   null entity or timestamp give nulls for that view's features.
@@ -29,7 +29,7 @@ dates, or strings holding either epoch milliseconds or ISO-8601 (``2024-05-01T12
 matches the log's ``"42"``, as the decoder stores int keys).
 
 The join runs in DuckDB (``ASOF LEFT JOIN``) straight over the view's committed Parquet
-segments (:func:`sinks.parquet_log.segment_paths`, temporary files excluded), so the log is
+segments (:func:`freshet.sinks.parquet_log.segment_paths`, temporary files excluded), so the log is
 never turned into Python objects; segments whose date cannot hold a usable row (after the
 latest timestamp, or expired before the earliest) are not read. :func:`historical_features`
 returns an Arrow table; :func:`write_historical` streams the result to a Parquet or CSV file.
@@ -49,10 +49,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-
-from flows.definitions import FeatureView
-from sinks.layout import ViewLayout
-from sinks.parquet_log import DEDUPE_KEY, segment_paths
+from freshet.dsl.definitions import FeatureView
+from freshet.sinks.layout import ViewLayout
+from freshet.sinks.parquet_log import DEDUPE_KEY, segment_paths
 
 __all__ = [
     "HistoricalError",
@@ -112,7 +111,7 @@ def parse_feature_specs(
     """``"card_txn:txn_count_5m,card_txn:amount_sum_1h,other:*"`` -> one request per view.
 
     ``view:*`` asks for all of a view's features. Views keep the order of first mention;
-    ``resolve`` maps a view name to its definition (``flows.registry.get_view``) and raises for
+    ``resolve`` maps a view name to its definition (``freshet.dsl.registry.get_view``) and raises for
     unknown names.
     """
     items = [specs] if isinstance(specs, str) else list(specs)

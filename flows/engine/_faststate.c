@@ -1,4 +1,4 @@
-/* EntityState.__getstate__'s walk over the flat state, in C (flows/engine.py).
+/* EntityState.__getstate__'s walk over the flat state, in C (flows/engine/view_engine.py).
  *
  * pack_d(d, packed_type) -> list
  *
@@ -117,13 +117,13 @@ fail:
 }
 
 static PyMethodDef methods[] = {
-    {"pack_d", pack_d, METH_VARARGS, "pack_d(d, packed_type) -> list (see flows/_faststate.c)"},
+    {"pack_d", pack_d, METH_VARARGS, "pack_d(d, packed_type) -> list (see flows/engine/_faststate.c)"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "flows._faststate",
-    "EntityState.__getstate__'s walk in C (see flows/_faststate.c).", -1, methods,
+    PyModuleDef_HEAD_INIT, "freshet.engine._faststate",
+    "EntityState.__getstate__'s walk in C (see flows/engine/_faststate.c).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__faststate(void) {

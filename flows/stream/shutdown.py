@@ -2,7 +2,7 @@
 
 Usage, first thing in a command, in the main thread::
 
-    from flows.shutdown import STOP
+    from freshet.stream.shutdown import STOP
 
     STOP.install(drain_timeout_s=30)
     ...                            # build and run the flow
@@ -16,7 +16,7 @@ What a signal does:
   engine to Redis and to the offline log, every sink commits (Parquet segments, queued Redis
   writes, dead letters), and with ``--recovery-dir`` Bytewax takes a final snapshot (the next
   start resumes exactly there). The engine does **not** flush future expiry boundaries on
-  such an end (``flows.pipeline.ShardLogic.on_eof``): those rows belong to a later run. The
+  such an end (``freshet.stream.pipeline.ShardLogic.on_eof``): those rows belong to a later run. The
   command then returns normally and exits 0.
 * **Second signal** during the drain: the process ends at once with ``128 + signal number``
   (130 for SIGINT, 143 for SIGTERM). Everything committed stays consistent: segments are

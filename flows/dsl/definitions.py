@@ -3,10 +3,10 @@
 Everything here is a frozen dataclass validated when it is constructed, so a mistake in a view
 fails at import time with a message naming the bad field and the allowed values, never later in a
 running dataflow. A :class:`FeatureView` is the unit of deployment, of the Redis key space and of
-the offline log; the engine (:mod:`flows.engine`) turns its definition into rows exactly as
+the offline log; the engine (:mod:`freshet.engine.view_engine`) turns its definition into rows exactly as
 ``../shared/DESIGN.md``, section "Window semantics", specifies.
 
-A view reads like this (the shipped demo views are in :mod:`flows.views`)::
+A view reads like this (the shipped demo views are in :mod:`freshet.dsl.views`)::
 
     FeatureView(
         name="card_txn",
@@ -36,6 +36,7 @@ Error tree: :class:`DefinitionError` (a ``ValueError``) for every invalid defini
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import json
 import re
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from sinks.layout import FeatureColumn, ValueType, ViewLayout
+from freshet.sinks.layout import FeatureColumn, ValueType, ViewLayout
 
 __all__ = [
     "DEFAULT_HOP_CANDIDATES_SECONDS",
@@ -58,8 +59,8 @@ __all__ = [
     "parse_duration",
 ]
 
-# The repository's schemas/ directory (Avro schemas of the event topics).
-SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+# The shipped Avro schemas of the demo topics (package data of ``freshet.schemas``).
+SCHEMAS_DIR = Path(str(importlib.resources.files("freshet.schemas")))
 
 # Candidate default hops, largest first: the default is the first that divides W into >= 30 tiles.
 DEFAULT_HOP_CANDIDATES_SECONDS: tuple[int, ...] = (3600, 900, 60, 10, 1)
@@ -324,7 +325,7 @@ class FeatureView:
     ``allowed_lateness_seconds`` is ``L`` of DESIGN "Clock and lateness"; ``ttl_seconds`` is how
     long Redis keeps an entity's values after their last change (0 = forever);
     ``dead_letter_topic`` receives undecodable and late events (None: ``<source topic>.dlq``,
-    see :func:`flows.deadletter.dead_letter_topic`).
+    see :func:`freshet.stream.deadletter.dead_letter_topic`).
     """
 
     name: str
@@ -398,7 +399,7 @@ class FeatureView:
             )
 
     def layout(self) -> ViewLayout:
-        """What the sinks need to know of this view (:class:`sinks.layout.ViewLayout`)."""
+        """What the sinks need to know of this view (:class:`freshet.sinks.layout.ViewLayout`)."""
         types = self.source.field_types
         columns = tuple(
             FeatureColumn(f.name, f.value_type(None if f.field is None else types[f.field]))
