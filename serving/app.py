@@ -19,8 +19,8 @@ split. ``freshet serve`` runs it on uvicorn (least CPU per lookup: ~80 µs at c=
 ~100 µs on granian) or, with ``--server granian``, on granian (more lookups/s at c>=32 when a
 core is spare); see ``tests/bench/serving/bench_serving.py``.
 
-Errors are :class:`freshet.serving.errors.HttpError` (and ``freshet.serving.auth.AuthError``) turned into
-JSON; anything else is logged with its traceback and answered 500 "internal error", never
+Errors are :class:`freshet.serving.errors.HttpError` (and ``freshet.serving.auth.AuthError``) turned
+into JSON; anything else is logged with its traceback and answered 500 "internal error", never
 with the traceback.
 """
 

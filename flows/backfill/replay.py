@@ -10,7 +10,8 @@
   (``freshet.backfill.plan.writer_prefix``), fed only the rows with ``as_of`` in the range.
 * Dead letters — counted, never produced: the live flow already sent them.
 
-Kept apart from :mod:`freshet.backfill.plan` so that planning (``--dry-run``) does not import Bytewax.
+Kept apart from :mod:`freshet.backfill.plan` so that planning (``--dry-run``) does not import
+Bytewax.
 """
 
 from __future__ import annotations

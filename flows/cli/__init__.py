@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> Any:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        # Ctrl-C before a command installed its own handling (freshet.stream.shutdown): no traceback.
+        # Ctrl-C before a command installed its own handling (freshet.stream.shutdown): no
+        # traceback.
         sys.exit(130)
     except Exception as exc:
         sys.exit(_report(exc))

@@ -1,4 +1,5 @@
-"""``freshet dev up|down|status|logs``: the local Kafka + Redis stack (logic in freshet.ops.devstack)."""
+"""``freshet dev up|down|status|logs``: the local Kafka + Redis stack (logic in
+freshet.ops.devstack)."""
 
 from __future__ import annotations
 

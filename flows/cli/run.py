@@ -199,7 +199,8 @@ class _FlowClockFile:
     second, and with ``"<time> stopped"`` once its flow ended gracefully. On restart the flow
     clock continues from the newest such time, minus one snapshot interval unless every process
     stopped gracefully (a crash resumes the last snapshot, taken up to an interval before), so
-    the downtime does not count as idle time of the entities (``freshet.stream.pipeline.flow_clock``).
+    the downtime does not count as idle time of the entities
+    (``freshet.stream.pipeline.flow_clock``).
     """
 
     def __init__(self, directory: Path, process_id: int, snapshot_interval_s: int) -> None:

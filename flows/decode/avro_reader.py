@@ -176,8 +176,8 @@ _SKIPPED = 255
 
 
 def fast_plan(schema: Mapping[str, Any], wanted: Sequence[str]) -> tuple[bytes, bytes] | None:
-    """``(plan, slots)`` describing ``schema`` to the C decoder (``flows/decode/_fastdecode.c``): per
-    field in schema order, its type and null branch, and its position among ``wanted``
+    """``(plan, slots)`` describing ``schema`` to the C decoder (``flows/decode/_fastdecode.c``):
+    per field in schema order, its type and null branch, and its position among ``wanted``
     (255: skipped). None where ``compile_reader`` would return None, or for a schema the C
     decoder does not take (over 64 fields, a field wanted twice)."""
     if schema.get("type") != "record" or len(set(wanted)) != len(wanted):

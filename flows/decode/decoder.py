@@ -33,13 +33,13 @@ Accepted values
 
 Wire formats (Avro): ``schemaless`` (fastavro ``schemaless_writer`` bytes) or ``confluent``
 (magic byte 0 + 4-byte big-endian schema id + the schemaless bytes). In the Confluent format
-with a ``registry`` (:class:`freshet.decode.schema_registry.SchemaRegistry`, ``FRESHET_SCHEMA_REGISTRY_URL``)
-each record is read with the schema its id names, resolved against the view's schema (fastavro
-schema resolution: fields the view does not read are skipped, missing ones take the view's
-defaults); an id the registry does not know, or a schema that does not resolve, dead-letters
-the record. Ids whose schema is the view's own use the generated reader. Without a registry
-records are read with the view's schema, and when ``schema_ids`` is given a record with another
-id is refused.
+with a ``registry`` (:class:`freshet.decode.schema_registry.SchemaRegistry`,
+``FRESHET_SCHEMA_REGISTRY_URL``) each record is read with the schema its id names, resolved against
+the view's schema (fastavro schema resolution: fields the view does not read are skipped, missing
+ones take the view's defaults); an id the registry does not know, or a schema that does not resolve,
+dead-letters the record. Ids whose schema is the view's own use the generated reader. Without a
+registry records are read with the view's schema, and when ``schema_ids`` is given a record with
+another id is refused.
 
 Hot path: one ``schemaless_reader``/``orjson.loads`` per record, then a few type checks; all
 error texts are built on a separate slow path only for bad records.
@@ -70,7 +70,8 @@ if TYPE_CHECKING:
 
 _forbidden_char = ENTITY_FORBIDDEN_CHARS.search
 
-try:  # the per-record loop in C (flows/decode/_fastdecode.c), built by `pip install` where it can be
+# The per-record loop in C (flows/decode/_fastdecode.c), built by `pip install` where it can be.
+try:
     from freshet.decode import _fastdecode
 except ImportError:  # pragma: no cover - no C compiler at install time: the Python loop
     _fastdecode = None  # type: ignore[assignment]
@@ -483,9 +484,9 @@ class AvroDecoder:
     Flat records of primitive fields are read by a reader generated for the schema
     (:mod:`freshet.decode.avro_reader`, ~2x fastavro's ``schemaless_reader``); other schemas, or
     ``generated_reader=False``, use fastavro. Such records are first tried by the C loop of
-    ``freshet.decode._fastdecode`` (``c_loop``; decode ~1.0 µs per record against ~2.8 µs), which hands
-    every record it does not read cleanly to the Python path (with a registry: every record of
-    a schema id not yet resolved to the view's own schema).
+    ``freshet.decode._fastdecode`` (``c_loop``), which hands every record it does not read
+    cleanly to the Python path (with a registry: every record of a schema id not yet resolved
+    to the view's own schema).
     """
 
     def __init__(
@@ -541,9 +542,9 @@ class AvroDecoder:
     def decode(self, messages: Sequence[SourceMessage] | Sequence[Message]) -> Decoded:
         """Decode a batch; never raises for bad records (they become dead letters).
 
-        With the C loop (``freshet.decode._fastdecode``), records it reads cleanly become events there
-        and every other record goes through :meth:`_decode_one`, in order; without it, every
-        record does."""
+        With the C loop (``freshet.decode._fastdecode``), records it reads cleanly become events
+        there and every other record goes through :meth:`_decode_one`, in order; without it,
+        every record does."""
         dead: list[DeadLetter] = []
         decode_one = self._decode_one
         consumer_messages = _consumer_messages(messages)

@@ -4,9 +4,9 @@ A record in the Confluent wire format is ``0x00``, a 4-byte big-endian schema id
 Avro body written with that schema. With ``FRESHET_SCHEMA_REGISTRY_URL`` set, ``freshet run``
 and ``freshet backfill`` read Avro views this way: :class:`SchemaRegistry` fetches each id's
 schema once (``GET <url>/schemas/ids/<id>``, the registry's REST API) and the decoder resolves
-it against the view's schema (``freshet.decode.decoder.AvroDecoder``): a record written with an older or
-newer compatible schema yields the view's fields, one whose id the registry does not know is
-dead-lettered.
+it against the view's schema (``freshet.decode.decoder.AvroDecoder``): a record written with an
+older or newer compatible schema yields the view's fields, one whose id the registry does not know
+is dead-lettered.
 
 An unreachable registry is not the record's fault: the fetch is retried with backoff for
 ``give_up_after_s`` and then :class:`SchemaRegistryUnavailable` stops the flow (nothing is

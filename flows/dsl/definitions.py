@@ -3,7 +3,8 @@
 Everything here is a frozen dataclass validated when it is constructed, so a mistake in a view
 fails at import time with a message naming the bad field and the allowed values, never later in a
 running dataflow. A :class:`FeatureView` is the unit of deployment, of the Redis key space and of
-the offline log; the engine (:mod:`freshet.engine.view_engine`) turns its definition into rows exactly as
+the offline log; the engine (:mod:`freshet.engine.view_engine`) turns its definition into rows
+exactly as
 ``../shared/DESIGN.md``, section "Window semantics", specifies.
 
 A view reads like this (the shipped demo views are in :mod:`freshet.dsl.views`)::

@@ -3,9 +3,9 @@
 Pure and Bytewax-free, so the serving path may import it.
 
 Versions. A view is registered per ``(name, version)``; each version has its own Redis key
-space and offline log (``freshet.sinks.redis_store``, ``freshet.sinks.parquet_log.log_dir``), so a new version
-can be backfilled and verified beside the old one. :func:`get_view` takes ``"card_txn"`` (the
-newest version) or ``"card_txn@2"`` (that version), so every command taking a view name takes
+space and offline log (``freshet.sinks.redis_store``, ``freshet.sinks.parquet_log.log_dir``), so a
+new version can be backfilled and verified beside the old one. :func:`get_view` takes ``"card_txn"``
+(the newest version) or ``"card_txn@2"`` (that version), so every command taking a view name takes
 ``VIEW@N`` too. :func:`all_views` and :func:`views_json` list every version, names in
 registration order and each name's versions ascending: a mapping built from them by name keeps
 the newest version, as :func:`get_view` does.

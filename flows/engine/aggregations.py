@@ -26,8 +26,8 @@ The two sketches, both from Apache DataSketches and both mergeable:
   ``quantile(q)`` is the smallest item ``x`` such that at least ``ceil(q * n)`` items are
   ``<= x`` (DataSketches' inclusive rank).
 
-The hot path of :mod:`freshet.engine.view_engine` keeps running totals and monotonic queues rather than calling
-these objects per event; it uses them for lifetime features and for sketches.
+The hot path of :mod:`freshet.engine.view_engine` keeps running totals and monotonic queues rather
+than calling these objects per event; it uses them for lifetime features and for sketches.
 """
 
 from __future__ import annotations

@@ -2,18 +2,18 @@
 
 Per event, the generic code of :mod:`freshet.engine.tiles` costs a dozen method calls and loops over
 small lists; at the target rate (> 150k events/s on one core) that overhead is most of the
-budget. So each :class:`~freshet.engine.view_engine.ViewEngine` compiles, from its view's plan, functions with
-every group and feature unrolled: ``apply`` (fold the event into every open tile inline and
-read its row off the running state), ``apply_batch`` (the same body in a loop over a batch:
-state lookup, rows, late events), ``fold``, ``values`` (no pending event, no tile older than
+budget. So each :class:`~freshet.engine.view_engine.ViewEngine` compiles, from its view's plan,
+functions with every group and feature unrolled: ``apply`` (fold the event into every open tile
+inline and read its row off the running state), ``apply_batch`` (the same body in a loop over a
+batch: state lookup, rows, late events), ``fold``, ``values`` (no pending event, no tile older than
 the window), ``values_at`` (the event row's values with pending events or such tiles) and
 ``expire`` (the expiry loop). Every uncommon case calls back into the generic methods:
 out-of-order tiles, sketch mode, the fine sum scale. ``ViewEngine.source`` holds the generated
 code; the engine's property tests run through it.
 
 With 100,000 entities the code is bound by memory latency more than by bytecodes (the same
-events ran ~2x faster over 1,000 entities), so the layout (:mod:`freshet.engine.tiles`) and this code
-aim at touching few objects per event: the open tile's slots live in the entity's flat list,
+events ran ~2x faster over 1,000 entities), so the layout (:mod:`freshet.engine.tiles`) and this
+code aim at touching few objects per event: the open tile's slots live in the entity's flat list,
 its count and sums ride on the running totals, window max/min and exact distinct counts are
 read from one cached slot each, and an empty pending list is None.
 """

@@ -18,8 +18,9 @@ without a window live in :class:`LifetimeFeatures`.
 Per-event cost does not grow with ``W/h``: counts and sums are running totals (a tile is
 subtracted when it expires), min/max keep a monotonic queue of tile extremes, exact distinct
 counts a value -> number-of-tiles map, and sketches (HLL beyond the exact limit, KLL) a cached
-merge of the complete tiles. The generic methods here handle every case; :mod:`freshet.engine.hotpath`
-compiles the common cases of a view into straight-line code that calls back into them.
+merge of the complete tiles. The generic methods here handle every case;
+:mod:`freshet.engine.hotpath` compiles the common cases of a view into straight-line code that calls
+back into them.
 """
 
 from __future__ import annotations
@@ -565,8 +566,9 @@ class WindowGroup:
         return (k + 1) * self.h + self.w
 
     def fold(self, d: list[Any], t: int, fields: tuple[Any, ...]) -> int | None:
-        """Add one event to its tile, any tile (the general, slow path: :mod:`freshet.engine.hotpath`
-        inlines the open-tile cases); returns the group's new oldest boundary if it changed."""
+        """Add one event to its tile, any tile (the general, slow path:
+        :mod:`freshet.engine.hotpath` inlines the open-tile cases); returns the group's new oldest
+        boundary if it changed."""
         # Convert the sums first: switching to the fine scale rewrites every tile.
         floats = [self.scaled(d, fields[index]) for _, index in self.float_sums]
         self.seal(d)

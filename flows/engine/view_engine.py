@@ -26,8 +26,9 @@ Implements ``../shared/DESIGN.md``, section "Window semantics", exactly:
   same ``as_of`` under the ``(as_of, offset)`` tie-break.
 
 Cost per event does not grow with ``W/h``: the tile state and its generic operations are in
-:mod:`freshet.engine.tiles` (running totals, monotonic queues, value -> tile-count maps, cached sketch
-merges); :mod:`freshet.engine.hotpath` compiles each view's common cases into straight-line code.
+:mod:`freshet.engine.tiles` (running totals, monotonic queues, value -> tile-count maps, cached
+sketch merges); :mod:`freshet.engine.hotpath` compiles each view's common cases into straight-line
+code.
 
 The state of one entity, :class:`EntityState`, is a few ints and one flat list of plain lists,
 dicts and sets (sketches in serial form when pickled), so it pickles small into Bytewax recovery

@@ -11,8 +11,8 @@ Redis served at that event time — and never a value from the future:
 * **Ties**: rows of one entity with the same ``as_of`` are ordered by source ``offset`` (then
   ``partition``), the order the Redis writer's newer-wins check uses, so the join returns the
   row Redis kept. Copies of a row (equal on :data:`freshet.sinks.parquet_log.DEDUPE_KEY`, left by
-  crashes or replays) are the same row and are counted once, as :func:`freshet.sinks.parquet_log.read_log`
-  does.
+  crashes or replays) are the same row and are counted once, as
+  :func:`freshet.sinks.parquet_log.read_log` does.
 * **Nulls**: an entity absent from the log, a timestamp before the entity's first row, and a
   null entity or timestamp give nulls for that view's features.
 * **TTL** (DESIGN "Online store": the reader reports ``expired``, with null values, when
@@ -111,8 +111,8 @@ def parse_feature_specs(
     """``"card_txn:txn_count_5m,card_txn:amount_sum_1h,other:*"`` -> one request per view.
 
     ``view:*`` asks for all of a view's features. Views keep the order of first mention;
-    ``resolve`` maps a view name to its definition (``freshet.dsl.registry.get_view``) and raises for
-    unknown names.
+    ``resolve`` maps a view name to its definition (``freshet.dsl.registry.get_view``) and raises
+    for unknown names.
     """
     items = [specs] if isinstance(specs, str) else list(specs)
     wanted: dict[str, list[str]] = {}

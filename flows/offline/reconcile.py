@@ -29,8 +29,9 @@ compared by their ``(as_of, offset)`` version). Every kind but ``match``, ``expi
 ===================  ===========================================================================
 
 ``missing_online``/``online_stale`` and ``values_differ`` are repaired by :func:`reconcile`,
-which writes each entity's latest log row through :class:`freshet.sinks.redis_store.RedisFeatureWriter`
-(newer-wins: a value newer in Redis is never replaced; rows already expired are skipped).
+which writes each entity's latest log row through
+:class:`freshet.sinks.redis_store.RedisFeatureWriter` (newer-wins: a value newer in Redis is never
+replaced; rows already expired are skipped).
 
 Rows in flight
 --------------

@@ -8,8 +8,8 @@
   frozen ``KafkaSourceMessage``: 3.9-5.7 µs per record, more than decoding it).
 * :class:`RedisSink` — a ``FixedPartitionedSink`` (one partition per worker in ``freshet
   run``): each partition hands its rows to a writer thread doing pipelined newer-wins writes
-  (``freshet.sinks.redis_store.RedisFeatureWriter``, which retries with backoff and never drops rows)
-  of each entity's newest row, then records write latency and freshness (Kafka timestamp ->
+  (``freshet.sinks.redis_store.RedisFeatureWriter``, which retries with backoff and never drops
+  rows) of each entity's newest row, then records write latency and freshness (Kafka timestamp ->
   write done). Its ``snapshot`` waits for the queue, so an epoch is committed only once its
   rows are in Redis.
 * :class:`ParquetSink` — a ``FixedPartitionedSink``: each partition is a
@@ -18,7 +18,8 @@
   so after a crash + resume no row is lost and none is on disk twice. Commits run on the
   writer's thread, so a commit of tens of thousands of rows does not hold the flow (and its
   Redis writes) for a quarter of a second; only a snapshot with recovery waits for them.
-* :class:`DeadLetterSink` — per worker, ``freshet.stream.deadletter.DeadLetterProducer``; flushes each
+* :class:`DeadLetterSink` — per worker, ``freshet.stream.deadletter.DeadLetterProducer``; flushes
+each
   batch before returning, so a dead letter is on the broker before the epoch that produced it
   can be snapshotted (at-least-once, never lost). Late letters, which the engine built from
   decoded events, first get their source records' bytes back (``SourceRecords``).

@@ -128,9 +128,9 @@ def late_letter(
 ) -> DeadLetter:
     """A dead letter for a decoded event the engine refused as late.
 
-    ``event`` is a ``freshet.decode.decoder`` event ``(entity, event_time_ms, fields, partition, offset,
-    kafka_timestamp_ms)``. Without the raw ``value``, the event is re-encoded as JSON (entity,
-    event time and input fields) and marked with ``freshet.value.encoding: decoded-json``.
+    ``event`` is a ``freshet.decode.decoder`` event ``(entity, event_time_ms, fields, partition,
+    offset, kafka_timestamp_ms)``. Without the raw ``value``, the event is re-encoded as JSON
+    (entity, event time and input fields) and marked with ``freshet.value.encoding: decoded-json``.
     ``topic`` is the topic the event was read from, if not the view's own source topic.
     """
     entity, event_time_ms, fields, partition, offset, _ = event

@@ -190,7 +190,9 @@ def test_unwritable_offline_dir_stops_the_flow_clearly_and_a_restart_after_the_f
     # second error while Bytewax unwinds used to abort the process with a Rust backtrace and
     # no Python error at all).
     assert code == 1, failed[-3000:]
-    assert "ERROR freshet.stream.connectors: cannot write the offline log of view 'card_txn'" in failed
+    assert "ERROR freshet.stream.connectors: cannot write the offline log of view 'card_txn'" in (
+        failed
+    )
     assert "PermissionError: [Errno 13] Permission denied" in failed, failed[-3000:]
     assert str(view_dir) in failed, failed[-3000:]
     assert again_code == 1

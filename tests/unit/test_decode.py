@@ -1,4 +1,5 @@
-"""freshet.decode.decoder: Kafka records of a view's source -> engine events, bad records -> dead letters."""
+"""freshet.decode.decoder: Kafka records of a view's source -> engine events, bad records -> dead
+letters."""
 
 from __future__ import annotations
 

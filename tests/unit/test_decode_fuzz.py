@@ -6,8 +6,8 @@ The demo views' real decoders (``decoder_for(card_txn)``: schemaless Avro of
 ``schemas/transaction.avsc``; ``card_txn_json``: JSON checked against the same schema) are fed
 batches of: arbitrary bytes, tombstones, valid records with bytes flipped / cut / inserted /
 repeated, JSON with random values in each field, and JSON texts with random edits; the reader
-generated for flat Avro schemas (``freshet.decode.avro_reader``) must read exactly what fastavro reads
-(same values and end offset, or a refusal). Hypothesis
+generated for flat Avro schemas (``freshet.decode.avro_reader``) must read exactly what fastavro
+reads (same values and end offset, or a refusal). Hypothesis
 shrinks any failure to a minimal record. (``tests/chaos/fuzz_decode_atheris.py`` runs the same
 checks under coverage-guided atheris, outside CI.)
 """

@@ -233,7 +233,7 @@ def test_shard_groups_take_entities_with_lone_surrogates() -> None:
 def test_the_c_extension_is_built() -> None:
     if decode._fastdecode is None:
         pytest.fail(
-            "freshet.decode._fastdecode is not built: `pip install -e .` needs a C compiler and Python "
-            "headers (the flow then decodes ~2.5x faster)"
+            "freshet.decode._fastdecode is not built: `pip install -e .` needs a C compiler and "
+            "Python headers (the flow then decodes ~2.5x faster)"
         )
     assert CARD[0]._fast is not None

@@ -1,5 +1,5 @@
-"""freshet.offline.historical: the point-in-time join equals a brute-force as-of lookup, never leaks the
-future, keeps input rows/labels/order, and `freshet historical` writes Parquet or CSV."""
+"""freshet.offline.historical: the point-in-time join equals a brute-force as-of lookup, never leaks
+the future, keeps input rows/labels/order, and `freshet historical` writes Parquet or CSV."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Kafka clients (``freshet.stream.kafka_clients``): librdkafka's log rate-limited through Python logging,
-transient consumer errors retried, every client made by the one factory; and the one-line
+"""Kafka clients (``freshet.stream.kafka_clients``): librdkafka's log rate-limited through Python
+logging, transient consumer errors retried, every client made by the one factory; and the one-line
 report of ``freshet.cli.main``. No broker: the clients are never connected."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""freshet.sinks.parquet_log: immutable segments on disk, each row exactly once through the reader."""
+"""freshet.sinks.parquet_log: immutable segments on disk, each row exactly once through the
+reader."""
 
 from __future__ import annotations
 

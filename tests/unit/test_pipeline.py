@@ -1,4 +1,5 @@
-"""freshet.stream.pipeline: the dataflow wired end to end in-process (TestingSource in, Parquet + lists out).
+"""freshet.stream.pipeline: the dataflow wired end to end in-process (TestingSource in, Parquet +
+lists out).
 
 The flow's rows are checked against ``ViewEngine`` run directly over each entity's events: the
 wiring (decode, sharding, timers, sinks, snapshots) must neither lose, duplicate nor reorder
