@@ -66,27 +66,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from freshet.dsl.definitions import Aggregation, DefinitionError, FeatureView, parse_duration
 from freshet.dsl.registry import get_view
 from freshet.sinks.parquet_log import log_dir, segment_paths
-from freshet.sinks.settings import Settings
-from freshet.stream.shutdown import STOP, block_stop_signals
 
 __all__ = [
     "DEFAULT_GRACE_MS",
@@ -99,7 +90,6 @@ __all__ = [
     "PartitionProgress",
     "ReplayJob",
     "Tally",
-    "Workers",
     "history_ms",
     "iso_time",
     "parse_grace",
@@ -108,7 +98,6 @@ __all__ = [
     "previous_segments",
     "range_lock",
     "read_progress",
-    "run_replay",
     "writer_prefix",
 ]
 
@@ -567,212 +556,3 @@ class ReplayJob:
         if view.source.topic != self.plan.topic:
             view = replace(view, source=replace(view.source, topic=self.plan.topic))
         return view
-
-
-def run_replay(
-    job: ReplayJob,
-    settings: Settings,
-    *,
-    workdir: Path | None = None,
-    process_id: int | None = None,
-    addresses: Sequence[str] | None = None,
-) -> Tally:
-    """Replay ``job`` in this process (one Bytewax worker; a cluster member with
-    ``process_id``/``addresses``); returns what it did. Progress goes to ``workdir``."""
-    from bytewax.run import cli_main
-    from freshet.backfill.replay import BackfillIO
-    from freshet.stream.pipeline import FlowOptions, build_flow
-
-    view = job.view()
-    tally = Tally()
-    io = BackfillIO(job=job, settings=settings, tally=tally, workdir=workdir)
-    options = FlowOptions(
-        shards=job.shards,
-        persist_state=False,
-        late_to_dead_letters=True,  # counted by the backfill's own sink, never produced
-        flush_until_ms=job.plan.to_ms,
-        clock_offset_ms=0,  # constant offsets cannot change rows; see the module docstring
-        schema_registry_url=settings.schema_registry_url,
-    )
-    flow = build_flow([view], io, options, flow_id=f"freshet-backfill-{view.name}")
-    cli_main(  # type: ignore[no-untyped-call]
-        flow,
-        workers_per_process=1,
-        process_id=process_id,
-        addresses=list(addresses) if addresses else None,
-        epoch_interval=timedelta(seconds=job.epoch_seconds),
-        recovery_config=None,
-    )
-    # From the first record read to every row written: the replay's own time, without the
-    # process and Bytewax start-up.
-    if tally.first_record_at is not None:
-        tally.seconds = time.perf_counter() - tally.first_record_at
-    if STOP.requested:
-        tally.stopped_by = STOP.reason
-    if workdir is not None:
-        _write_atomic(workdir / f"tally-{process_id or 0}.json", json.dumps(tally.to_json()))
-    return tally
-
-
-def worker_main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of a spawned worker: ``JOB_FILE WORKDIR PROCESS_ID ADDRESSES``."""
-    job_file, workdir, process_id, addresses = list(sys.argv[1:] if argv is None else argv)
-    _die_with_parent()
-    STOP.install()  # the parent forwards its signals: stop reading, commit what was read
-    job = ReplayJob.from_json(json.loads(Path(job_file).read_text()))
-    run_replay(
-        job,
-        Settings.from_env(),
-        workdir=Path(workdir),
-        process_id=int(process_id),
-        addresses=addresses.split(";"),
-    )
-
-
-def _die_with_parent() -> None:
-    """Get SIGKILL when the parent ``freshet backfill`` dies (Linux), so no worker outlives it."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class Workers:
-    """The worker processes of one backfill run (a Bytewax cluster), spawned and watched.
-
-    ``poll()`` returns None while they run, else the first failing exit code or 0; ``stop()``
-    ends them (SIGTERM, then SIGKILL). A context manager: leaving it stops what still runs.
-    """
-
-    def __init__(
-        self, job: ReplayJob, *, workdir: Path, env: Mapping[str, str] | None = None
-    ) -> None:
-        self.workdir = workdir
-        job_file = workdir / "job.json"
-        job_file.write_text(json.dumps(job.to_json()))
-        addresses = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(job.workers))
-        entry = "from freshet.backfill.plan import worker_main; worker_main()"
-        self._logs = [open(workdir / f"worker-{i}.log", "wb") for i in range(job.workers)]  # noqa: SIM115 - closed in stop()
-        self._procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", entry, str(job_file), str(workdir), str(i), addresses],
-                env=dict(os.environ if env is None else env),
-                stdout=self._logs[i],
-                stderr=subprocess.STDOUT,
-                # Their own process group: a Ctrl-C in the terminal reaches them once, through
-                # the parent's handler (a second signal means "exit at once").
-                process_group=0,
-                preexec_fn=block_stop_signals,
-            )
-            for i in range(job.workers)
-        ]
-
-    def poll(self) -> int | None:
-        codes = [p.poll() for p in self._procs]
-        failed = [c for c in codes if c not in (None, 0)]
-        if failed:
-            return failed[0]
-        if all(c == 0 for c in codes):
-            return 0
-        return None
-
-    def failure(self) -> str:
-        """The tail of the first failed worker's output."""
-        for i, proc in enumerate(self._procs):
-            if proc.poll() not in (None, 0):
-                text = (self.workdir / f"worker-{i}.log").read_text(errors="replace")
-                return f"worker {i} exited with {proc.returncode}:\n{text[-3000:]}"
-        return "no worker failed"
-
-    def signal(self, signum: int) -> None:
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.send_signal(signum)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.signal(signal.SIGTERM)
-        for proc in self._procs:
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for log in self._logs:
-            log.close()
-
-    def tallies(self) -> Tally:
-        parts = []
-        for path in sorted(self.workdir.glob("tally-*.json")):
-            parts.append(json.loads(path.read_text()))
-        return Tally.merge(parts)
-
-    def __enter__(self) -> Workers:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def run_backfill(
-    job: ReplayJob,
-    settings: Settings,
-    *,
-    on_progress: Callable[[dict[int, PartitionProgress]], None] | None = None,
-    poll_s: float = 0.2,
-    timeout_s: float | None = None,
-) -> Tally:
-    """Run ``job`` to the end in ``job.workers`` processes and replace the segments earlier
-    runs of the same range wrote; returns the summed tally. Raises :class:`BackfillFailed`."""
-    plan = job.plan
-    root = settings.offline_dir
-    if plan.messages == 0:
-        return Tally()  # no events, no state: nothing to write
-    with range_lock(root, plan), tempfile.TemporaryDirectory(prefix="freshet-backfill-") as tmp:
-        earlier = previous_segments(root, plan)
-        workdir = Path(tmp)
-        started = time.monotonic()
-        with Workers(job, workdir=workdir) as workers:
-
-            def forward(signum: int, _frame: Any) -> None:
-                # First signal: the workers stop reading and commit what they read. A second
-                # one, forwarded too, ends them at once (and this run with their exit code).
-                STOP.request(signal.Signals(signum).name)
-                workers.signal(signum)
-
-            previous_handlers = (
-                {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-                if threading.current_thread() is threading.main_thread()
-                else {}
-            )
-            try:
-                while (code := workers.poll()) is None:
-                    if on_progress is not None:
-                        on_progress(read_progress(workdir))
-                    if timeout_s is not None and time.monotonic() - started > timeout_s:
-                        raise BackfillFailed(f"the replay did not finish in {timeout_s:g} s")
-                    time.sleep(poll_s)
-            finally:
-                for s, handler in previous_handlers.items():
-                    signal.signal(s, handler)
-            if code != 0:
-                raise BackfillFailed(workers.failure())
-            if on_progress is not None:
-                on_progress(read_progress(workdir))
-            tally = workers.tallies()
-        if STOP.requested or tally.stopped_by:
-            # Part of the range (this process or a worker was signalled): keep the earlier
-            # runs' segments (the reader dedupes the rows both hold); running the same
-            # backfill again completes the range.
-            tally.stopped_by = tally.stopped_by or STOP.reason
-            return tally
-        for path in earlier:
-            path.unlink(missing_ok=True)
-        return tally

@@ -1,4 +1,6 @@
-"""The Bytewax IO of a backfill replay (:class:`BackfillIO`, a ``freshet.stream.pipeline.FlowIO``).
+"""One process of a backfill: :func:`run_replay` (:func:`worker_main` when spawned by
+:mod:`freshet.backfill.runner`) runs the live flow over the plan's offsets with this IO
+(:class:`BackfillIO`, a ``freshet.stream.pipeline.FlowIO``):
 
 * :class:`ReplaySource` — one partition per Kafka partition of the plan, read with ``assign``
   (no consumer group, no commits) from its start offset up to, not including, its end offset;
@@ -16,9 +18,14 @@ Bytewax.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import signal
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,7 @@ from confluent_kafka import KafkaError, TopicPartition
 from freshet.backfill.plan import _CONSUMER_CONFIG, PartitionPlan, ReplayJob, Tally, writer_prefix
 from freshet.decode.decoder import RawMessage
 from freshet.dsl.definitions import FeatureView
+from freshet.sinks.durable import write_durably
 from freshet.sinks.parquet_log import WriterState
 from freshet.sinks.redis_store import RedisFeatureWriter, connect
 from freshet.sinks.rows import Row
@@ -43,7 +51,7 @@ from freshet.stream.deadletter import DeadLetter
 from freshet.stream.pipeline import Changes
 from freshet.stream.shutdown import STOP
 
-__all__ = ["BackfillIO", "ReplaySource"]
+__all__ = ["BackfillIO", "ReplaySource", "run_replay", "worker_main"]
 
 _PROGRESS_PERIOD_S = 0.25
 
@@ -299,3 +307,71 @@ class BackfillIO:
 
     def dead_letter_sink(self, view: FeatureView) -> _DeadLetterSink:
         return _DeadLetterSink(self.tally)
+
+
+def run_replay(
+    job: ReplayJob,
+    settings: Settings,
+    *,
+    workdir: Path | None = None,
+    process_id: int | None = None,
+    addresses: Sequence[str] | None = None,
+) -> Tally:
+    """Replay ``job`` in this process (one Bytewax worker; a cluster member with
+    ``process_id``/``addresses``); returns what it did. Progress goes to ``workdir``."""
+    from bytewax.run import cli_main
+    from freshet.stream.pipeline import FlowOptions, build_flow
+
+    view = job.view()
+    tally = Tally()
+    io = BackfillIO(job=job, settings=settings, tally=tally, workdir=workdir)
+    options = FlowOptions(
+        shards=job.shards,
+        persist_state=False,
+        late_to_dead_letters=True,  # counted by the backfill's own sink, never produced
+        flush_until_ms=job.plan.to_ms,
+        clock_offset_ms=0,  # constant offsets cannot change rows; see the module docstring
+        schema_registry_url=settings.schema_registry_url,
+    )
+    flow = build_flow([view], io, options, flow_id=f"freshet-backfill-{view.name}")
+    cli_main(  # type: ignore[no-untyped-call]
+        flow,
+        workers_per_process=1,
+        process_id=process_id,
+        addresses=list(addresses) if addresses else None,
+        epoch_interval=timedelta(seconds=job.epoch_seconds),
+        recovery_config=None,
+    )
+    # From the first record read to every row written: the replay's own time, without the
+    # process and Bytewax start-up.
+    if tally.first_record_at is not None:
+        tally.seconds = time.perf_counter() - tally.first_record_at
+    if STOP.requested:
+        tally.stopped_by = STOP.reason
+    if workdir is not None:
+        write_durably(workdir / f"tally-{process_id or 0}.json", json.dumps(tally.to_json()))
+    return tally
+
+
+def worker_main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of a spawned worker: ``JOB_FILE WORKDIR PROCESS_ID ADDRESSES``."""
+    job_file, workdir, process_id, addresses = list(sys.argv[1:] if argv is None else argv)
+    _die_with_parent()
+    STOP.install()  # the parent forwards its signals: stop reading, commit what was read
+    job = ReplayJob.from_json(json.loads(Path(job_file).read_text()))
+    run_replay(
+        job,
+        Settings.from_env(),
+        workdir=Path(workdir),
+        process_id=int(process_id),
+        addresses=addresses.split(";"),
+    )
+
+
+def _die_with_parent() -> None:
+    """Get SIGKILL when the parent ``freshet backfill`` dies (Linux), so no worker outlives it."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

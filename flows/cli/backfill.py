@@ -22,8 +22,8 @@ from freshet.backfill.plan import (
     parse_grace,
     parse_time,
     plan_backfill,
-    run_backfill,
 )
+from freshet.backfill.runner import run_backfill
 from freshet.dsl.definitions import FeatureView
 from freshet.dsl.registry import UnknownViewError, get_view
 from freshet.sinks.settings import Settings
