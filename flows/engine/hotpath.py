@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import copy
 from bisect import insort_right
+from collections.abc import Callable
+from dataclasses import dataclass
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from freshet.engine.aggregations import EXACT_DISTINCT_LIMIT
 from freshet.engine.tiles import (
@@ -36,31 +38,46 @@ from freshet.engine.tiles import (
     OUT_SUM,
     TWO_64,
     DistinctColumn,
+    LifetimeFeatures,
     MaxColumn,
     MinColumn,
+    WindowGroup,
     to_coarse,
 )
 from freshet.sinks.rows import Row
 
-if TYPE_CHECKING:
-    from freshet.engine.view_engine import ViewEngine
+__all__ = ["HotPathPlan", "compile_hot_path"]
 
-__all__ = ["compile_hot_path"]
+
+@dataclass(frozen=True, kw_only=True)
+class HotPathPlan:
+    """What the compiler reads of a view's engine: its layout and the two callbacks the
+    generated code calls (the engine's clock and its slow path for pending events)."""
+
+    name: str
+    input_fields: tuple[str, ...]  # the view's fields, in the events' order
+    lateness: int  # ms
+    width: int  # features per row
+    groups: tuple[WindowGroup, ...]
+    lifetime: LifetimeFeatures | None
+    clock: Callable[[], int]
+    fold_pending: Callable[..., None]
+
 
 _new_row = tuple.__new__
 _by_time = itemgetter(0)
 
 
-def compile_hot_path(engine: ViewEngine) -> dict[str, Any]:
+def compile_hot_path(plan: HotPathPlan) -> dict[str, Any]:
     """Generate and compile the view's hot path; returns its namespace (and ``__source__``)."""
     env: dict[str, Any] = {
         "Row": Row, "new_row": _new_row, "insort": insort_right, "by_time": _by_time,
-        "clock": engine._clock, "fold_pending": engine._fold_pending,
+        "clock": plan.clock, "fold_pending": plan.fold_pending,
         "NEVER": NEVER, "COARSE": COARSE, "TWO_64": TWO_64, "INV_TWO_64": INV_TWO_64,
-        "FINE_SCALE": FINE_SCALE, "LIMIT": EXACT_DISTINCT_LIMIT, "VIEW": engine._name,
-        "LATENESS": engine._lateness, "WIDTH": engine._width, "to_coarse": to_coarse,
+        "FINE_SCALE": FINE_SCALE, "LIMIT": EXACT_DISTINCT_LIMIT, "VIEW": plan.name,
+        "LATENESS": plan.lateness, "WIDTH": plan.width, "to_coarse": to_coarse,
     }  # fmt: skip
-    prelude, exprs = _value_exprs(engine, env)
+    prelude, exprs = _value_exprs(plan, env)
     late = ["        return None"]
     batch_late = ["        late.append(event)", "        continue"]
     batch_emit = [
@@ -74,7 +91,7 @@ def compile_hot_path(engine: ViewEngine) -> dict[str, Any]:
     emit = ["    if exp is None:", "        return [row]", "    exp.append(row)", "    return exp"]
     src = [
         "def apply(st, entity, t, fields, partition, offset):",
-        *_apply_body(engine, env, prelude, exprs, late, emit),
+        *_apply_body(plan, env, prelude, exprs, late, emit),
         "",
         "def apply_batch(states, events, missing, rows, kafka_ts, late, touched):",
         "    get = states.get",
@@ -85,13 +102,13 @@ def compile_hot_path(engine: ViewEngine) -> dict[str, Any]:
         "        st = get(entity)",
         "        if st is None:",
         "            st = missing(entity)",
-        *_indent(_apply_body(engine, env, prelude, exprs, batch_late, batch_emit)),
+        *_indent(_apply_body(plan, env, prelude, exprs, batch_late, batch_emit)),
         "",
         "def fold(st, t, fields, partition, offset):",
-        *_coarse_sums(engine, env),
+        *_coarse_sums(plan, env),
         "    nb = st.nb",
         "    d = st.d",
-        *_compile_fold(engine, env),
+        *_compile_fold(plan, env),
         "",
         "def values(d):",
         *prelude,
@@ -100,17 +117,17 @@ def compile_hot_path(engine: ViewEngine) -> dict[str, Any]:
         "    )",
         "",
     ]
-    src += _compile_values_at(engine, env)
-    src += _compile_expire(engine, env)
-    src += _compile_new_d(engine, env)
+    src += _compile_values_at(plan, env)
+    src += _compile_expire(plan, env)
+    src += _compile_new_d(plan, env)
     source = "\n".join(src)
-    exec(compile(source, f"<freshet engine {engine._name}>", "exec"), env)
+    exec(compile(source, f"<freshet engine {plan.name}>", "exec"), env)
     env["__source__"] = source
     return env
 
 
 def _apply_body(
-    engine: ViewEngine,
+    plan: HotPathPlan,
     env: dict[str, Any],
     prelude: list[str],
     exprs: list[str],
@@ -124,7 +141,7 @@ def _apply_body(
         "    wm = st.wm",
         "    if t < wm:",
         *late,
-        *_coarse_sums(engine, env),
+        *_coarse_sums(plan, env),
         "    max_t = st.max_t",
         "    if t > max_t:",
         "        st.max_t = max_t = t",
@@ -149,7 +166,7 @@ def _apply_body(
         " partition, offset))",
         "    else:",
         "        d = st.d",
-        *_indent(_compile_fold(engine, env)),
+        *_indent(_compile_fold(plan, env)),
         "        if pending or (nb is not None and nb <= max_t):",
         "            row = new_row(Row, (VIEW, entity, max_t, values_at(st, max_t, pending),"
         " partition, offset))",
@@ -162,12 +179,12 @@ def _apply_body(
     ]
 
 
-def _compile_new_d(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
+def _compile_new_d(plan: HotPathPlan, env: dict[str, Any]) -> list[str]:
     """``new_d()``: a new entity's flat state as one list display (fresh lists and dicts;
     other mutable partials are deep copies of a template's)."""
-    template = [slot for g in engine._groups for slot in g.new_state()]
-    if engine._lifetime is not None:
-        template += engine._lifetime.new_state()
+    template = [slot for g in plan.groups for slot in g.new_state()]
+    if plan.lifetime is not None:
+        template += plan.lifetime.new_state()
     env["TEMPLATE"] = template
     env["deepcopy"] = copy.deepcopy
     items = []
@@ -185,13 +202,13 @@ def _indent(lines: list[str]) -> list[str]:
     return ["    " + line if line else line for line in lines]
 
 
-def _coarse_sums(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
+def _coarse_sums(plan: HotPathPlan, env: dict[str, Any]) -> list[str]:
     """Lines binding ``f<i>`` and ``n<i>``, each summed double and its value at the coarse sum
     scale (None if off it), and refusing, before any state changes, a NaN or infinite one
     (exact sums cannot hold them; the decoder should dead-letter such events)."""
-    names = engine.view.input_fields
+    names = plan.input_fields
     src = []
-    for i in sorted({i for g in engine._groups for _, i in g.float_sums}):
+    for i in sorted({i for g in plan.groups for _, i in g.float_sums}):
         env["not_finite"] = _not_finite
         src += [
             f"    f{i} = fields[{i}]",
@@ -215,22 +232,22 @@ def _not_finite(view: str, field: str, value: float) -> None:
     )
 
 
-def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
+def _compile_fold(plan: HotPathPlan, env: dict[str, Any]) -> list[str]:
     """Lines folding event ``t, fields`` into every tile and lifetime partial, in place
     (``st``, ``d = st.d`` and ``nb`` in scope; ``nb`` is stored back to ``st.nb``)."""
     fields = sorted(
-        {i for g in engine._groups for _, i in g.int_sums + g.float_sums}
-        | {c.field for g in engine._groups for c in g.columns}
-        | ({i for i in engine._lifetime.fields if i >= 0} if engine._lifetime else set())
+        {i for g in plan.groups for _, i in g.int_sums + g.float_sums}
+        | {c.field for g in plan.groups for c in g.columns}
+        | ({i for i in plan.lifetime.fields if i >= 0} if plan.lifetime else set())
     )
-    float_fields = sorted({i for g in engine._groups for _, i in g.float_sums})
+    float_fields = sorted({i for g in plan.groups for _, i in g.float_sums})
     src = [
         "    if offset >= st.foff:",
         "        st.foff = offset",
         "        st.fpart = partition",
     ]
     src += [f"    f{i} = fields[{i}]" for i in fields if i not in float_fields]
-    for g, group in enumerate(engine._groups):
+    for g, group in enumerate(plan.groups):
         env[f"G{g}"] = group
         h, w, o, kix = group.h, group.w, group.o, group.kix
         src += [f"    # window {w} ms, hop {h} ms: d[{o}:{o + group.size}], open tile at {kix}"]
@@ -350,8 +367,8 @@ def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
             "                nb = b",
         ]
     src += ["    st.nb = nb"]
-    if engine._lifetime is not None:
-        lifetime = engine._lifetime
+    if plan.lifetime is not None:
+        lifetime = plan.lifetime
         for i, (agg, index, is_last, x) in enumerate(
             zip(lifetime.aggs, lifetime.fields, lifetime.is_last, lifetime.slots, strict=True)
         ):
@@ -369,12 +386,12 @@ def _compile_fold(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
     return src
 
 
-def _value_exprs(engine: ViewEngine, env: dict[str, Any]) -> tuple[list[str], list[str]]:
+def _value_exprs(plan: HotPathPlan, env: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Every feature read off the running state (no pending event, no tile older than the
     window): prelude lines over ``d``, and one expression per feature."""
     src: list[str] = []
     exprs: dict[int, str] = {}
-    for g, group in enumerate(engine._groups):
+    for g, group in enumerate(plan.groups):
         o = group.o
         count = f"d[{o + 2}]"
         for position, kind, index, arg in group.outputs:
@@ -407,8 +424,8 @@ def _value_exprs(engine: ViewEngine, env: dict[str, Any]) -> tuple[list[str], li
                     exprs[position] = f"(n{position} if n{position} is not None else {slow})"
                 else:
                     exprs[position] = slow
-    if engine._lifetime is not None:
-        lifetime = engine._lifetime
+    if plan.lifetime is not None:
+        lifetime = plan.lifetime
         for i, (agg, position, is_last, x) in enumerate(
             zip(lifetime.aggs, lifetime.positions, lifetime.is_last, lifetime.slots, strict=True)
         ):
@@ -417,7 +434,7 @@ def _value_exprs(engine: ViewEngine, env: dict[str, Any]) -> tuple[list[str], li
     return src, [exprs[p] for p in sorted(exprs)]
 
 
-def _compile_values_at(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
+def _compile_values_at(plan: HotPathPlan, env: dict[str, Any]) -> list[str]:
     """``values_at(st, as_of, pending)``: the event row's values when events are pending or
     tiles older than the window are still held; groups in a rare state (fine sum scale, sketch
     mode, a pending value off the coarse scale) go through ``WindowGroup.values``."""
@@ -428,7 +445,7 @@ def _compile_values_at(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
         "    d = st.d",
         "    out = [None] * WIDTH",
     ]
-    for g, group in enumerate(engine._groups):
+    for g, group in enumerate(plan.groups):
         env[f"G{g}"] = group
         h, n, o = group.h, group.n, group.o
         rare = []
@@ -530,8 +547,8 @@ def _compile_values_at(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
                         f"            G{g}.unseal(d)",
                         f"        out[{position}] = distinct",
                     ]
-    if engine._lifetime is not None:
-        lifetime = engine._lifetime
+    if plan.lifetime is not None:
+        lifetime = plan.lifetime
         for i, (agg, index, position, is_last, x) in enumerate(
             zip(
                 lifetime.aggs, lifetime.fields, lifetime.positions, lifetime.is_last,
@@ -559,7 +576,7 @@ def _compile_values_at(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
     return src
 
 
-def _compile_expire(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
+def _compile_expire(plan: HotPathPlan, env: dict[str, Any]) -> list[str]:
     """``expire(st, entity, rows)``: emit every boundary below the watermark, in order, folding
     pending events as the boundaries pass them (see ``ViewEngine.advance``)."""
     src = [
@@ -578,7 +595,7 @@ def _compile_expire(engine: ViewEngine, env: dict[str, Any]) -> list[str]:
         "            return",
         "        following = None",
     ]
-    for g, group in enumerate(engine._groups):
+    for g, group in enumerate(plan.groups):
         h, w, o = group.h, group.w, group.o
         kix = group.kix
         env[f"G{g}"] = group

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from freshet.dsl.definitions import Aggregation, Feature, FeatureView
-from freshet.engine.hotpath import compile_hot_path
+from freshet.engine.hotpath import HotPathPlan, compile_hot_path
 from freshet.engine.tiles import NEVER, LifetimeFeatures, Pending, WindowGroup
 from freshet.sinks.rows import Row
 
@@ -232,7 +232,18 @@ class ViewEngine:
             offset += groups[-1].size
         self._groups = tuple(groups)
         self._lifetime = LifetimeFeatures(lifetime, view, offset) if lifetime else None
-        compiled = compile_hot_path(self)
+        compiled = compile_hot_path(
+            HotPathPlan(
+                name=self._name,
+                input_fields=view.input_fields,
+                lateness=self._lateness,
+                width=self._width,
+                groups=self._groups,
+                lifetime=self._lifetime,
+                clock=clock,
+                fold_pending=self._fold_pending,
+            )
+        )
         self._apply: Callable[..., list[Row] | None] = compiled["apply"]
         self.apply = self._apply  # type: ignore[method-assign]
         self.apply_batch = compiled["apply_batch"]  # type: ignore[method-assign]
