@@ -12,12 +12,11 @@ A Lookup is ``{"view", "entity", "found", "as_of", "age_ms", "features": {name: 
 ``MAX_BATCH`` (1,000) entities (413 beyond, and for bodies over 1 MiB). Each request makes one
 Redis round trip (one ``MGET``).
 
-Why a plain ASGI callable and not Starlette: measured with wrk at c=8 on this machine (uvicorn,
-one worker), the same handler answered ~7,100 requests/s bare and ~4,400 through Starlette's
-routing, request and response objects; the app needs six fixed routes, so the router is a path
-split. ``freshet serve`` runs it on uvicorn (least CPU per lookup: ~80 µs at c=8 against
-~100 µs on granian) or, with ``--server granian``, on granian (more lookups/s at c>=32 when a
-core is spare); see ``tests/bench/serving/bench_serving.py``.
+Why a plain ASGI callable and not Starlette: the same handler answers more requests per second
+bare than through Starlette's routing, request and response objects, and the app needs six
+fixed routes, so the router is a path split. ``freshet serve`` runs it on uvicorn (least CPU
+per lookup) or, with ``--server granian``, on granian (more lookups/s at high concurrency when
+a core is spare). Figures and how to reproduce them: ``tests/bench/README.md``.
 
 Errors are :class:`freshet.serving.errors.HttpError` (and ``freshet.serving.auth.AuthError``) turned
 into JSON; anything else is logged with its traceback and answered 500 "internal error", never
@@ -426,17 +425,20 @@ def _version() -> str:
 
 
 def create_app(
-    settings: Settings | None = None, *, multiprocess_dir: str | None = None
+    settings: Settings | None = None,
+    *,
+    api_keys: ApiKeys | None = None,
+    multiprocess_dir: str | None = None,
 ) -> FeatureApp:
-    """The endpoint for the registered views, Redis and API keys of ``settings``
-    (default: read from the environment)."""
+    """The endpoint for the registered views, the Redis of ``settings`` and ``api_keys``
+    (default: both read from the environment)."""
     settings = settings or Settings.from_env()
     layouts = {view.name: view.layout() for view in all_views()}
     return FeatureApp(
         layouts=layouts,
         views_doc=views_json(),
         redis_client=_redis_client(settings.redis_url),
-        api_keys=ApiKeys.parse(settings.api_keys),
+        api_keys=api_keys if api_keys is not None else ApiKeys.from_env(),
         multiprocess_dir=multiprocess_dir,
     )
 

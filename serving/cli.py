@@ -56,7 +56,7 @@ def serve(
 
     settings = Settings.from_env()
     try:
-        ApiKeys.parse(settings.api_keys)
+        ApiKeys.from_env()
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="FRESHET_API_KEYS") from exc
     try:

@@ -198,11 +198,10 @@ def test_the_endpoint_authenticates_to_redis_and_selects_the_urls_database(
 
 
 def test_api_keys_scope_views_on_a_real_server(redis_url: str) -> None:
-    settings = Settings.from_env(
-        {"FRESHET_REDIS_URL": redis_url, "FRESHET_API_KEYS": "k_card:card_txn;k_all:*"}
-    )
+    env = {"FRESHET_REDIS_URL": redis_url, "FRESHET_API_KEYS": "k_card:card_txn;k_all:*"}
+    app = create_app(Settings.from_env(env), api_keys=ApiKeys.from_env(env))
     with (
-        running_server(create_app(settings)) as url,
+        running_server(app) as url,
         Client(url) as anonymous,
         Client(url, api_key="k_card") as card,
         Client(url, api_key="k_all") as admin,
