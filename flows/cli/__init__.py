@@ -38,6 +38,7 @@ _COMMANDS: dict[str, str] = {
     "verify": "freshet.cli.verify:verify",
     "reconcile": "freshet.cli.verify:reconcile",
     "doctor": "freshet.cli.doctor:doctor",
+    "topics": "freshet.cli.topics:topics",
 }
 
 
@@ -76,11 +77,35 @@ class _LazyGroup(click.Group):
 def cli(debug: bool) -> None:
     """freshet: streaming features from Kafka, served fresh from Redis, logged to Parquet.
 
-    Settings come from the environment: FRESHET_KAFKA_BOOTSTRAP (default 127.0.0.1:9092),
-    FRESHET_KAFKA_TIMEOUT (seconds to wait for Kafka at start, default 10),
-    FRESHET_REDIS_URL (default redis://127.0.0.1:6379/0), FRESHET_OFFLINE_DIR (default
-    ./data/offline), FRESHET_API_KEYS (unset: no auth), FRESHET_SCHEMA_REGISTRY_URL (unset:
-    Avro without the Confluent wire format).
+    \b
+    Your own views: write them in a module and name it in FRESHET_VIEWS, then
+      FRESHET_VIEWS=my_views freshet topics create my_view
+      FRESHET_VIEWS=my_views freshet run my_view
+      FRESHET_VIEWS=my_views freshet serve
+
+    \b
+    Environment (read when a command starts; unset: the default in brackets):
+      FRESHET_VIEWS                modules holding your views: dotted names
+                                   importable from the current directory
+                                   (my_views) or .py paths, comma-separated
+                                   [the demo views card_txn, card_txn_json;
+                                   both: freshet.dsl.views,my_views]
+      FRESHET_KAFKA_BOOTSTRAP      Kafka brokers [127.0.0.1:9092]
+      FRESHET_KAFKA_CONFIG_<KEY>   any librdkafka setting (_ becomes .), e.g.
+                                   FRESHET_KAFKA_CONFIG_SECURITY_PROTOCOL=SSL
+      FRESHET_KAFKA_TIMEOUT        seconds to wait for Kafka at start [10]
+      FRESHET_REDIS_URL            Redis [redis://127.0.0.1:6379/0]; rediss://
+                                   for TLS, ?cluster=true for Redis Cluster
+      FRESHET_OFFLINE_DIR          the Parquet feature log [./data/offline]
+      FRESHET_SCHEMA_REGISTRY_URL  schema registry of Avro views [none]
+      FRESHET_API_KEYS             serve's keys, key:view_a,view_b;key2:*
+                                   [no auth]
+      FRESHET_DEBUG                1: print tracebacks, as --debug
+      FRESHET_DEV_DIR              data dir of `freshet dev` [<repo>/.freshet]
+      FRESHET_DEV_KAFKA_PORT       its Kafka port [9092]
+      FRESHET_DEV_CONTROLLER_PORT  its KRaft controller port [Kafka's + 1]
+      FRESHET_DEV_REDIS_PORT       its Redis port [6379]
+      FRESHET_FAULT                fault injection of freshet's own tests
 
     An error prints one line and exits non-zero (3: Kafka or Redis unreachable); an unexpected
     one also saves its traceback to a file the line names, or prints it with --debug.

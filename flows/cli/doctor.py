@@ -67,7 +67,10 @@ def _print(findings: list[Finding]) -> None:
 def doctor(
     view_names: tuple[str, ...], workers: int | None, timeout: float, strict: bool, as_json: bool
 ) -> None:
-    """Check that this deployment can run VIEW (default: every registered view).
+    """Check that this deployment can run VIEW (default: every view in use, i.e. those of
+    the FRESHET_VIEWS modules, or the demo views when it is unset).
+
+    A missing topic comes with its fix: `freshet topics create VIEW`.
 
     Kafka (reachable, source and dead-letter topics, partitions), Redis (reachable, cluster
     mode matching the URL, version, maxmemory-policy that could evict feature keys, memory

@@ -40,6 +40,7 @@ import dataclasses
 import importlib.resources
 import json
 import re
+import sys
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -168,8 +169,7 @@ def _avro_field_types(schema_path: Path) -> dict[str, ValueType]:
         schema = json.loads(schema_path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise DefinitionError(
-            f"Source.schema: cannot read {str(schema_path)!r}: {exc.strerror}; "
-            f"schema files live in {str(SCHEMAS_DIR)!r}"
+            f"Source.schema: cannot read {str(schema_path)!r}: {exc.strerror}"
         ) from exc
     except json.JSONDecodeError as exc:
         raise DefinitionError(
@@ -189,18 +189,53 @@ def _avro_field_types(schema_path: Path) -> dict[str, ValueType]:
     return types
 
 
+def _defining_dir() -> Path:
+    """The directory of the module whose code is constructing a definition: the first frame
+    outside this module and ``dataclasses`` (``replace`` calls ``__init__`` from there)."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") in (__name__, "dataclasses"):
+        frame = frame.f_back  # type: ignore[assignment]
+    file = frame.f_globals.get("__file__") if frame is not None else None
+    if not file:  # REPL, notebook, ``python -c``
+        return Path.cwd()
+    return Path(file).resolve().parent
+
+
+def _resolve_schema(schema: str | Path, base_dir: Path) -> Path:
+    path = Path(schema).expanduser()
+    if path.is_absolute():
+        return path
+    tried = [base_dir / path, SCHEMAS_DIR / path]
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    raise DefinitionError(
+        f"Source.schema={str(schema)!r}: no such file; tried {str(tried[0])!r} (beside the "
+        f"module defining the Source) and {str(tried[1])!r} (freshet's shipped schemas); put "
+        "the .avsc file beside your views module or give an absolute path"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """A Kafka topic of events: encoding, Avro schema (it also describes JSON events), event time.
 
-    ``schema`` is a file name in ``schemas/`` or a path; ``schema_path`` is the resolved path.
-    JSON events carry the same fields, with the event time in epoch milliseconds.
+    ``schema`` is a path to an ``.avsc`` file. A relative one is looked for beside the module
+    that defines the Source (``schema="txn.avsc"`` next to ``my_views.py``; the current
+    directory in a REPL or notebook), or in ``base_dir`` when given, then among freshet's
+    shipped schemas (``transaction.avsc``). ``schema_path`` is the resolved path. JSON events
+    carry the same fields, with the event time in epoch milliseconds.
     """
 
     topic: str
     encoding: Encoding
     schema: str | Path
     event_time_field: str
+    # Where a relative ``schema`` is looked for first. Set once, when the Source is defined, so
+    # ``dataclasses.replace(source, topic=…)`` elsewhere (``freshet run --topic``) keeps it.
+    base_dir: Path | str | None = dataclasses.field(
+        default=None, kw_only=True, repr=False, compare=False
+    )
     schema_path: Path = dataclasses.field(init=False)
     field_types: dict[str, ValueType] = dataclasses.field(
         init=False, repr=False, compare=False, hash=False
@@ -217,9 +252,9 @@ class Source:
                 f"Source.encoding={self.encoding!r} is not supported; "
                 f"allowed: {', '.join(_ENCODINGS)}"
             )
-        path = Path(self.schema)
-        if not path.is_absolute():
-            path = SCHEMAS_DIR / path
+        base_dir = _defining_dir() if self.base_dir is None else Path(self.base_dir)
+        object.__setattr__(self, "base_dir", base_dir)
+        path = _resolve_schema(self.schema, base_dir)
         object.__setattr__(self, "schema_path", path)
         types = _avro_field_types(path)
         object.__setattr__(self, "field_types", types)

@@ -10,12 +10,15 @@ new version can be backfilled and verified beside the old one. :func:`get_view` 
 registration order and each name's versions ascending: a mapping built from them by name keeps
 the newest version, as :func:`get_view` does.
 
-Where views come from: the shipped demo views (:mod:`freshet.dsl.views`), then the views of the
-modules named in ``FRESHET_VIEWS`` (comma-separated; a dotted module name such as
-``myteam.features`` or a path to a ``.py`` file). Such a module lists its views in
+Where views come from: the modules named in ``FRESHET_VIEWS`` (comma-separated; a dotted
+module name such as ``my_views`` or ``myteam.features``, importable from the installed packages
+or from the current directory, or a path to a ``.py`` file). Such a module lists its views in
 ``VIEWS`` (a sequence of :class:`FeatureView`) or, without it, every module-level
-``FeatureView`` is taken. They are loaded once, on first use; :func:`register` adds one more
-in-process (tests, notebooks).
+``FeatureView`` is taken. With ``FRESHET_VIEWS`` unset (or empty) the shipped demo views
+(:mod:`freshet.dsl.views`) are registered instead; to have both, name them:
+``FRESHET_VIEWS=freshet.dsl.views,my_views``. So an endpoint or a ``freshet doctor`` of a
+deployment knows its own views only. They are loaded once, on first use; :func:`register` adds
+one more in-process (tests, notebooks).
 
 Errors: :class:`UnknownViewError` (a ``KeyError``) for a name or version that is not
 registered, naming what is; :class:`RegistryError` (a ``ValueError``) for a bad reference, a
@@ -37,7 +40,6 @@ from types import ModuleType
 from typing import Any
 
 from freshet.dsl.definitions import FeatureView
-from freshet.dsl.views import DEMO_VIEWS
 
 __all__ = [
     "VIEWS_ENV",
@@ -105,8 +107,15 @@ class Registry:
             self._views[key] = view
 
     def load(self, environ: Mapping[str, str]) -> None:
-        """Register the views of the modules named in ``environ[FRESHET_VIEWS]``."""
+        """Register the views of the modules named in ``environ[FRESHET_VIEWS]``, or the demo
+        views when it names none."""
         specs = [s.strip() for s in environ.get(VIEWS_ENV, "").split(",") if s.strip()]
+        if not specs:
+            from freshet.dsl.views import DEMO_VIEWS
+
+            for view in DEMO_VIEWS:
+                self.add(view, origin="freshet.dsl.views")
+            return
         for spec in specs:
             try:
                 module = _import(spec)
@@ -161,7 +170,7 @@ class Registry:
         return tuple(dict.fromkeys(name for name, _ in list(self._views)))
 
 
-_REGISTRY = Registry(DEMO_VIEWS, origin="freshet.dsl.views")
+_REGISTRY = Registry()
 _loaded = False
 _load_lock = threading.Lock()
 
@@ -204,7 +213,27 @@ def _import(spec: str) -> ModuleType:
             del sys.modules[name]
             raise
         return module
-    return importlib.import_module(spec)
+    _importable_from_cwd()
+    try:
+        return importlib.import_module(spec)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (spec == exc.name or spec.startswith(f"{exc.name}.")):
+            raise  # the module was found; one of its own imports is missing
+        raise RegistryError(
+            f"{VIEWS_ENV}: no module {spec!r} in the current directory ({os.getcwd()}) or the "
+            f"installed packages; run from the directory holding {spec.split('.')[0]}.py (or "
+            "its package), or name the file: FRESHET_VIEWS=path/to/views.py"
+        ) from exc
+
+
+def _importable_from_cwd() -> None:
+    """Let ``FRESHET_VIEWS=my_views`` find ``./my_views.py`` as ``python -m`` would, also under
+    the ``freshet`` console script (whose ``sys.path[0]`` is its bin directory). Appended, not
+    prepended: an installed package of the same name (``freshet`` itself) still wins."""
+    cwd = os.getcwd()
+    here = {os.path.realpath(p or ".") for p in sys.path}
+    if os.path.realpath(cwd) not in here:
+        sys.path.append(cwd)
 
 
 def load_views(environ: Mapping[str, str] | None = None) -> None:

@@ -1,5 +1,8 @@
 """``freshet doctor``: is this deployment able to run the registered views, and if not, why?
 
+The views are those in use: the modules of ``FRESHET_VIEWS``, or the demo views when it is
+unset (:mod:`freshet.dsl.registry`), or the ones named on the command line.
+
 Two halves, so the judgement is testable without servers:
 
 * **Probes** (:func:`probe_kafka`, :func:`probe_redis`) talk to Kafka and Redis once each and
@@ -192,9 +195,9 @@ def check_topics(
                     check,
                     Level.ERROR,
                     f"source topic {topic!r} of view {view.name!r} does not exist",
-                    f"create it with as many partitions as you plan workers, e.g. "
-                    f"kafka-topics.sh --bootstrap-server {facts.bootstrap} --create "
-                    f"--topic {topic} --partitions 6",
+                    f"`freshet topics create {view.name} --partitions N` creates it and the "
+                    "dead-letter topic, with N (default 3) at least the number of workers "
+                    "you plan",
                 )
             )
         else:
@@ -207,7 +210,7 @@ def check_topics(
                     Level.WARN,
                     f"dead-letter topic {dlq!r} of view {view.name!r} does not exist yet",
                     "`freshet run` creates it (1 partition) when it starts; if its principal "
-                    f"may not create topics, create it: kafka-topics.sh --create --topic {dlq}",
+                    f"may not create topics, create it now: `freshet topics create {view.name}`",
                 )
             )
         else:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,8 +97,11 @@ def test_a_missing_source_topic_is_an_error_with_the_command_that_creates_it() -
     findings = by_check(check_topics(kafka(), [CARD_TXN]))
     source = findings["topic transactions"]
     assert source.level is Level.ERROR
-    assert "kafka-topics.sh --bootstrap-server k:9092 --create --topic transactions" in source.fix
-    assert findings["topic transactions_dlq"].level is Level.WARN  # freshet run creates it
+    assert "`freshet topics create card_txn --partitions N`" in source.fix
+    dlq = findings["topic transactions_dlq"]
+    assert dlq.level is Level.WARN  # freshet run creates it
+    assert "`freshet topics create card_txn`" in dlq.fix
+    assert "kafka-topics.sh --create" not in source.fix + dlq.fix  # not in freshet's stack
 
 
 def test_existing_topics_report_their_partitions() -> None:
@@ -230,3 +236,24 @@ def test_cli_names_the_known_views_for_an_unknown_one() -> None:
     result = CliRunner().invoke(cli, ["doctor", "card_tx"])
     assert result.exit_code == 2
     assert "unknown view 'card_tx'; known: card_txn, card_txn_json" in result.output
+
+
+def test_doctor_knows_only_the_views_in_use_when_freshet_views_names_a_module(
+    tmp_path: Path,
+) -> None:
+    module = tmp_path / "team_views.py"
+    module.write_text(
+        "from dataclasses import replace\n"
+        "from freshet.dsl.views import CARD_TXN\n"
+        "VIEWS = [replace(CARD_TXN, name='team_txn')]\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", "from freshet.cli import main; main()", "doctor", "card_txn"],
+        env={**os.environ, "FRESHET_VIEWS": str(module)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "unknown view 'card_txn'; known: team_txn" in result.stderr
