@@ -8,6 +8,7 @@ lookup through a running endpoint instead (and ``--api-key`` authenticates there
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import time
 from typing import Any
@@ -68,6 +69,11 @@ def serve(
         # any worker reports them all. Set before the workers start (they inherit it).
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="freshet-metrics-")
     click.echo(f"freshet serve: http://{host}:{port}  ({server}, {workers} worker(s))", err=True)
+    # uvicorn handles SIGTERM/SIGINT itself (stops accepting, finishes requests in flight) and
+    # then re-raises the signal to the handler it found: a no-op one here, so a stopped server
+    # exits 0 like every long-running freshet command, not -15.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     if server == "granian":
         _run_granian(host, port, workers, access_log, log_level)
     else:

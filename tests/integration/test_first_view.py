@@ -192,8 +192,8 @@ def test_the_readme_first_view_walkthrough_serves_what_its_events_say(
     assert len(ran) == len(readme_commands(section))
     flow, serve = codes
     assert flow == 0, "SIGTERM stops the flow cleanly"
-    # uvicorn shuts down gracefully, then re-raises the signal it caught (exit status -15).
-    assert serve in (0, -signal.SIGTERM)
+    # SIGTERM stops the endpoint cleanly too: in-flight requests finish, exit 0.
+    assert serve == 0
     assert "Application shutdown complete" in (workdir / "serve.log").read_text()
 
 
