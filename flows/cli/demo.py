@@ -9,14 +9,17 @@ its ``/metrics``. At the end it says how to query the values.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["demo"]
 
 _VIEW = "card_txn"
+DEMO_VIEWS_MODULE = "freshet.dsl.views"
 _FRESHET = [sys.executable, "-c", "import sys; from freshet.cli import main; sys.exit(main())"]
 _FLOW_START_TIMEOUT_S = 60.0
 _DRAIN_S = 3.0  # keep showing after the last record, while the flow catches up
@@ -93,9 +97,29 @@ def _rows_emitted(log_path: Path, start: int) -> int | None:
         return rows_emitted_in(log.read().decode(errors="replace"))
 
 
+# A feature's header is its name on lines of at most this many characters, broken after an
+# underscore: with one space between columns, the demo's 8 columns (ids of 11 characters and
+# values up to 10) fit a terminal of 80 columns with every id and every name whole.
+_HEADER_WIDTH = 9
+
+
+def _header(name: str, width: int = _HEADER_WIDTH) -> str:
+    """``name`` broken after underscores into lines of at most ``width`` characters where it
+    can (``amount_sum_1h`` -> ``amount_`` / ``sum_1h``); the lines joined give the name back."""
+    lines: list[str] = []
+    for part in name.replace("_", "_\0").split("\0"):
+        if lines and len(lines[-1]) + len(part) <= width:
+            lines[-1] += part
+        else:
+            lines.append(part)
+    return "\n".join(lines)
+
+
 def _table(
     reader: RedisFeatureReader, cards: list[str], metrics: dict[str, float], produced: int
 ) -> Any:
+    """The live view: one row per card (its id never cut), one column per feature (its name
+    whole, over several lines), the flow's counters below."""
     from rich.table import Table
 
     view = f'{{view="{_VIEW}"}}'
@@ -110,11 +134,18 @@ def _table(
     )
     lookups = reader.get_many(_VIEW, cards)
     names = list(reader.layout(_VIEW).feature_names)
-    table = Table(title=f"freshet demo · {_VIEW} · busiest cards, live from Redis", caption=caption)
-    table.add_column("card")
-    table.add_column("age", justify="right")
+    # No borders, one space between columns: the values get the width.
+    table = Table(
+        title=f"freshet demo · {_VIEW} · busiest cards, live from Redis",
+        caption=caption,
+        box=None,
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
+    )
+    table.add_column("card", no_wrap=True, min_width=max(map(len, cards), default=4))
+    table.add_column("age", justify="right", no_wrap=True)
     for name in names:
-        table.add_column(name, justify="right")
+        table.add_column(_header(name), justify="right")
     for lookup in lookups:
         age_ms = lookup["age_ms"]
         if not lookup["found"] or age_ms is None:
@@ -126,6 +157,22 @@ def _table(
             cells.append(f"{value:,.2f}" if isinstance(value, float) else str(value))
         table.add_row(lookup["entity"], f"{age_ms / 1000:.1f} s", *cells)
     return table
+
+
+def _freshet_command(
+    executable: str = sys.executable,
+    *,
+    cwd: Path | None = None,
+    which: Callable[[str], str | None] = shutil.which,
+) -> str:
+    """How the user's shell runs this interpreter's ``freshet``: ``freshet`` when PATH finds
+    that very script, else its path (relative when under ``cwd``, e.g. ``.venv/bin/freshet``)."""
+    script = Path(executable).parent.resolve() / "freshet"
+    on_path = which("freshet")
+    if not script.is_file() or (on_path is not None and Path(on_path).resolve() == script):
+        return "freshet"
+    here = (cwd or Path.cwd()).resolve()
+    return str(script.relative_to(here)) if script.is_relative_to(here) else str(script)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -184,7 +231,7 @@ def demo(
 
     import pyarrow.parquet as pq
     from freshet.cli.run import _ensure_topics
-    from freshet.dsl.registry import get_view
+    from freshet.dsl.views import CARD_TXN
     from freshet.ops import devstack
     from freshet.ops.generator import GeneratorConfig, ProduceCounts, TransactionStream, produce
     from freshet.sinks.parquet_log import segment_paths
@@ -202,9 +249,11 @@ def demo(
         "FRESHET_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
         "FRESHET_REDIS_URL": stack.redis_url,
         **{k: v for k, v in os.environ.items() if k.startswith("FRESHET_")},
+        # The demo's own view, whatever views this shell's FRESHET_VIEWS names.
+        "FRESHET_VIEWS": DEMO_VIEWS_MODULE,
     }
     settings = Settings.from_env(env)
-    view = get_view(_VIEW)
+    view = CARD_TXN
     _ensure_topics(settings.kafka_client_config(), {view.source.topic: 3})
 
     port = metrics_port or _free_port()
@@ -271,6 +320,8 @@ def demo(
                     raise click.ClickException(f"the flow stopped; see {log_path}")
                 live.update(_table(reader, hot, _scrape(port), progress["produced"]))
                 time.sleep(0.25)
+        if not console.is_terminal:  # there, Live leaves its last frame without a newline
+            console.line()
         client.close()
         if "error" in result and not STOP.requested:
             raise click.ClickException(f"producing failed: {result['error']}")
@@ -287,18 +338,30 @@ def demo(
 
     card = hot[0]
     body = json.dumps({"entities": hot[:3]})
-    console.print(
+    freshet = _freshet_command()
+    activate = Path(freshet).parent / "activate"
+    say = functools.partial(console.print, highlight=False)
+    # Commands are not wrapped (soft_wrap): copied from any terminal width, they still run.
+    commands = functools.partial(console.print, highlight=False, markup=False, soft_wrap=True)
+    say(
         f"\n[bold]4/4[/] done (flow log: {log_path}). The flow stopped cleanly: all "
         f"{emitted:,} rows it emitted are in Redis and in the offline log under "
         f"{settings.offline_dir}/{_VIEW}/ (checked). The values stay in Redis "
-        f"(TTL {view.ttl_seconds // 86_400} days).\n\n"
-        "Query them:\n"
-        f"  freshet get {_VIEW} {card}\n"
-        "  freshet serve &\n"
+        f"(TTL {view.ttl_seconds // 86_400} days)."
+    )
+    if freshet != "freshet" and activate.is_file():
+        say(f"\n`freshet` is not on your PATH: run it as {freshet}, or activate its venv first:")
+        commands(f"  source {activate}")
+    say("\nQuery them:")
+    commands(
+        f"  {freshet} get {_VIEW} {card}\n"
+        f"  {freshet} serve &\n"
         f"  curl -s http://127.0.0.1:8000/v1/features/{_VIEW}/{card}\n"
         f"  curl -s -X POST http://127.0.0.1:8000/v1/features/{_VIEW} "
-        f"-H 'content-type: application/json' -d '{body}'\n\n"
-        f"Keep it running: freshet run {_VIEW}   (metrics: http://127.0.0.1:9108/metrics)",
-        highlight=False,
-        markup=True,
+        f"-H 'content-type: application/json' -d '{body}'"
     )
+    say(
+        "\nThe windowed values stopped moving when the flow stopped: they are the values as of "
+        "the last event or window expiry it processed. To keep them fresh, run the flow again:"
+    )
+    commands(f"  {freshet} run {_VIEW}   (metrics: http://127.0.0.1:9108/metrics)")

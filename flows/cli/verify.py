@@ -16,8 +16,8 @@ from pathlib import Path
 import click
 import orjson
 import redis
+from freshet.cli._views import resolve_view
 from freshet.dsl.definitions import FeatureView
-from freshet.dsl.registry import UnknownViewError, get_view
 from freshet.offline.reconcile import FAILING, Outcome, ReconcileReport, Record, VerifyReport
 from freshet.offline.reconcile import reconcile as run_reconcile
 from freshet.offline.reconcile import verify as run_verify
@@ -35,13 +35,6 @@ _GIVE_UP_AFTER_S = 30.0
 
 class _StoreDown(click.ClickException):
     exit_code = _STORE_DOWN_EXIT
-
-
-def _view(name: str) -> FeatureView:
-    try:
-        return get_view(name)
-    except UnknownViewError as exc:
-        raise click.BadParameter(str(exc), param_hint="VIEW") from exc
 
 
 def _client(settings: Settings) -> RedisClient:
@@ -204,7 +197,7 @@ def verify(
     Exit status: 0 when the stores agree, 1 when any entity differs, 3 when Redis is
     unreachable.
     """
-    view = _view(view_name)
+    view = resolve_view(view_name)
     settings = Settings.from_env()
     client = _client(settings)
     try:
@@ -249,7 +242,7 @@ def reconcile(view_name: str, offline_dir: Path | None, as_json: bool) -> None:
     Writes go through the newer-wins writer: a Redis value newer than the log's is kept,
     never replaced by an older one. Rows already older than the view's TTL are skipped.
     """
-    view = _view(view_name)
+    view = resolve_view(view_name)
     layout = view.layout()
     settings = Settings.from_env()
     client = _client(settings)

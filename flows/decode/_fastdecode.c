@@ -1,6 +1,6 @@
 /* The flow's per-record hot path in C: flat Avro records -> events, and events -> shards.
  *
- * decode_avro(messages, plan, slots, skip, schema_ids, slow) -> list of events
+ * decode_avro(messages, plan, slots, skip, schema_ids, slow, max_entity_length) -> list of events
  *
  *   For each consumer message (confluent_kafka.Message, in order), reads its value with the
  *   record schema described by ``plan`` and appends the event
@@ -19,14 +19,16 @@
  *          (entity, event time, inputs...), or 255 for a field that is skipped.
  *   skip: 0 (schemaless) or 5 (Confluent wire format: magic byte 0, 4-byte schema id).
  *   schema_ids: a set of allowed schema ids, or None.
+ *   max_entity_length: the longest entity id in characters (freshet.sinks.layout
+ *          .MAX_ENTITY_LENGTH, passed in so the rule has one home).
  *
  * shard_groups(events, shards) -> dict[int, list[event]]
  *
  *   Groups events by ``zlib.crc32(entity.encode("utf-8", "surrogateescape")) % shards``
  *   (freshet.stream.pipeline.shard_of), keeping their order within each shard.
  *
- * Why: the Python decoder took ~3.1 µs per event (reader ~1.45, loop ~1.65) and grouping
- * ~0.4 µs, a fifth of the flow's GIL time.
+ * Why: the Python decoder and grouping took a fifth of the flow's GIL time (figures in
+ * tests/bench/README.md).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -34,7 +36,6 @@
 #include <string.h>
 
 #define MAX_FIELDS 64
-#define MAX_ENTITY_LENGTH 1024
 #define EVENT_TIME_MIN_MS 100000000000LL
 #define EVENT_TIME_MAX_MS 4102444800000LL
 #define SKIPPED 255
@@ -98,12 +99,13 @@ static PyObject *read_value(char type, const unsigned char *v, Py_ssize_t len, P
     return NULL;
 }
 
-/* Entity rules of the Python loop's fast branch: a str of 1..1024 characters, none of them
- * a control character (U+0000-U+001F, U+007F-U+009F) or a surrogate. */
-static int clean_entity(PyObject *entity) {
+/* Entity rules of the Python loop's fast branch: a str of 1..max_length characters, none of
+ * them a control character (U+0000-U+001F, U+007F-U+009F) or a surrogate (the characters of
+ * freshet.sinks.layout.ENTITY_FORBIDDEN_CHARS). */
+static int clean_entity(PyObject *entity, Py_ssize_t max_length) {
     if (!PyUnicode_CheckExact(entity)) return 0;
     Py_ssize_t len = PyUnicode_GET_LENGTH(entity);
-    if (len <= 0 || len > MAX_ENTITY_LENGTH) return 0;
+    if (len <= 0 || len > max_length) return 0;
     int kind = PyUnicode_KIND(entity);
     const void *data = PyUnicode_DATA(entity);
     for (Py_ssize_t i = 0; i < len; i++) {
@@ -117,7 +119,7 @@ static int clean_entity(PyObject *entity) {
  * Python path must decide; NULL with an error on failure. */
 static PyObject *fast_event(PyObject *m, const char *plan, Py_ssize_t nfields,
                             const unsigned char *slots, Py_ssize_t nwanted, Py_ssize_t skip,
-                            PyObject *schema_ids) {
+                            PyObject *schema_ids, Py_ssize_t max_entity_length) {
     PyObject *wanted[MAX_FIELDS] = {NULL};
     PyObject *event = NULL, *inputs = NULL, *partition = NULL, *offset = NULL, *ts = NULL;
     PyObject *value = PyObject_CallMethodNoArgs(m, s_value);
@@ -166,7 +168,7 @@ static PyObject *fast_event(PyObject *m, const char *plan, Py_ssize_t nfields,
             Py_XSETREF(wanted[slots[i]], x);
         }
     }
-    if (p != len || !clean_entity(wanted[0]) || !PyLong_CheckExact(wanted[1])) goto slow;
+    if (p != len || !clean_entity(wanted[0], max_entity_length) || !PyLong_CheckExact(wanted[1])) goto slow;
     {
         int overflow;
         long long t = PyLong_AsLongLongAndOverflow(wanted[1], &overflow);
@@ -216,9 +218,9 @@ done:
 static PyObject *decode_avro(PyObject *self, PyObject *args) {
     PyObject *messages, *schema_ids, *slow;
     const char *plan, *slots;
-    Py_ssize_t plan_len, slots_len, skip;
-    if (!PyArg_ParseTuple(args, "Oy#y#nOO", &messages, &plan, &plan_len, &slots, &slots_len,
-                          &skip, &schema_ids, &slow))
+    Py_ssize_t plan_len, slots_len, skip, max_entity_length;
+    if (!PyArg_ParseTuple(args, "Oy#y#nOOn", &messages, &plan, &plan_len, &slots, &slots_len,
+                          &skip, &schema_ids, &slow, &max_entity_length))
         return NULL;
     Py_ssize_t nfields = slots_len, nwanted = 0;
     if (plan_len != 2 * nfields || nfields > MAX_FIELDS) {
@@ -250,7 +252,7 @@ static PyObject *decode_avro(PyObject *self, PyObject *args) {
     if (events == NULL) goto fail;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *event = fast_event(items[i], plan, nfields, (const unsigned char *)slots,
-                                     nwanted, skip, schema_ids);
+                                     nwanted, skip, schema_ids, max_entity_length);
         if (event == NULL) {
             if (PyErr_Occurred()) goto fail;
             event = PyObject_CallOneArg(slow, items[i]);
@@ -352,7 +354,8 @@ fail:
 
 static PyMethodDef methods[] = {
     {"decode_avro", decode_avro, METH_VARARGS,
-     "decode_avro(messages, plan, slots, skip, schema_ids, slow) -> list of events"},
+     "decode_avro(messages, plan, slots, skip, schema_ids, slow, max_entity_length) -> list of "
+     "events"},
     {"shard_groups", shard_groups, METH_VARARGS,
      "shard_groups(events, shards) -> {crc32(entity) % shards: [events]}"},
     {NULL, NULL, 0, NULL},

@@ -8,6 +8,7 @@ def decode_avro(
     skip: int,
     schema_ids: frozenset[int] | None,
     slow: Callable[[Any], Any],
+    max_entity_length: int,
     /,
 ) -> list[Any]: ...
 def shard_groups(events: Sequence[Any], shards: int, /) -> dict[int, list[Any]]: ...

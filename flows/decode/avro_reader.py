@@ -7,10 +7,10 @@ other schema (callers then use fastavro's ``schemaless_reader``). ``values`` are
 fields in that order; ``end`` is the offset after the record, so callers can refuse trailing
 bytes.
 
-Why: fastavro's ``schemaless_reader`` costs ~2.7 µs per call for the demo view's 39-byte
-record (per-call set-up: a stream object, schema dispatch, a dict); the generated reader
-~1.6 µs, returning only the fields the view needs (``tests/bench/decode``). Decoding is the
-largest part of the flow's per-event cost outside the engine.
+Why: fastavro's ``schemaless_reader`` pays a per-call set-up (a stream object, schema
+dispatch, a dict) larger than reading a small record; the generated reader skips it and returns
+only the fields the view needs. Decoding is the largest part of the flow's per-event cost
+outside the engine (figures: ``tests/bench/README.md``).
 
 It reads what fastavro reads: zigzag varints (up to 7 bytes here, longer ones by fastavro's
 own varint reader, which wraps at 64 bits), little-endian IEEE floats,

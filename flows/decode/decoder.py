@@ -2,13 +2,13 @@
 
 Input: a batch of consumed records, either all ``confluent_kafka.Message`` as the consumer
 returns them (what the flow's Kafka source emits: fields are *methods*, ``m.value()``), or all
-:class:`SourceMessage`-like records whose fields are *attributes* (Bytewax's
-``KafkaSourceMessage``, :class:`RawMessage`; tests and callers without a consumer). The hot
-loop reads consumer messages as they are: measured, wrapping each in a ``KafkaSourceMessage``
-cost 3.9-5.7 µs per record, more than decoding it (``tests/bench/pipeline``, README).
-Attribute-style records go through a small adapter (slower; not the flow's path).
+records whose fields are *attributes* (Bytewax's ``KafkaSourceMessage``,
+:class:`~freshet.decode.messages.RawMessage`; tests and callers without a consumer). The hot
+loop reads consumer messages as they are; attribute-style records go through the adapter of
+:mod:`freshet.decode.messages` (slower; not the flow's path).
 
 Output: :class:`Decoded` ``(events, dead)``. An event is the plain tuple
+:data:`freshet.sinks.events.Event`
 
     ``(entity: str, event_time_ms: int, fields: tuple, partition, offset, kafka_timestamp_ms)``
 
@@ -55,15 +55,22 @@ from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from operator import itemgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import orjson
 from confluent_kafka import Message
 from fastavro import parse_schema, schemaless_reader
 from freshet.decode.avro_reader import Reader, compile_reader, fast_plan
+from freshet.decode.messages import (
+    ConsumerMessage,
+    RawMessage,  # re-exported: its home is freshet.decode.messages
+    SourceMessage,
+    as_consumer_messages,
+)
 from freshet.decode.schema_registry import SchemaRegistry, SchemaRegistryUnavailable
+from freshet.sinks.events import Event
 from freshet.sinks.layout import ENTITY_FORBIDDEN_CHARS, MAX_ENTITY_LENGTH
-from freshet.stream.deadletter import DeadLetter, Headers, Reason
+from freshet.stream.deadletter import DeadLetter, Reason
 
 if TYPE_CHECKING:
     from freshet.dsl.definitions import FeatureView
@@ -83,7 +90,6 @@ __all__ = [
     "DecodeConfigError",
     "Decoded",
     "Decoder",
-    "Event",
     "JsonDecoder",
     "RawMessage",
     "SourceMessage",
@@ -94,7 +100,6 @@ __all__ = [
     "strip_time_logical_types",
 ]
 
-Event = tuple[str, int, tuple[Any, ...], int, int, int]
 WireFormat = Literal["schemaless", "confluent"]
 
 EVENT_TIME_MIN_MS = 100_000_000_000  # 1973-03-03T09:46:40Z; below it is most likely seconds
@@ -118,104 +123,6 @@ _NO_DEFAULT = object()
 
 class DecodeConfigError(ValueError):
     """A view's source cannot be decoded as configured (bad schema or field names)."""
-
-
-class SourceMessage(Protocol):
-    """A consumed Kafka record as Bytewax's ``KafkaSourceMessage`` types it."""
-
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def topic(self) -> str | None: ...
-    @property
-    def headers(self) -> Sequence[tuple[str, str | bytes | None]] | None: ...
-    @property
-    def partition(self) -> int | None: ...
-    @property
-    def offset(self) -> int | None: ...
-    @property
-    def timestamp(self) -> tuple[int, int] | None: ...
-
-
-class _Message(Protocol):
-    """A consumed record with confluent-kafka's accessors (``confluent_kafka.Message``), as a
-    consumer fills it: topic, partition and offset set."""
-
-    def key(self) -> bytes | None: ...
-    def value(self) -> bytes | None: ...
-    def topic(self) -> str: ...
-    def headers(self) -> Sequence[tuple[str, str | bytes | None]] | None: ...
-    def partition(self) -> int: ...
-    def offset(self) -> int: ...
-    def timestamp(self) -> tuple[int, int] | None: ...
-
-
-class _Accessors:
-    """A :class:`SourceMessage` (attributes) seen through ``confluent_kafka.Message``'s
-    methods, so one decode loop serves both."""
-
-    __slots__ = ("_m",)
-
-    def __init__(self, message: SourceMessage) -> None:
-        self._m = message
-
-    def key(self) -> bytes | None:
-        return self._m.key
-
-    def value(self) -> bytes | None:
-        return self._m.value
-
-    # Consumers (Bytewax's KafkaSource included) always set topic, partition and offset.
-    def topic(self) -> str:
-        return cast(str, self._m.topic)
-
-    def headers(self) -> Sequence[tuple[str, str | bytes | None]] | None:
-        return self._m.headers
-
-    def partition(self) -> int:
-        return cast(int, self._m.partition)
-
-    def offset(self) -> int:
-        return cast(int, self._m.offset)
-
-    def timestamp(self) -> tuple[int, int] | None:
-        return self._m.timestamp
-
-
-def _consumer_messages(messages: Sequence[Any]) -> Sequence[_Message]:
-    """``messages`` with consumer accessors: as they are when they are consumer messages
-    (checked on the first; a batch is of one kind), else each behind :class:`_Accessors`."""
-    if not messages or messages[0].__class__ is Message:
-        return cast("Sequence[_Message]", messages)
-    return [_Accessors(m) for m in messages]
-
-
-@dataclass(frozen=True, slots=True)
-class RawMessage:
-    """A :class:`SourceMessage` without Bytewax (tests, benchmarks, plain consumers)."""
-
-    key: bytes | None
-    value: bytes | None
-    topic: str
-    partition: int
-    offset: int
-    timestamp: tuple[int, int] | None = None
-    headers: Headers | None = None
-
-    @classmethod
-    def from_confluent(cls, msg: Any) -> RawMessage:
-        """Wrap a ``confluent_kafka.Message`` (whose fields are methods)."""
-        return cls(
-            key=msg.key(),
-            value=msg.value(),
-            topic=msg.topic(),
-            partition=msg.partition(),
-            offset=msg.offset(),
-            timestamp=msg.timestamp(),
-            headers=msg.headers(),
-        )
 
 
 class Decoded(NamedTuple):
@@ -372,12 +279,12 @@ def _getter(fields: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
     return itemgetter(*fields)
 
 
-def _kafka_ts(message: _Message) -> int:
+def _kafka_ts(message: ConsumerMessage) -> int:
     ts = message.timestamp()
     return ts[1] if ts is not None and ts[0] else -1
 
 
-def _dead(message: _Message, view: str, reason: Reason, error: str) -> DeadLetter:
+def _dead(message: ConsumerMessage, view: str, reason: Reason, error: str) -> DeadLetter:
     return DeadLetter(
         reason=reason,
         error=error,
@@ -547,12 +454,18 @@ class AvroDecoder:
         every record does."""
         dead: list[DeadLetter] = []
         decode_one = self._decode_one
-        consumer_messages = _consumer_messages(messages)
+        consumer_messages = as_consumer_messages(messages)
         if self._fast is not None:
             plan, slots = self._fast
             ids = self._schema_ids if self._registry is None else frozenset(self._own_ids)
             events = _fastdecode.decode_avro(
-                consumer_messages, plan, slots, self._skip, ids, lambda m: decode_one(m, dead)
+                consumer_messages,
+                plan,
+                slots,
+                self._skip,
+                ids,
+                lambda m: decode_one(m, dead),
+                MAX_ENTITY_LENGTH,
             )
             return Decoded(events, dead)
         events = []
@@ -563,7 +476,7 @@ class AvroDecoder:
                 add(event)
         return Decoded(events, dead)
 
-    def _decode_one(self, m: _Message, dead: list[DeadLetter]) -> Event | None:
+    def _decode_one(self, m: ConsumerMessage, dead: list[DeadLetter]) -> Event | None:
         """One record's event, or None after adding its dead letter to ``dead``."""
         value = m.value()
         read = self._read
@@ -723,7 +636,7 @@ class JsonDecoder:
         fast_types = self._fast_types
         exact_types = self._exact_types
         all_any = self._all_any
-        for m in _consumer_messages(messages):
+        for m in as_consumer_messages(messages):
             try:
                 record = loads(m.value())  # type: ignore[arg-type]  # None is refused below
             except Exception as exc:  # orjson.JSONDecodeError, TypeError for None
@@ -771,7 +684,7 @@ class JsonDecoder:
                 dead.append(_dead(m, self._view, exc.reason, exc.error))
         return Decoded(events, dead)
 
-    def _slow(self, m: _Message, record: Any) -> Event:
+    def _slow(self, m: ConsumerMessage, record: Any) -> Event:
         """Full validation with error texts, or coercion (int -> float, defaults)."""
         if not isinstance(record, dict):
             raise _Invalid(

@@ -9,7 +9,7 @@ state of one tile, or of a lifetime)::
     result(p) -> value            the feature value (``0`` for empty count/sum/distinct, else None)
     peek(p, extra) -> value       result of ``p`` plus ``extra`` (t, v) pairs, leaving ``p`` as is
 
-Results follow ``../shared/DESIGN.md`` "Window semantics": empty windows give ``0`` for counts,
+Results of the window semantics (README, "Defining features"): empty windows give ``0`` for counts,
 sums and distinct counts and ``None`` for mean, min, max and percentiles; ``last`` is the value of
 the event with the greatest event time (the later arrival on ties).
 

@@ -1,6 +1,8 @@
 """Tiles: a view's per-entity window state, its layout and the generic operations on it.
 
-Implements the state side of ``../shared/DESIGN.md``, section "Window semantics". The features
+Implements the state side of the window semantics: a windowed feature's value as of ``T``
+aggregates the entity's accepted events in ``[floor_h(T - W), T]``, over tiles of the hop ``h``
+aligned to the Unix epoch (README, "Defining features"). The features
 of a view that share ``(W, h)`` form a :class:`WindowGroup`. One entity's window state is one flat
 list ``d`` (``EntityState.d``) in which each group owns the slots ``o, o+1, ...`` from its offset
 ``o``: ``[tiles, sum scale, total count, total sum_1, ..., column states..., open tile...]``.

@@ -67,6 +67,7 @@ from typing import Any
 
 import pyarrow as pa
 from freshet.offline.historical import connect_duckdb, log_rows_sql
+from freshet.sinks import clock
 from freshet.sinks.layout import ViewLayout
 from freshet.sinks.parquet_log import segment_paths
 from freshet.sinks.redis_store import RedisFeatureWriter, decode_record, record_key, scan_entities
@@ -318,10 +319,6 @@ class ReconcileReport:
         }
 
 
-def _wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class _LatestLog:
     """Each entity's latest log row, held in a DuckDB temp table while the context is open."""
 
@@ -561,7 +558,7 @@ def verify(
     allow_lag_s: float = 0.0,
     poll_s: float = 1.0,
     on_wait: Callable[[int, float], None] | None = None,
-    now_ms: Callable[[], int] = _wall_clock_ms,
+    now_ms: Callable[[], int] = clock.now_ms,
     sleep: Callable[[float], None] = time.sleep,
     batch: int = _BATCH,
 ) -> VerifyReport:
@@ -711,7 +708,7 @@ def reconcile(
     root: Path | str,
     layout: ViewLayout,
     *,
-    now_ms: Callable[[], int] = _wall_clock_ms,
+    now_ms: Callable[[], int] = clock.now_ms,
     batch: int = _BATCH,
     writer: RedisFeatureWriter | None = None,
 ) -> ReconcileReport:

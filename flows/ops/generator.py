@@ -34,7 +34,9 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import orjson
 from fastavro import parse_schema, schemaless_writer
-from freshet.decode.decoder import RawMessage, decoder_for, load_schema
+from freshet.decode.decoder import decoder_for, load_schema
+from freshet.decode.messages import RawMessage
+from freshet.sinks.clock import now_ms
 
 if TYPE_CHECKING:
     from freshet.dsl.definitions import FeatureView
@@ -307,7 +309,7 @@ def produce(
     from freshet.stream import kafka_clients
 
     stream = TransactionStream(view, config)
-    records = stream.records(count, start_ms=start_ms or time.time_ns() // 1_000_000, rate=rate)
+    records = stream.records(count, start_ms=start_ms or now_ms(), rate=rate)
     if max_seconds is None:
         max_seconds = 2 * count / rate + 60.0
     producer = kafka_clients.producer(

@@ -1,12 +1,19 @@
-"""Local processes seen through pid files and Linux ``/proc``: liveness, memory, who listens on
-a port, starting a program detached from us and stopping it by pid.
+"""Local processes and ports: liveness and memory through pid files and Linux ``/proc``, who
+listens on a port, a free port, starting a program detached from us and stopping it by pid,
+and a group of child processes that stand or fall together (``freshet run -p``, backfill
+workers).
 
-Used by ``freshet.ops.devstack``; nothing here knows about Kafka or Redis.
+    group = ProcessGroup([argv_0, argv_1], preexec_fn=die_with_parent)
+    sys.exit(group.supervise())  # forwards SIGTERM/SIGINT; the first failure stops them all
+
+Used by ``freshet.ops.devstack``, ``freshet run`` and the backfill; nothing here knows about
+Kafka or Redis.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shlex
 import signal
@@ -15,11 +22,15 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import IO, Any, Literal
 
 __all__ = [
     "LOOPBACK",
+    "ProcessGroup",
+    "cluster_addresses",
     "describe_port_holder",
+    "die_with_parent",
+    "free_port",
     "is_our_process",
     "listening_pid",
     "parse_listening_inodes",
@@ -34,6 +45,7 @@ __all__ = [
 ]
 
 LOOPBACK = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1  # prctl(2), <linux/prctl.h>
 
 
 def read_pid(pid_file: Path) -> int | None:
@@ -180,3 +192,106 @@ def stop_pid(pid: int, marker: str, *, timeout: float) -> Literal["term", "kill"
         os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not is_our_process(pid, marker), timeout=10.0)
     return "kill"
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port nobody listens on now (the OS picks it; another process may take it later)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def cluster_addresses(count: int) -> str:
+    """``"127.0.0.1:port;…"`` with ``count`` free ports: a local Bytewax cluster's addresses."""
+    return ";".join(f"{LOOPBACK}:{free_port()}" for _ in range(count))
+
+
+def die_with_parent() -> None:
+    """In a child process: get SIGKILL when the parent dies, so no child outlives it.
+
+    Linux only (``prctl(PR_SET_PDEATHSIG)``); where there is no such call (another system, a C
+    library that cannot be loaded) it does nothing. Safe as a ``preexec_fn``.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        # The symbols already loaded into this process: the C library, whatever its file name.
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class ProcessGroup:
+    """Child processes started together that stand or fall together.
+
+    Each child runs in its own process group, so a Ctrl-C in the terminal reaches it once,
+    through :meth:`signal` (a second signal means "exit at once" to a freshet flow).
+    ``poll()`` is None while any runs, else the first failing exit code (in child order) or 0;
+    ``stop()`` ends what still runs (SIGTERM, then SIGKILL after ``timeout``). A context
+    manager: leaving it stops what still runs.
+    """
+
+    def __init__(
+        self,
+        argvs: Sequence[Sequence[str]],
+        *,
+        env: dict[str, str] | None = None,
+        stdouts: Sequence[IO[bytes]] | None = None,
+        preexec_fn: Callable[[], Any] | None = None,
+    ) -> None:
+        self.processes = [
+            subprocess.Popen(
+                list(argv),
+                env=env,
+                stdout=stdouts[i] if stdouts is not None else None,
+                stderr=subprocess.STDOUT if stdouts is not None else None,
+                preexec_fn=preexec_fn,
+                process_group=0,
+            )
+            for i, argv in enumerate(argvs)
+        ]
+
+    def poll(self) -> int | None:
+        codes = [p.poll() for p in self.processes]
+        failed = [c for c in codes if c not in (None, 0)]
+        if failed:
+            return failed[0]
+        if all(c == 0 for c in codes):
+            return 0
+        return None
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to every child still running."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signum)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM what still runs, SIGKILL what is left after ``timeout`` seconds each; returns
+        the first non-zero exit code in child order, else 0."""
+        self.signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return next((c for c in (p.returncode for p in self.processes) if c), 0)
+
+    def supervise(self, *, poll_s: float = 0.2) -> int:
+        """Forward SIGTERM and SIGINT to the children until one fails or all exit 0, then stop
+        the rest; returns the first non-zero exit code (0 when all succeeded). Main thread only
+        (it installs signal handlers)."""
+
+        def forward(signum: int, _frame: Any) -> None:
+            self.signal(signum)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        while self.poll() is None:
+            time.sleep(poll_s)
+        return self.stop()
+
+    def __enter__(self) -> ProcessGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -5,7 +5,7 @@
   absolute offset so a recovery snapshot taken before any record arrived still means "here";
   a resumed partition always continues from its snapshot. Its partitions emit the consumer's
   ``confluent_kafka.Message`` objects as they are (Bytewax's own partition copies each into a
-  frozen ``KafkaSourceMessage``: 3.9-5.7 µs per record, more than decoding it).
+  frozen ``KafkaSourceMessage``, which costs more than decoding it; ``tests/bench/README.md``).
 * :class:`RedisSink` — a ``FixedPartitionedSink`` (one partition per worker in ``freshet
   run``): each partition hands its rows to a writer thread doing pipelined newer-wins writes
   (``freshet.sinks.redis_store.RedisFeatureWriter``, which retries with backoff and never drops

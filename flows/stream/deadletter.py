@@ -43,6 +43,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
+from freshet.decode.messages import Headers, field
 
 if TYPE_CHECKING:
     from confluent_kafka import Producer
@@ -71,7 +72,6 @@ REASONS: tuple[Reason, ...] = (
     "late",
 )
 
-Headers = list[tuple[str, str | bytes | None]]
 
 # Error texts can quote user data; keep headers small.
 _MAX_ERROR_CHARS = 1000
@@ -161,12 +161,6 @@ def late_letter(
 _Record = tuple[bytes | None, bytes | None, Headers | None]  # key, value, headers
 
 
-def _field(message: Any, name: str) -> Any:
-    """A consumer message's field (a method) or a ``RawMessage``'s (an attribute)."""
-    value = getattr(message, name)
-    return value() if callable(value) else value
-
-
 class RecentRecords:
     """The source records of each partition's last ``polls`` polls in this process.
 
@@ -187,18 +181,18 @@ class RecentRecords:
         polls = self._by_partition.get((topic, partition))
         if polls is None:
             polls = self._by_partition.setdefault((topic, partition), deque(maxlen=self._polls))
-        polls.append((_field(records[0], "offset"), _field(records[-1], "offset"), records))
+        polls.append((field(records[0], "offset"), field(records[-1], "offset"), records))
 
     def get(self, topic: str, partition: int, offset: int) -> _Record | None:
         for first, last, records in tuple(self._by_partition.get((topic, partition), ())):
             if not first <= offset <= last:
                 continue
             i = offset - first
-            if i >= len(records) or _field(records[i], "offset") != offset:
-                i = bisect.bisect_left(records, offset, key=lambda m: _field(m, "offset"))
-            if i < len(records) and _field(records[i], "offset") == offset:
+            if i >= len(records) or field(records[i], "offset") != offset:
+                i = bisect.bisect_left(records, offset, key=lambda m: field(m, "offset"))
+            if i < len(records) and field(records[i], "offset") == offset:
                 m = records[i]
-                return _field(m, "key"), _field(m, "value"), _field(m, "headers")
+                return field(m, "key"), field(m, "value"), field(m, "headers")
         return None
 
 

@@ -2,8 +2,8 @@
 
 Every metric is labelled with the view. Counters are bumped once per batch, never per event;
 per-event latencies (freshness) go into a :class:`BatchHistogram`, which takes a whole batch of
-observations under one lock — ``prometheus_client.Histogram.observe`` costs ~1.3 µs per call on
-this machine kind, 6 % of a core at 50,000 events/s.
+observations under one lock (``prometheus_client.Histogram.observe`` per event would cost a
+noticeable share of a core at the flow's rates; ``tests/bench/README.md``).
 
 Exposed (``/metrics`` on ``--metrics-port``, default 9108)::
 

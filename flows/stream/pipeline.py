@@ -8,25 +8,21 @@ One sub-flow per view, reading top to bottom in :func:`build_flow`::
                          dead-letter topic <── late events ───────┤
                                                                   └──> Parquet segments
 
-Shards, not one key per entity. Measured with Bytewax 0.21.1 on this machine kind (1,000,000
-events over 100,000 keys, one worker, one pending expiry timer per entity;
-``tests/bench/pipeline/bench_stateful_shapes.py``): ``stateful_batch`` keyed by entity ran
-45,000 events/s (21,000 with recovery on), ``stateful`` 48,000 (16,000), and a state keyed by
-``crc32(entity) % 256`` holding a dict of entity states 150,000-175,000 (1,024 shards: 110,000-
-140,000; 4,096: 67,000-80,000). Bytewax scans every key with a pending timer on every
-activation and snapshots every touched key at every epoch, so fewer, fatter keys win. A shard
-keeps one timer (the earliest ``next_expiry`` of its entities, from a heap) and pickles only
-what changed: an entity's state is pickled after it changed, and its bytes are reused while it
-stays clean; resuming unpickles an entity only when it is next touched. An entity left alone
-for ``FlowOptions.pickle_ahead_ms`` (2 s) is pickled during the epoch rather than at its
-snapshot, which then pickles only the recently changed ones: Bytewax snapshots every shard
-at once, and the flow stops meanwhile (at a steady 5,000 events/s over 100,000 cards, ~40,000
-states per 10 s epoch: freshness p99 893 -> 478 ms, shard snapshot p50 1.9 -> 0.5 ms; no
-throughput change measured with recovery on, 37.3-39.1k vs 38.1-38.8k events/s; with the
-state walk in C, ``flows/engine/_faststate.c``: p99 402 ms, 47.5-50.8k events/s). What is
-left of the stall is mostly Bytewax writing each shard's whole dict of pickled states (about
-50 MB per epoch for 100,000 cards): a snapshot's size follows the state, its pickling work
-follows the changes.
+Shards, not one key per entity: a shard's state (``crc32(entity) % shards``, default 256)
+holds a dict of entity states. Bytewax scans every key with a pending timer on every activation
+and snapshots every touched key at every epoch, so fewer, fatter keys win. A shard keeps one
+timer (the earliest ``next_expiry`` of its entities, from a heap) and pickles only what
+changed: an entity's state is pickled after it changed, and its bytes are reused while it stays
+clean; resuming unpickles an entity only when it is next touched. An entity left alone for
+``FlowOptions.pickle_ahead_ms`` (2 s) is pickled during the epoch rather than at its snapshot,
+which then pickles only the recently changed ones (Bytewax snapshots every shard at once, and
+the flow stops meanwhile). The measurements behind these choices, and the flow's speed, are in
+``tests/bench/README.md``.
+
+Usage (``freshet run`` does this with :class:`freshet.stream.connectors.KafkaIO`)::
+
+    flow = build_flow([view], io, FlowOptions(shards=256, persist_state=True))
+    bytewax.run.cli_main(flow, workers_per_process=1)
 
 Exactly-once through the readers. Resume = the last snapshot's Kafka offsets + engine state;
 rows emitted after it are emitted again. Redis is newer-wins on ``(as_of, offset)``, so
@@ -35,43 +31,10 @@ snapshot (nothing acknowledged lives only in memory) and the offline reader drop
 duplicates.
 
 Clocks. Event time drives windows; expiry timers are wall clock (``ViewEngine.next_expiry``),
-so idle entities' windows drain on time. The engine's rows never depend on when timers fire
-(DESIGN "Determinism").
-
-Speed (``python tests/bench/pipeline/bench_pipeline.py``; ``freshet run --stop-at-end -w 1``
-next to a plain consumer + decoder of the same topic, 100,000 cards). Live stream (1,000,000
-events, event times at 50,000/s): 57.9k events/s per worker, median of 5 runs (57.4-60.4k),
-against 116-119k raw consume+decode (42.8k, 34-55k over 18 runs, before the C decode loop).
-Hour replay (200,000 events over the last hour, 1.5 rows per event): 44.6-48.1k (was 19k,
-then 30-38k). Freshness at a steady 5,000 events/s: p50 ~40 ms, p99 ~50 ms on quiet runs (any
-stall of the shared 2-core machine shows in the plain consumer's p99 too). Where the time
-went, measured with py-spy and ``gc.callbacks``, and what changed:
-
-* the Kafka source emits the consumer's messages (Bytewax's copy into a frozen
-  ``KafkaSourceMessage`` cost 3.9-5.7 µs per record, more than decoding it);
-* objects that survive a GC collection are frozen (``freshet run``): the cyclic GC had spent
-  2.0 of 8.2 CPU-seconds re-scanning the engine's 100,000 entity states;
-* polls of up to 10,000 records per partition (+22 %: ~40 events per shard activation);
-* Avro records are read by a reader generated for the schema (1.6 µs, fastavro 2.7 µs), and
-  the decode loop and shard grouping run in C (``flows/decode/_fastdecode.c``: decode + grouping
-  3.56 -> 1.45 µs per record in the flow, where the records are cold in memory);
-* Parquet segments are committed on the writer's thread, and without recovery a snapshot
-  does not wait for its commit: a commit of an epoch's ~75,000 rows had held the flow and its
-  Redis writes 0.2-0.3 s every 10 s (with recovery a snapshot still waits: exactly once); the
-  same thread converts each write's rows to Arrow while they are still in the CPU cache;
-* Redis writes run on the sink partition's thread (its snapshot waits for them): the flow's
-  thread no longer waits ~4 µs per event for the server's newer-wins script;
-* a shard pushes an entity's timer only when its expiry moves earlier (every event moved it
-  with the wall clock), and the freshness histogram bisects sorted timestamps.
-
-What is left (GIL time, live stream): the engine step ~36 %, Redis commands and coalescing
-~18 %, decoding ~11 %, Parquet's Arrow conversion ~10 %, Bytewax ~7 %, Kafka polls ~4 %,
-start-up ~1.3 s per run. Tried and dropped: helper processes for the Redis and Parquet sinks
-(pickling a row to send it cost ~2 µs, as much as the work it moved: 20-27 % slower),
-compiling the generated engine with Cython (no gain: the engine waits on memory, not
-bytecode), glibc huge pages for the heap (slower), a larger GC gen-0 threshold (slower),
-inlining the Avro varint reader (no gain), 64 or 32 shards instead of 256 (within the
-machine's run-to-run noise).
+so idle entities' windows drain on time. The engine's rows never depend on when timers fire:
+they are a function of each entity's event sequence (Kafka keeps per-key order), never of
+batch boundaries, worker count or timer timing, so replaying on-time input reproduces the live
+rows exactly.
 """
 
 from __future__ import annotations
@@ -91,10 +54,12 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
-from freshet.decode.decoder import Event, decoder_for, shard_groups
+from freshet.decode.decoder import decoder_for, shard_groups
 from freshet.decode.schema_registry import SchemaRegistry
 from freshet.dsl.definitions import FeatureView
 from freshet.engine.view_engine import EntityState, ViewEngine
+from freshet.sinks.clock import now_ms
+from freshet.sinks.events import Event
 from freshet.sinks.faults import crash_point
 from freshet.sinks.rows import Row
 from freshet.stream import metrics
@@ -162,8 +127,9 @@ class Changes(NamedTuple):
 
 
 class FlowIO(Protocol):
-    """Where a flow reads and writes; production is :class:`freshet.cli.run.KafkaIO`-like,
-    unit tests pass ``TestingSource``/``TestingSink`` and a tmp Parquet dir."""
+    """Where a flow reads and writes: in production a
+    :class:`freshet.stream.connectors.KafkaIO`; unit tests pass ``TestingSource``/``TestingSink``
+    and a tmp Parquet dir."""
 
     def source(self, view: FeatureView) -> Source[Any]:
         """Items: ``KafkaSourceMessage``-like records (``freshet.decode.decoder.SourceMessage``)."""
@@ -230,10 +196,6 @@ def _late(keyed: tuple[str, Changes]) -> list[DeadLetter]:
     return keyed[1].late
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def flow_clock(offset_ms: int) -> Callable[[], int]:
     """The flow's wall clock: real time minus the time the flow was down.
 
@@ -243,8 +205,8 @@ def flow_clock(offset_ms: int) -> Callable[[], int]:
     resumed flow computes the rows an uninterrupted run computes.
     """
     if offset_ms == 0:
-        return _now_ms
-    return lambda: time.time_ns() // 1_000_000 - offset_ms
+        return now_ms
+    return lambda: now_ms() - offset_ms
 
 
 # A shard's snapshot: entity -> (its next expiry in wall-clock ms or None, pickled EntityState).

@@ -22,7 +22,8 @@ from typing import Any
 
 import redis
 from confluent_kafka import TopicPartition
-from freshet.decode.decoder import RawMessage, decoder_for
+from freshet.decode.decoder import decoder_for
+from freshet.decode.messages import RawMessage
 from freshet.dsl.definitions import FeatureView
 from freshet.dsl.registry import get_view
 from freshet.engine.view_engine import ViewEngine

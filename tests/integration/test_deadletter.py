@@ -10,7 +10,8 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
-from freshet.decode.decoder import RawMessage, decoder_for
+from freshet.decode.decoder import decoder_for
+from freshet.decode.messages import RawMessage
 from freshet.dsl.registry import get_view
 from freshet.engine.view_engine import ViewEngine
 from freshet.ops.generator import GeneratorConfig, produce

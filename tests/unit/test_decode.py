@@ -20,9 +20,9 @@ from freshet.decode.decoder import (
     AvroDecoder,
     DecodeConfigError,
     JsonDecoder,
-    RawMessage,
     decoder_for,
 )
+from freshet.decode.messages import RawMessage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -26,11 +26,11 @@ from freshet.decode.decoder import (
     EVENT_TIME_MIN_MS,
     AvroDecoder,
     Decoded,
-    RawMessage,
     decoder_for,
     load_schema,
     strip_time_logical_types,
 )
+from freshet.decode.messages import RawMessage
 from freshet.dsl.registry import get_view
 from freshet.sinks.redis_store import record_key
 from freshet.stream.deadletter import REASONS

@@ -21,9 +21,9 @@ from freshet.decode.decoder import (
     EVENT_TIME_MAX_MS,
     EVENT_TIME_MIN_MS,
     AvroDecoder,
-    RawMessage,
     load_schema,
 )
+from freshet.decode.messages import RawMessage
 from freshet.dsl.registry import get_view
 from hypothesis import given
 from hypothesis import strategies as st
@@ -237,3 +237,18 @@ def test_the_c_extension_is_built() -> None:
             "Python headers (the flow then decodes ~2.5x faster)"
         )
     assert CARD[0]._fast is not None
+
+
+def test_the_c_loop_takes_its_entity_length_limit_from_the_layout_constant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(decode, "MAX_ENTITY_LENGTH", 3)
+    values = [wide_record(1_714_521_600_000, "", w, 1.0, 1, None, 2.0) for w in ("abc", "abcd")]
+    messages = [
+        RawMessage(key=None, value=v, topic="t", partition=0, offset=i)
+        for i, v in enumerate(values)
+    ]
+    for decoder in SCHEMALESS:
+        events, dead = decoder.decode(messages)
+        assert [e[0] for e in events] == ["abc"]
+        assert [d.offset for d in dead] == [1]

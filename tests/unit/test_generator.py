@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from freshet.decode.decoder import RawMessage, decoder_for
+from freshet.decode.decoder import decoder_for
+from freshet.decode.messages import RawMessage
 from freshet.dsl.definitions import Source
 from freshet.dsl.registry import get_view
 from freshet.engine.view_engine import ViewEngine

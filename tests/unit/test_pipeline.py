@@ -16,6 +16,7 @@ import pickle
 import random
 import subprocess
 import sys
+import time
 import weakref
 import zlib
 from collections import defaultdict
@@ -38,7 +39,7 @@ from freshet.cli.run import (
     parse_start,
     run,
 )
-from freshet.decode.decoder import RawMessage
+from freshet.decode.messages import RawMessage
 from freshet.dsl.definitions import SCHEMAS_DIR
 from freshet.dsl.registry import get_view
 from freshet.engine.view_engine import ViewEngine
@@ -508,13 +509,21 @@ def test_flow_options_reject_a_shard_count_out_of_range() -> None:
         ("1714521600000", 1_714_521_600_000),
         ("2024-05-01T00:00:00Z", 1_714_521_600_000),
         ("2024-05-01T02:00:00+02:00", 1_714_521_600_000),
+        ("2024-05-01", 1_714_521_600_000),
     ],
 )
 def test_start_positions(text: str, expected: object) -> None:
     assert parse_start(text) == expected
 
 
-@pytest.mark.parametrize("text", ["yesterday", "2024-05-01T00:00:00"])
+def test_relative_start_positions_count_back_from_now() -> None:
+    before = time.time_ns() // 1_000_000
+    start = parse_start("-2h")
+    assert isinstance(start, int)
+    assert before - 2 * 3_600_000 <= start <= time.time_ns() // 1_000_000 - 2 * 3_600_000
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2024-05-01T00:00:00", "1714521600"])
 def test_bad_start_positions_name_the_value(text: str) -> None:
     with pytest.raises(click.BadParameter, match=text[:10]):
         parse_start(text)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from freshet.decode.decoder import RawMessage
+from freshet.decode.messages import RawMessage
 from freshet.dsl.registry import get_view
 from freshet.stream.deadletter import DeadLetter, RecentRecords, SourceRecords, late_letter
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 from fastavro import parse_schema, schemaless_writer
-from freshet.decode.decoder import RawMessage, decoder_for, load_schema
+from freshet.decode.decoder import decoder_for, load_schema
+from freshet.decode.messages import RawMessage
 from freshet.decode.schema_registry import (
     SchemaRegistry,
     SchemaRegistryError,

@@ -38,7 +38,8 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from freshet.backfill.plan import KafkaOffsets, plan_backfill
-from freshet.decode.decoder import RawMessage, decoder_for
+from freshet.decode.decoder import decoder_for
+from freshet.decode.messages import RawMessage
 from freshet.dsl.registry import get_view
 from freshet.ops.generator import GeneratorConfig, TransactionStream
 

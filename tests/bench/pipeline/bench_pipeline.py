@@ -53,7 +53,8 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from freshet.decode.decoder import RawMessage, decoder_for
+from freshet.decode.decoder import decoder_for
+from freshet.decode.messages import RawMessage
 from freshet.dsl.registry import get_view
 from freshet.ops.generator import GeneratorConfig, produce
 
