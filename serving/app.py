@@ -36,6 +36,7 @@ from urllib.parse import parse_qs, unquote, unquote_to_bytes
 
 import orjson
 import redis.exceptions
+
 from freshet.dsl.registry import all_views, views_json
 from freshet.serving.auth import ApiKeys, AuthError, presented_key
 from freshet.serving.errors import HttpError

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 import orjson
+
 from freshet.sinks.settings import Settings
 
 __all__ = ["get", "serve"]
@@ -151,6 +152,7 @@ def get(
 
 def _via_redis(view: str, entity: str, names: list[str] | None) -> dict[str, Any]:
     import redis
+
     from freshet.dsl.registry import UnknownViewError, get_view
     from freshet.sinks.redis_store import RedisFeatureReader, UnknownFeatureError, connect
 

@@ -69,6 +69,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
 from freshet.sinks.clock import now_ms
 from freshet.sinks.durable import fsync_dir
 from freshet.sinks.faults import crash_point

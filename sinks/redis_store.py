@@ -72,12 +72,13 @@ import orjson
 import redis
 import redis.asyncio
 import redis.cluster
+from redis.crc import key_slot
+from redis.exceptions import BusyLoadingError, NoScriptError
+
 from freshet.sinks.clock import now_ms
 from freshet.sinks.faults import crash_point
 from freshet.sinks.layout import ViewLayout
 from freshet.sinks.rows import Row
-from redis.crc import key_slot
-from redis.exceptions import BusyLoadingError, NoScriptError
 
 __all__ = [
     "CLUSTER_PARAM",

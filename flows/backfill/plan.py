@@ -71,7 +71,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -93,7 +93,6 @@ __all__ = [
     "history_ms",
     "iso_time",
     "parse_grace",
-    "parse_time",
     "plan_backfill",
     "previous_segments",
     "range_lock",
@@ -103,8 +102,6 @@ __all__ = [
 
 DEFAULT_GRACE_MS = 10_000
 _METADATA_TIMEOUT_S = 15.0
-_SECONDS_LIKE = 100_000_000_000  # epoch ms below this are before 1973: probably seconds
-_RELATIVE_RE = re.compile(r"^(?:now)?\s*-\s*(\d+[smhd])$")
 # librdkafka settings of every backfill consumer: no group membership, nothing committed.
 _CONSUMER_CONFIG = {
     "group.id": "freshet-backfill",  # required by librdkafka; never joined (assign only)
@@ -123,41 +120,6 @@ class BackfillFailed(RuntimeError):
 
 
 # --- times ---------------------------------------------------------------------------------
-
-
-def parse_time(text: str, *, now_ms: int, what: str = "time") -> int:
-    """Epoch milliseconds of ``text``: ``now``, relative ``-2h`` / ``now-90m`` (s, m, h, d),
-    integer epoch milliseconds, an ISO-8601 time with a UTC offset (``2024-05-01T12:00:00Z``)
-    or an ISO date (``2024-05-01``, midnight UTC)."""
-    value = text.strip()
-    if value == "now":
-        return now_ms
-    if match := _RELATIVE_RE.match(value):
-        try:
-            return now_ms - parse_duration(match.group(1), what=what) * 1000
-        except DefinitionError as exc:
-            raise BackfillError(str(exc)) from None
-    if value.isdigit():
-        ms = int(value)
-        if ms < _SECONDS_LIKE:
-            raise BackfillError(
-                f"{what} {text!r} looks like epoch seconds; give epoch milliseconds "
-                f"({ms * 1000}) or an ISO-8601 time"
-            )
-        return ms
-    try:
-        if len(value) == 10:
-            day = date.fromisoformat(value)
-            return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
-        parsed = datetime.fromisoformat(value.replace("z", "Z"))
-    except ValueError:
-        raise BackfillError(
-            f"{what} {text!r} is not a time; use an ISO-8601 time such as "
-            "2024-05-01T12:00:00Z, a date, epoch milliseconds, 'now' or '-2h'"
-        ) from None
-    if parsed.tzinfo is None:
-        raise BackfillError(f"{what} {text!r} has no UTC offset; add 'Z' or '+00:00'")
-    return int(parsed.timestamp() * 1000)
 
 
 def parse_grace(text: str) -> int:

@@ -18,9 +18,7 @@ Bytewax.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -37,9 +35,11 @@ from bytewax.outputs import (
     StatelessSinkPartition,
 )
 from confluent_kafka import KafkaError, TopicPartition
+
 from freshet.backfill.plan import _CONSUMER_CONFIG, PartitionPlan, ReplayJob, Tally, writer_prefix
 from freshet.decode.decoder import RawMessage
 from freshet.dsl.definitions import FeatureView
+from freshet.ops.processes import die_with_parent
 from freshet.sinks.durable import write_durably
 from freshet.sinks.parquet_log import WriterState
 from freshet.sinks.redis_store import RedisFeatureWriter, connect
@@ -320,6 +320,7 @@ def run_replay(
     """Replay ``job`` in this process (one Bytewax worker; a cluster member with
     ``process_id``/``addresses``); returns what it did. Progress goes to ``workdir``."""
     from bytewax.run import cli_main
+
     from freshet.stream.pipeline import FlowOptions, build_flow
 
     view = job.view()
@@ -356,7 +357,7 @@ def run_replay(
 def worker_main(argv: Sequence[str] | None = None) -> None:
     """Entry point of a spawned worker: ``JOB_FILE WORKDIR PROCESS_ID ADDRESSES``."""
     job_file, workdir, process_id, addresses = list(sys.argv[1:] if argv is None else argv)
-    _die_with_parent()
+    die_with_parent()
     STOP.install()  # the parent forwards its signals: stop reading, commit what was read
     job = ReplayJob.from_json(json.loads(Path(job_file).read_text()))
     run_replay(
@@ -366,12 +367,3 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
         process_id=int(process_id),
         addresses=addresses.split(";"),
     )
-
-
-def _die_with_parent() -> None:
-    """Get SIGKILL when the parent ``freshet backfill`` dies (Linux), so no worker outlives it."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,17 +33,11 @@ from freshet.backfill.plan import (
     range_lock,
     read_progress,
 )
+from freshet.ops.processes import ProcessGroup, cluster_addresses
 from freshet.sinks.settings import Settings
 from freshet.stream.shutdown import STOP, block_stop_signals
 
 __all__ = ["Workers", "run_backfill"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Workers:
@@ -61,53 +53,35 @@ class Workers:
         self.workdir = workdir
         job_file = workdir / "job.json"
         job_file.write_text(json.dumps(job.to_json()))
-        addresses = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(job.workers))
+        addresses = cluster_addresses(job.workers)
         entry = "from freshet.backfill.replay import worker_main; worker_main()"
         self._logs = [open(workdir / f"worker-{i}.log", "wb") for i in range(job.workers)]  # noqa: SIM115 - closed in stop()
-        self._procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", entry, str(job_file), str(workdir), str(i), addresses],
-                env=dict(os.environ if env is None else env),
-                stdout=self._logs[i],
-                stderr=subprocess.STDOUT,
-                # Their own process group: a Ctrl-C in the terminal reaches them once, through
-                # the parent's handler (a second signal means "exit at once").
-                process_group=0,
-                preexec_fn=block_stop_signals,
-            )
-            for i in range(job.workers)
-        ]
+        self._group = ProcessGroup(
+            [
+                [sys.executable, "-c", entry, str(job_file), str(workdir), str(i), addresses]
+                for i in range(job.workers)
+            ],
+            env=dict(os.environ if env is None else env),
+            stdouts=self._logs,
+            preexec_fn=block_stop_signals,
+        )
 
     def poll(self) -> int | None:
-        codes = [p.poll() for p in self._procs]
-        failed = [c for c in codes if c not in (None, 0)]
-        if failed:
-            return failed[0]
-        if all(c == 0 for c in codes):
-            return 0
-        return None
+        return self._group.poll()
 
     def failure(self) -> str:
         """The tail of the first failed worker's output."""
-        for i, proc in enumerate(self._procs):
+        for i, proc in enumerate(self._group.processes):
             if proc.poll() not in (None, 0):
                 text = (self.workdir / f"worker-{i}.log").read_text(errors="replace")
                 return f"worker {i} exited with {proc.returncode}:\n{text[-3000:]}"
         return "no worker failed"
 
     def signal(self, signum: int) -> None:
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.send_signal(signum)
+        self._group.signal(signum)
 
     def stop(self, timeout: float = 10.0) -> None:
-        self.signal(signal.SIGTERM)
-        for proc in self._procs:
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self._group.stop(timeout)
         for log in self._logs:
             log.close()
 

@@ -8,7 +8,6 @@ load only for the commands that need them.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import sys
 import tempfile
@@ -44,26 +43,15 @@ _COMMANDS: dict[str, str] = {
 
 class _LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(name for name in _COMMANDS if self._available(name))
+        return sorted(_COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = _COMMANDS.get(cmd_name)
         if target is None:
             return None
         module_name, attr = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:  # command not built yet in this version
-                return None
-            raise
-        command: click.Command = getattr(module, attr)
+        command: click.Command = getattr(importlib.import_module(module_name), attr)
         return command
-
-    @staticmethod
-    def _available(name: str) -> bool:
-        module_name = _COMMANDS[name].split(":")[0]
-        return importlib.util.find_spec(module_name) is not None
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

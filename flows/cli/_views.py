@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import click
+
 from freshet.dsl.definitions import FeatureView
 from freshet.dsl.registry import UnknownViewError, all_views, get_view
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 import orjson
+
 from freshet.backfill.plan import (
     DEFAULT_GRACE_MS,
     BackfillError,

@@ -13,7 +13,6 @@ import functools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from freshet.ops.processes import free_port
+from freshet.stream.metrics import DEFAULT_METRICS_PORT
+
 if TYPE_CHECKING:
     from freshet.sinks.redis_store import RedisFeatureReader
 
@@ -35,13 +37,6 @@ DEMO_VIEWS_MODULE = "freshet.dsl.views"
 _FRESHET = [sys.executable, "-c", "import sys; from freshet.cli import main; sys.exit(main())"]
 _FLOW_START_TIMEOUT_S = 60.0
 _DRAIN_S = 3.0  # keep showing after the last record, while the flow catches up
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _scrape(port: int) -> dict[str, float]:
@@ -204,7 +199,7 @@ def _freshet_command(
 @click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
-    default=9108,
+    default=DEFAULT_METRICS_PORT,
     show_default=True,
     help="The flow's /metrics port (0: any free port).",
 )
@@ -223,13 +218,15 @@ def demo(
     Ctrl-C (or SIGTERM) ends it early the same way it ends on its own: the flow is stopped
     gracefully and the demo checks that every row it emitted is in the offline log.
     """
-    from freshet.stream.shutdown import STOP, block_stop_signals
     from rich.console import Console
     from rich.live import Live
+
+    from freshet.stream.shutdown import STOP, block_stop_signals
 
     STOP.install()
 
     import pyarrow.parquet as pq
+
     from freshet.cli.run import _ensure_topics
     from freshet.dsl.views import CARD_TXN
     from freshet.ops import devstack
@@ -256,7 +253,7 @@ def demo(
     view = CARD_TXN
     _ensure_topics(settings.kafka_client_config(), {view.source.topic: 3})
 
-    port = metrics_port or _free_port()
+    port = metrics_port or free_port()
     console.print(f"[bold]2/4[/] starting the flow: freshet run {_VIEW} (metrics on :{port}) …")
     log_path = Path(settings.offline_dir).parent / "demo-flow.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -364,4 +361,6 @@ def demo(
         "\nThe windowed values stopped moving when the flow stopped: they are the values as of "
         "the last event or window expiry it processed. To keep them fresh, run the flow again:"
     )
-    commands(f"  {freshet} run {_VIEW}   (metrics: http://127.0.0.1:9108/metrics)")
+    commands(
+        f"  {freshet} run {_VIEW}   (metrics: http://127.0.0.1:{DEFAULT_METRICS_PORT}/metrics)"
+    )

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 import orjson
+
 from freshet.ops import devstack, processes
 
 __all__ = ["dev"]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import click
 import orjson
-from freshet.dsl.definitions import FeatureView
-from freshet.dsl.registry import UnknownViewError, all_views, get_view
+
+from freshet.cli._views import resolve_views
 from freshet.ops.doctor import (
     Finding,
     Level,
@@ -24,15 +24,6 @@ from freshet.sinks.settings import Settings
 __all__ = ["doctor"]
 
 _MARKS = {Level.OK: ("ok", "green"), Level.WARN: ("warn", "yellow"), Level.ERROR: ("FAIL", "red")}
-
-
-def _views(names: tuple[str, ...]) -> tuple[FeatureView, ...]:
-    if not names:
-        return all_views()
-    try:
-        return tuple(get_view(name) for name in names)
-    except UnknownViewError as exc:
-        raise click.BadParameter(str(exc), param_hint="VIEW") from None
 
 
 def _print(findings: list[Finding]) -> None:
@@ -79,7 +70,7 @@ def doctor(
     FRESHET_KAFKA_BOOTSTRAP, FRESHET_KAFKA_CONFIG_*, FRESHET_REDIS_URL,
     FRESHET_SCHEMA_REGISTRY_URL, FRESHET_OFFLINE_DIR.
     """
-    views = _views(view_names)
+    views = resolve_views(view_names, default_all=True)
     settings = Settings.from_env()
     kafka = probe_kafka(settings.kafka_client_config(), timeout_s=timeout)
     redis_facts = probe_redis(settings.redis_url, timeout_s=timeout)

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import click
+
 from freshet.dsl.registry import UnknownViewError, get_view
 from freshet.offline.historical import (
     HistoricalError,

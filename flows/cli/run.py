@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from freshet.cli._views import resolve_views
 from freshet.dsl.definitions import FeatureView
 from freshet.ops.processes import ProcessGroup, cluster_addresses, die_with_parent
@@ -220,6 +221,7 @@ def _ensure_topics(
     """
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.cimpl import NewTopic
+
     from freshet.stream import kafka_clients
 
     timeout_s = kafka_clients.DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
@@ -437,6 +439,7 @@ def run(
 
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
+
     from freshet.stream.connectors import KafkaIO
     from freshet.stream.metrics import serve_metrics
     from freshet.stream.pipeline import FlowOptions, build_flow

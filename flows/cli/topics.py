@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
+
 from freshet.dsl.definitions import FeatureView
 from freshet.dsl.registry import UnknownViewError, get_view
 from freshet.stream.deadletter import dead_letter_topic
@@ -60,6 +61,7 @@ def create_topics(
     ``click.ClickException`` naming a topic that could not be created."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.cimpl import NewTopic
+
     from freshet.stream import kafka_clients
 
     admin = kafka_clients.admin(config)

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 import orjson
 import redis
+
 from freshet.cli._views import resolve_view
 from freshet.dsl.definitions import FeatureView
 from freshet.offline.reconcile import FAILING, Outcome, ReconcileReport, Record, VerifyReport

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 import orjson
+
 from freshet.dsl.registry import all_views, views_json
 
 __all__ = ["views"]

@@ -60,17 +60,19 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 import orjson
 from confluent_kafka import Message
 from fastavro import parse_schema, schemaless_reader
+
 from freshet.decode.avro_reader import Reader, compile_reader, fast_plan
 from freshet.decode.messages import (
     ConsumerMessage,
+    DeadLetter,
     RawMessage,  # re-exported: its home is freshet.decode.messages
+    Reason,
     SourceMessage,
     as_consumer_messages,
 )
 from freshet.decode.schema_registry import SchemaRegistry, SchemaRegistryUnavailable
 from freshet.sinks.events import Event
 from freshet.sinks.layout import ENTITY_FORBIDDEN_CHARS, MAX_ENTITY_LENGTH
-from freshet.stream.deadletter import DeadLetter, Reason
 
 if TYPE_CHECKING:
     from freshet.dsl.definitions import FeatureView

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 __all__ = [
+    "REASONS",
     "ConsumerMessage",
+    "DeadLetter",
     "Headers",
     "RawMessage",
+    "Reason",
     "SourceMessage",
     "as_consumer_messages",
     "field",
@@ -139,3 +142,45 @@ def field(message: Any, name: str) -> Any:
     :class:`SourceMessage`'s (an attribute)."""
     value = getattr(message, name)
     return value() if callable(value) else value
+
+
+# Why a record was refused (the dead letter's freshet.reason header).
+Reason = Literal["undecodable", "missing_field", "wrong_type", "invalid_value", "late"]
+REASONS: tuple[Reason, ...] = (
+    "undecodable",
+    "missing_field",
+    "wrong_type",
+    "invalid_value",
+    "late",
+)
+
+# Error texts can quote user data; keep headers small.
+_MAX_ERROR_CHARS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One refused record: the original bytes plus where it came from and why it was refused."""
+
+    reason: Reason
+    error: str
+    view: str
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    headers: Headers | None = None
+
+    def kafka_headers(self) -> Headers:
+        """The record's own headers followed by freshet's (see the module docstring)."""
+        own = list(self.headers) if self.headers else []
+        own += [
+            ("freshet.error", self.error[:_MAX_ERROR_CHARS].encode()),
+            ("freshet.reason", self.reason.encode()),
+            ("freshet.view", self.view.encode()),
+            ("freshet.source.topic", self.topic.encode()),
+            ("freshet.source.partition", str(self.partition).encode()),
+            ("freshet.source.offset", str(self.offset).encode()),
+        ]
+        return own

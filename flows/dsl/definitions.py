@@ -4,8 +4,7 @@ Everything here is a frozen dataclass validated when it is constructed, so a mis
 fails at import time with a message naming the bad field and the allowed values, never later in a
 running dataflow. A :class:`FeatureView` is the unit of deployment, of the Redis key space and of
 the offline log; the engine (:mod:`freshet.engine.view_engine`) turns its definition into rows
-exactly as
-``../shared/DESIGN.md``, section "Window semantics", specifies.
+exactly as the window semantics in README, "Defining features", specify.
 
 A view reads like this (the shipped demo views are in :mod:`freshet.dsl.views`)::
 
@@ -90,7 +89,7 @@ class Aggregation(StrEnum):
     MAX = "max"
     LAST = "last"
     DISTINCT_COUNT = "distinct_count"  # exact for small sets, then a DataSketches HLL
-    APPROX_PERCENTILE = "approx_percentile"  # DataSketches KLL; needs ``quantile``
+    APPROX_PERCENTILE = "approx_percentile"  # deterministic sketch; needs ``quantile``
 
 
 _NUMERIC_AGGS = frozenset(

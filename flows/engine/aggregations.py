@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 import datasketches
+
 from freshet.dsl.definitions import Aggregation
 
 __all__ = [

@@ -1,6 +1,6 @@
 """The tiled sliding-window engine: per-entity state in, rows out. Pure Python, no Bytewax.
 
-Implements ``../shared/DESIGN.md``, section "Window semantics", exactly:
+Implements the window semantics (README, "Defining features") exactly:
 
 * **Tiles.** Each windowed feature has a window ``W`` and hop ``h`` (``W`` a multiple of ``h``);
   tile ``k`` holds the events with ``k*h <= t < (k+1)*h`` (epoch-aligned). Features sharing
@@ -37,38 +37,29 @@ snapshots.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from freshet.dsl.definitions import Aggregation, Feature, FeatureView
 from freshet.engine.hotpath import HotPathPlan, compile_hot_path
 from freshet.engine.tiles import NEVER, LifetimeFeatures, Pending, WindowGroup
+from freshet.sinks.clock import now_ms
+from freshet.sinks.events import Event
 from freshet.sinks.rows import Row
 
 __all__ = [
     "STATE_FORMAT",
-    "BatchEvent",
     "EntityState",
     "StateFormatError",
     "ViewEngine",
-    "wall_clock_ms",
 ]
 
 Clock = Callable[[], int]
-# An event as the pipeline hands it over: (entity, event time ms, fields, partition, offset,
-# Kafka timestamp ms).
-BatchEvent = tuple[str, int, tuple[Any, ...], int, int, int]
-
-
-def wall_clock_ms() -> int:
-    """The wall clock in epoch milliseconds (the engine's default clock)."""
-    return time.time_ns() // 1_000_000
 
 
 # The layout of a pickled EntityState; bumped whenever it changes, so a resume from an older
 # recovery dir fails with a clear message instead of a wrong state.
-STATE_FORMAT = 2
+STATE_FORMAT = 3  # 3: deterministic percentile partials (were DataSketches KLL)
 
 
 class StateFormatError(ValueError):
@@ -210,7 +201,7 @@ class ViewEngine:
     in epoch ms recorded when an entity's max event time advances (inject one in tests).
     """
 
-    def __init__(self, view: FeatureView, *, clock: Clock = wall_clock_ms) -> None:
+    def __init__(self, view: FeatureView, *, clock: Clock = now_ms) -> None:
         self.view = view
         self._name = view.name
         self._lateness = view.allowed_lateness_seconds * 1000
@@ -280,11 +271,11 @@ class ViewEngine:
     def apply_batch(
         self,
         states: dict[str, EntityState],
-        events: Iterable[BatchEvent],
+        events: Iterable[Event],
         missing: Callable[[str], EntityState],
         rows: list[Row],
         kafka_ts: list[int],
-        late: list[BatchEvent],
+        late: list[Event],
         touched: dict[str, EntityState],
     ) -> None:
         """Apply ``events`` ``(entity, t, fields, partition, offset, kafka_ts)`` in order; the

@@ -49,6 +49,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
 from freshet.dsl.definitions import FeatureView
 from freshet.sinks.layout import ViewLayout
 from freshet.sinks.parquet_log import DEDUPE_KEY, segment_paths

@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+
 from freshet.offline.historical import connect_duckdb, log_rows_sql
 from freshet.sinks import clock
 from freshet.sinks.layout import ViewLayout

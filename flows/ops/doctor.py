@@ -490,6 +490,7 @@ def probe_schema_registry(url: str, *, timeout_s: float = 5.0) -> RegistryFacts:
 def probe_kafka(config: Mapping[str, str], *, timeout_s: float = 5.0) -> KafkaFacts:
     """Describe the cluster and list its topics with one admin client."""
     from confluent_kafka import KafkaException
+
     from freshet.stream import kafka_clients
 
     bootstrap = config.get("bootstrap.servers", "")
@@ -542,6 +543,7 @@ def probe_redis(url: str, *, timeout_s: float = 5.0) -> RedisFacts:
     """
     import redis
     import redis.cluster
+
     from freshet.sinks.redis_store import connect, split_cluster_url
 
     shown = _redacted(url)

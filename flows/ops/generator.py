@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import orjson
 from fastavro import parse_schema, schemaless_writer
+
 from freshet.decode.decoder import decoder_for, load_schema
 from freshet.decode.messages import RawMessage
 from freshet.sinks.clock import now_ms

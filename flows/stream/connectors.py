@@ -55,6 +55,7 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
+
 from freshet.dsl.definitions import FeatureView
 from freshet.sinks.durable import write_durably
 from freshet.sinks.parquet_log import ParquetLogWriter, WriterState

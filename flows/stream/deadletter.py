@@ -38,15 +38,17 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from freshet.decode.messages import Headers, field
+
+from freshet.decode.messages import REASONS, DeadLetter, Headers, Reason, field
 
 if TYPE_CHECKING:
     from confluent_kafka import Producer
+
     from freshet.dsl.definitions import FeatureView
 
 __all__ = [
@@ -63,18 +65,6 @@ __all__ = [
     "late_letter",
 ]
 
-Reason = Literal["undecodable", "missing_field", "wrong_type", "invalid_value", "late"]
-REASONS: tuple[Reason, ...] = (
-    "undecodable",
-    "missing_field",
-    "wrong_type",
-    "invalid_value",
-    "late",
-)
-
-
-# Error texts can quote user data; keep headers small.
-_MAX_ERROR_CHARS = 1000
 _DECODED_JSON: Headers = [("freshet.value.encoding", b"decoded-json")]
 
 log = logging.getLogger(__name__)
@@ -82,34 +72,6 @@ log = logging.getLogger(__name__)
 
 class DeadLetterError(RuntimeError):
     """A dead letter could not be handed to Kafka; nothing was silently dropped."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """One refused record: the original bytes plus where it came from and why it was refused."""
-
-    reason: Reason
-    error: str
-    view: str
-    key: bytes | None
-    value: bytes | None
-    topic: str
-    partition: int
-    offset: int
-    headers: Headers | None = None
-
-    def kafka_headers(self) -> Headers:
-        """The record's own headers followed by freshet's (see the module docstring)."""
-        own = list(self.headers) if self.headers else []
-        own += [
-            ("freshet.error", self.error[:_MAX_ERROR_CHARS].encode()),
-            ("freshet.reason", self.reason.encode()),
-            ("freshet.view", self.view.encode()),
-            ("freshet.source.topic", self.topic.encode()),
-            ("freshet.source.partition", str(self.partition).encode()),
-            ("freshet.source.offset", str(self.offset).encode()),
-        ]
-        return own
 
 
 def dead_letter_topic(view: FeatureView) -> str:
@@ -368,6 +330,7 @@ class DeadLetterProducer:
     def build(self) -> DeadLetterProducer:
         """Create the producer and fail fast if the broker does not answer."""
         from confluent_kafka import KafkaException
+
         from freshet.stream import kafka_clients
 
         producer = kafka_clients.producer(self._config)

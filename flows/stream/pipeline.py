@@ -54,6 +54,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
+
 from freshet.decode.decoder import decoder_for, shard_groups
 from freshet.decode.schema_registry import SchemaRegistry
 from freshet.dsl.definitions import FeatureView

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from freshet.ops.generator import GeneratorConfig, ProduceCounts, produce
 from pipeline_harness import VIEW, FlowProcess
+
+from freshet.ops.generator import GeneratorConfig, ProduceCounts, produce
 
 __all__ = ["BackgroundProducer", "FlowWithoutOverride", "slower_than"]
 

@@ -20,6 +20,7 @@ import atheris
 with atheris.instrument_imports():
     import fastavro  # noqa: F401  (instrumented for coverage)
     import orjson  # noqa: F401
+
     from freshet.decode import decoder as decode  # noqa: F401
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from freshet.ops import devstack
 from redis_servers import free_port
+
+from freshet.ops import devstack
 
 __all__ = ["SASL_PASSWORD", "SASL_USER", "private_stack", "sasl_listener_lines"]
 

@@ -10,8 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from confluent_kafka import Producer
-from freshet.decode.decoder import decoder_for
-from freshet.ops.generator import GeneratorConfig, TransactionStream
 from pipeline_harness import (
     VIEW,
     FlowProcess,
@@ -21,6 +19,9 @@ from pipeline_harness import (
     offline_rows,
     read_topic,
 )
+
+from freshet.decode.decoder import decoder_for
+from freshet.ops.generator import GeneratorConfig, TransactionStream
 
 
 def _mutate(rng: random.Random, value: bytes) -> bytes:

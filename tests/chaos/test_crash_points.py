@@ -23,8 +23,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from freshet.sinks.faults import FAULT_ENV, parse_fault
-from freshet.sinks.parquet_log import log_dir, segment_paths
 from pipeline_harness import (
     LABEL,
     VIEW,
@@ -42,6 +40,9 @@ from pipeline_harness import (
     wait_until,
 )
 from redis_servers import free_port
+
+from freshet.sinks.faults import FAULT_ENV, parse_fault
+from freshet.sinks.parquet_log import log_dir, segment_paths
 
 # Every run: small polls (a run lasts long enough to crash in the middle of it), small segments
 # (rolls happen between snapshots too), 1 s snapshots (flow_args).

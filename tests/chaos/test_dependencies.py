@@ -23,10 +23,6 @@ import httpx
 import pytest
 import redis
 from chaos_tools import BackgroundProducer, FlowWithoutOverride, slower_than
-from freshet.ops import devstack, processes
-from freshet.serving.app import create_app
-from freshet.sinks.parquet_log import log_dir
-from freshet.sinks.settings import Settings
 from http_servers import running_server
 from pipeline_harness import (
     LABEL,
@@ -46,6 +42,11 @@ from pipeline_harness import (
 from private_stack import private_stack
 from redis_servers import RedisProcess, free_port
 from test_kafka_restart import _create_topics
+
+from freshet.ops import devstack, processes
+from freshet.serving.app import create_app
+from freshet.sinks.parquet_log import log_dir
+from freshet.sinks.settings import Settings
 
 OUTAGE_S = 10.0
 

@@ -16,12 +16,13 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from http_servers import running_server
+
 from freshet.dsl.registry import get_view
 from freshet.serving.app import create_app
 from freshet.sinks.redis_store import RedisFeatureWriter, connect
 from freshet.sinks.rows import Row
 from freshet.sinks.settings import Settings
-from http_servers import running_server
 
 LAYOUT = get_view("card_txn").layout()
 VALUES = (3, 30.0, 10.0, 12.5, "m_victim", 2)

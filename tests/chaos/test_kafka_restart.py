@@ -9,7 +9,6 @@ from pathlib import Path
 
 import redis
 from confluent_kafka.admin import AdminClient, NewTopic
-from freshet.ops import devstack, processes
 from pipeline_harness import (
     LABEL,
     VIEW,
@@ -27,6 +26,8 @@ from pipeline_harness import (
 )
 from private_stack import private_stack
 from redis_servers import free_port
+
+from freshet.ops import devstack, processes
 
 
 def _create_topics(bootstrap: str, topics: dict[str, int]) -> None:

@@ -21,7 +21,6 @@ import pytest
 import redis
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
-from freshet.ops import devstack
 from pipeline_harness import (
     VIEW,
     FlowProcess,
@@ -38,6 +37,8 @@ from pipeline_harness import (
 )
 from private_stack import SASL_PASSWORD, SASL_USER, private_stack, sasl_listener_lines
 from redis_servers import free_port
+
+from freshet.ops import devstack
 
 ADMIN_PASSWORD = "redis-Admin-pw-3Kd"
 FLOW_USER, FLOW_PASSWORD = "freshet-flow", "redis-Flow-pw-8Jm"

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import redis
 from confluent_kafka.admin import AdminClient, NewTopic
+
 from freshet.ops import devstack
 from freshet.stream import kafka_clients
 

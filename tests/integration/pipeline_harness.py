@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 from confluent_kafka import TopicPartition
+
 from freshet.decode.decoder import decoder_for
 from freshet.decode.messages import RawMessage
 from freshet.dsl.definitions import FeatureView

@@ -24,12 +24,13 @@ import orjson
 import pyarrow.parquet as pq
 import redis
 from confluent_kafka import Producer
+from pipeline_harness import FlowProcess, Reference, read_topic, redis_records
+
 from freshet.dsl.definitions import Aggregation, Feature, FeatureView
 from freshet.dsl.views import CARD_TXN
 from freshet.ops.generator import GeneratorConfig, TransactionStream
 from freshet.sinks.parquet_log import read_log, segment_paths
 from freshet.sinks.redis_store import record_key
-from pipeline_harness import FlowProcess, Reference, read_topic, redis_records
 
 HOUR = 3_600_000
 LATENESS_MS = CARD_TXN.allowed_lateness_seconds * 1000

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+
 from freshet.decode.decoder import decoder_for
 from freshet.decode.messages import RawMessage
 from freshet.dsl.registry import get_view

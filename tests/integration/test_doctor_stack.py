@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 from click.testing import CliRunner
+from redis_servers import RedisProcess, free_port, start_cluster
+
 from freshet.cli import cli
 from freshet.dsl.definitions import FeatureView
 from freshet.dsl.registry import get_view
@@ -26,7 +28,6 @@ from freshet.ops.doctor import (
     probe_kafka,
     probe_redis,
 )
-from redis_servers import RedisProcess, free_port, start_cluster
 
 VIEW = get_view("card_txn")
 

@@ -29,9 +29,6 @@ from pathlib import Path
 import pytest
 import redis
 from confluent_kafka.admin import AdminClient, NewTopic
-from freshet.ops.generator import GeneratorConfig, produce
-from freshet.sinks.faults import FAULT_ENV
-from freshet.sinks.rows import Row
 from pipeline_harness import (
     LABEL,
     VIEW,
@@ -48,6 +45,10 @@ from pipeline_harness import (
     wait_until,
 )
 from redis_servers import free_port
+
+from freshet.ops.generator import GeneratorConfig, produce
+from freshet.sinks.faults import FAULT_ENV
+from freshet.sinks.rows import Row
 
 _EVENTS = 12_000
 _CARDS = 300

@@ -32,8 +32,9 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
-from freshet.ops import devstack
 from redis_servers import free_port
+
+from freshet.ops import devstack
 
 _REPO = Path(__file__).resolve().parents[2]
 # What a build does not need: at the top, environments, the dev stack and build output; anywhere,

@@ -29,8 +29,9 @@ import pytest
 import redis
 from confluent_kafka import Producer
 from drain_views import DRAIN_TXN
-from freshet.dsl.definitions import Aggregation, Feature
 from pipeline_harness import FlowProcess, flow_env, offline_rows, redis_records, wait_until
+
+from freshet.dsl.definitions import Aggregation, Feature
 
 VIEW = DRAIN_TXN
 VIEWS_FILE = Path(__file__).with_name("drain_views.py")

@@ -25,6 +25,11 @@ import redis.asyncio
 import redis.cluster
 import redis.connection
 from click.testing import CliRunner
+from http_servers import running_server
+from pipeline_harness import FlowProcess, Reference, read_topic
+from redis.crc import key_slot
+from redis_servers import RedisProcess, start_cluster
+
 from freshet.cli import cli
 from freshet.dsl.registry import get_view
 from freshet.ops.generator import GeneratorConfig, produce
@@ -39,10 +44,6 @@ from freshet.sinks.redis_store import (
 )
 from freshet.sinks.rows import Row
 from freshet.sinks.settings import Settings
-from http_servers import running_server
-from pipeline_harness import FlowProcess, Reference, read_topic
-from redis.crc import key_slot
-from redis_servers import RedisProcess, start_cluster
 
 VIEW = get_view("card_txn")
 LAYOUT = VIEW.layout()

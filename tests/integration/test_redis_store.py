@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 import redis.cluster
+from redis_servers import RedisProcess, free_port, start_cluster
+
 from freshet.dsl.registry import get_view
 from freshet.sinks.layout import ViewLayout
 from freshet.sinks.redis_store import (
@@ -20,7 +22,6 @@ from freshet.sinks.redis_store import (
     record_key,
 )
 from freshet.sinks.rows import Row
-from redis_servers import RedisProcess, free_port, start_cluster
 
 CARD_TXN = get_view("card_txn").layout()
 LAYOUTS = {CARD_TXN.name: CARD_TXN}

@@ -15,10 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
-from freshet.dsl.registry import get_view
-from freshet.ops.generator import GeneratorConfig, produce
 from pipeline_harness import FlowProcess, Reference, offline_rows, read_topic, redis_records
 from redis_servers import free_port
+
+from freshet.dsl.registry import get_view
+from freshet.ops.generator import GeneratorConfig, produce
 
 VIEW = get_view("card_txn")
 EVENTS = 6_000

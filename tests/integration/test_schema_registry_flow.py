@@ -13,9 +13,10 @@ from typing import Any
 import redis
 from confluent_kafka import Producer
 from fastavro import parse_schema, schemaless_writer
-from freshet.decode.decoder import load_schema
 from http_servers import running_server
 from pipeline_harness import VIEW, FlowProcess, flow_args, flow_env, read_topic, redis_records
+
+from freshet.decode.decoder import load_schema
 
 VIEW_SCHEMA = load_schema(VIEW.source.schema_path)  # type: ignore[arg-type]
 # A newer producer's schema: another field order, a field the view does not read.

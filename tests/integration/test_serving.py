@@ -15,6 +15,9 @@ import httpx
 import pytest
 import redis
 from click.testing import CliRunner
+from http_servers import running_server
+from redis_servers import RedisProcess, free_port
+
 from freshet.cli import cli
 from freshet.dsl.registry import get_view
 from freshet.serving import Client, ServingError
@@ -24,8 +27,6 @@ from freshet.serving.redis_link import RedisLink
 from freshet.sinks.redis_store import RedisFeatureWriter, connect
 from freshet.sinks.rows import Row
 from freshet.sinks.settings import Settings
-from http_servers import running_server
-from redis_servers import RedisProcess, free_port
 
 CARD_TXN = get_view("card_txn").layout()
 LAYOUTS = {CARD_TXN.name: CARD_TXN}
@@ -291,6 +292,7 @@ def test_freshet_get_accepts_a_versioned_view_name(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
     from click.testing import CliRunner
+
     from freshet.cli import cli
     from freshet.dsl.registry import get_view
     from freshet.sinks.redis_store import RedisFeatureWriter

@@ -9,15 +9,16 @@ from typing import Any
 
 import pytest
 import schemathesis
+from http_servers import running_server
+from hypothesis import HealthCheck, given, settings
+from schemathesis.config import SchemathesisConfig
+from schemathesis.generation import GenerationMode
+
 from freshet.dsl.registry import get_view
 from freshet.serving.app import create_app
 from freshet.sinks.redis_store import RedisFeatureWriter, connect
 from freshet.sinks.rows import Row
 from freshet.sinks.settings import Settings
-from http_servers import running_server
-from hypothesis import HealthCheck, given, settings
-from schemathesis.config import SchemathesisConfig
-from schemathesis.generation import GenerationMode
 
 CARD_TXN = get_view("card_txn").layout()
 API_KEY = "k_schemathesis"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
 from freshet.ops import devstack, processes
 
 MESSAGES = 10_000

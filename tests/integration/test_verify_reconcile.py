@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 from click.testing import CliRunner, Result
+
 from freshet.cli import cli
 from freshet.dsl.views import CARD_TXN
 from freshet.offline.reconcile import Outcome, reconcile, verify

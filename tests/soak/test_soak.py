@@ -35,9 +35,10 @@ import pytest
 import redis
 from confluent_kafka import Producer
 from fastavro import parse_schema, schemaless_writer
-from freshet.decode.decoder import load_schema, strip_time_logical_types
 from pipeline_harness import FlowProcess, scrape, wait_until
 from redis_servers import RedisProcess, free_port
+
+from freshet.decode.decoder import load_schema, strip_time_logical_types
 
 HERE = Path(__file__).resolve().parent
 VIEWS_FILE = HERE / "soak_views.py"

@@ -8,6 +8,9 @@ import random
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from freshet.dsl.definitions import Aggregation
 from freshet.engine.aggregations import (
     EXACT_DISTINCT_LIMIT,
@@ -17,8 +20,6 @@ from freshet.engine.aggregations import (
     exact_float,
     exact_to_float,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 # (aggregation, quantile, float field?, values, result, result of no values)
 TABLE: list[tuple[Aggregation, float | None, bool, list[Any], Any, Any]] = [

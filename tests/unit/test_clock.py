@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from freshet.sinks.clock import TimeFormatError, now_ms, parse_time
 
 NOW = 1_750_000_000_000

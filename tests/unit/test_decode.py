@@ -14,6 +14,9 @@ import pytest
 from bytewax.connectors.kafka import KafkaSourceMessage
 from confluent_kafka import Message
 from fastavro import parse_schema, schemaless_writer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from freshet.decode.decoder import (
     EVENT_TIME_MAX_MS,
     EVENT_TIME_MIN_MS,
@@ -23,8 +26,6 @@ from freshet.decode.decoder import (
     decoder_for,
 )
 from freshet.decode.messages import RawMessage
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 SCHEMA: dict[str, Any] = {
     "type": "record",

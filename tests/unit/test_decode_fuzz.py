@@ -20,6 +20,9 @@ from typing import Any
 
 import orjson
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from freshet.decode.avro_reader import compile_reader
 from freshet.decode.decoder import (
     EVENT_TIME_MAX_MS,
@@ -34,8 +37,6 @@ from freshet.decode.messages import RawMessage
 from freshet.dsl.registry import get_view
 from freshet.sinks.redis_store import record_key
 from freshet.stream.deadletter import REASONS
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 AVRO_VIEW = get_view("card_txn")
 JSON_VIEW = get_view("card_txn_json")

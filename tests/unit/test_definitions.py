@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import CliRunner
+
 from freshet.cli import cli
 from freshet.dsl.definitions import (
     Aggregation,

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
+
 from freshet.cli.demo import _freshet_command, _header, _table
 from freshet.dsl.views import CARD_TXN
-from rich.console import Console
 
 _CARDS = [f"card_{k:06d}" for k in (17, 3, 1_204, 88, 9_999, 42, 5, 731)]
 # The widest values a busy demo card gets (a 60 s demo at 2,000/s: ~12,000 events on one card).

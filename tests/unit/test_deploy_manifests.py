@@ -16,6 +16,7 @@ the end show each check catching a wrong command, port or metric name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import importlib
 import inspect
@@ -34,8 +35,10 @@ import kubernetes_validate
 import promql_parser
 import pytest
 import yaml
+
 from freshet.cli import cli
 from freshet.dsl.registry import get_view
+from freshet.serving.auth import ApiKeys
 from freshet.sinks.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,10 +110,12 @@ class _Recording(dict[str, str]):
 
 
 def env_problems(names: Mapping[str, str], where: str) -> list[str]:
-    """Names freshet does not read (Settings.from_env): plain names it asks for, or
-    FRESHET_KAFKA_CONFIG_* that land in the librdkafka pass-through."""
+    """Names freshet does not read (Settings.from_env, ApiKeys.from_env): plain names it asks for,
+    or FRESHET_KAFKA_CONFIG_* that land in the librdkafka pass-through."""
     env = _Recording(dict.fromkeys(names, "x"))
     settings = Settings.from_env(env)
+    with contextlib.suppress(ValueError):  # "x" is not a key list; the name was asked for
+        ApiKeys.from_env(env)  # the endpoint's own setting
     problems = []
     for name in names:
         if not name.startswith("FRESHET_"):

@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
+
 from freshet.ops import devstack
 from freshet.ops.devstack import StackConfig
 

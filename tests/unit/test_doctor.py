@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from freshet.cli import cli
 from freshet.dsl.registry import get_view
 from freshet.ops.doctor import (

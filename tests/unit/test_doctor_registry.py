@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from loopback_http import QuietHandler, loopback_server
+
 from freshet.dsl.registry import get_view
 from freshet.ops.doctor import (
     KafkaFacts,
@@ -18,7 +20,6 @@ from freshet.ops.doctor import (
     diagnose,
     probe_schema_registry,
 )
-from loopback_http import QuietHandler, loopback_server
 
 AVRO = get_view("card_txn")
 JSON_ONLY = get_view("card_txn_json")

@@ -16,6 +16,10 @@ from typing import Any
 
 import pytest
 from fastavro import parse_schema, schemaless_writer
+from hypothesis import given
+from hypothesis import strategies as st
+from test_decode_fuzz import FUZZ, messages_of, mutated, valid_avro
+
 from freshet.decode import decoder as decode
 from freshet.decode.decoder import (
     EVENT_TIME_MAX_MS,
@@ -25,9 +29,6 @@ from freshet.decode.decoder import (
 )
 from freshet.decode.messages import RawMessage
 from freshet.dsl.registry import get_view
-from hypothesis import given
-from hypothesis import strategies as st
-from test_decode_fuzz import FUZZ, messages_of, mutated, valid_avro
 
 VIEW = get_view("card_txn")
 

@@ -9,10 +9,11 @@ import random
 from typing import Any
 
 import pytest
-from freshet.engine import view_engine as engine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_engine import ALL_AGGS, _interleave, _run_engine, _with_ends, entity_streams
+
+from freshet.engine import view_engine as engine
 
 
 def c_pack(d: list[Any]) -> list[Any]:

@@ -3,9 +3,10 @@ path counts."""
 
 from __future__ import annotations
 
-from freshet.stream.metrics import _FRESHNESS_BUCKETS, BatchHistogram
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from freshet.stream.metrics import _FRESHNESS_BUCKETS, BatchHistogram
 
 NOW_MS = 1_795_000_000_123
 

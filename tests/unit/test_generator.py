@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from freshet.decode.decoder import decoder_for
 from freshet.decode.messages import RawMessage
 from freshet.dsl.definitions import Source

@@ -14,6 +14,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from freshet.cli import cli
 from freshet.dsl.registry import get_view
 from freshet.dsl.views import CARD_TXN
@@ -28,8 +31,6 @@ from freshet.offline.historical import (
 from freshet.sinks.layout import FeatureColumn, ViewLayout
 from freshet.sinks.parquet_log import ParquetLogWriter, log_dir
 from freshet.sinks.rows import Row
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 DAY = 86_400_000
 T0 = 1_714_521_600_000  # 2024-05-01T00:00:00Z

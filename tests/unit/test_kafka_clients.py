@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError
+
 from freshet.cli import EXIT_UNREACHABLE, _debug_first, _report
 from freshet.sinks.settings import Settings, SettingsError
 from freshet.stream import kafka_clients

@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "engine": {"dsl", "sinks"},
     "decode": {"dsl", "sinks"},
     "stream": {"dsl", "engine", "decode", "sinks"},
-    "backfill": {"dsl", "engine", "decode", "stream", "sinks"},
+    "backfill": {"dsl", "engine", "decode", "stream", "ops", "sinks"},
     "offline": {"dsl", "sinks", "stream"},
     "ops": {"dsl", "decode", "stream", "sinks"},
     "serving": {"dsl", "sinks"},

@@ -24,7 +24,7 @@ def test_no_module_is_imported_under_a_folder_name() -> None:
             "--output-format",
             "concise",
             ".",
-        ],  # fmt: skip
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -10,6 +10,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from freshet.sinks.layout import FeatureColumn, ViewLayout
 from freshet.sinks.parquet_log import (
     ParquetLogError,
@@ -19,8 +22,6 @@ from freshet.sinks.parquet_log import (
     segment_paths,
 )
 from freshet.sinks.rows import Row
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 LAYOUT = ViewLayout(
     name="card_txn",

@@ -31,6 +31,7 @@ from bytewax.inputs import AbortExecution, FixedPartitionedSource, StatefulSourc
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 from fastavro import parse_schema, schemaless_writer
+
 from freshet.cli.run import (
     _child_argv,
     _init_recovery,

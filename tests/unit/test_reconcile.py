@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from freshet.offline.reconcile import (
     FAILING,
     LOG_AHEAD_LAG_MS,

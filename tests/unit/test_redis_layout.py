@@ -6,6 +6,10 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.crc import key_slot
+
 from freshet.sinks.layout import FeatureColumn, ViewLayout
 from freshet.sinks.redis_store import (
     InvalidEntityError,
@@ -18,9 +22,6 @@ from freshet.sinks.redis_store import (
     record_key,
 )
 from freshet.sinks.rows import Row
-from hypothesis import given
-from hypothesis import strategies as st
-from redis.crc import key_slot
 
 LAYOUT = ViewLayout(
     name="card_txn",

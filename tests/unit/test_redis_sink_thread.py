@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 import pytest
+
 from freshet.sinks.rows import Row
 from freshet.stream.connectors import _RedisPartition
 from freshet.stream.pipeline import Changes

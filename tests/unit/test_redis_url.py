@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 import redis.cluster
+
 from freshet.sinks.redis_store import connect, is_cluster_url, split_cluster_url
 
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
 from freshet.dsl.definitions import Aggregation, Feature
 from freshet.dsl.registry import Registry, RegistryError, UnknownViewError, parse_view_ref
 from freshet.dsl.views import CARD_TXN, CARD_TXN_JSON

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 from fastavro import parse_schema, schemaless_writer
+from loopback_http import QuietHandler, loopback_server
+
 from freshet.decode.decoder import decoder_for, load_schema
 from freshet.decode.messages import RawMessage
 from freshet.decode.schema_registry import (
@@ -24,7 +26,6 @@ from freshet.decode.schema_registry import (
 )
 from freshet.dsl.registry import get_view
 from freshet.sinks.settings import Settings
-from loopback_http import QuietHandler, loopback_server
 
 VIEW = get_view("card_txn")
 VIEW_SCHEMA = load_schema(VIEW.source.schema_path)  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ import httpx
 import orjson
 import pytest
 import redis.exceptions
+
 from freshet.dsl.registry import get_view, views_json
 from freshet.serving.app import MAX_BATCH, MAX_BODY_BYTES, FeatureApp
 from freshet.serving.auth import ApiKeys

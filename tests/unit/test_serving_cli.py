@@ -7,11 +7,12 @@ import asyncio
 import time
 from urllib.parse import quote
 
-import freshet.sinks.redis_store
 import httpx
 import orjson
 import pytest
 from click.testing import CliRunner
+
+import freshet.sinks.redis_store
 from freshet.cli import cli
 from freshet.dsl.registry import get_view, views_json
 from freshet.serving.app import FeatureApp

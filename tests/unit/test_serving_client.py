@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+
 from freshet.serving.client import to_pandas
 
 RESULTS = [

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from freshet.serving.metrics import ServingMetrics, observe_many
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from freshet.serving.metrics import ServingMetrics, observe_many
 
 
 def _histogram(registry: CollectorRegistry) -> Histogram:

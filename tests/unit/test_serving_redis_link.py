@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 import redis.exceptions
+
 from freshet.serving.redis_link import RedisLink
 
 

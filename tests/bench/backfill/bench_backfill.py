@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
+
 from freshet.backfill.plan import KafkaOffsets, plan_backfill
 from freshet.decode.decoder import decoder_for
 from freshet.decode.messages import RawMessage

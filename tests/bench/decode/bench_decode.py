@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Message
 from fastavro import parse_schema, schemaless_reader
+
 from freshet.decode.decoder import decoder_for, load_schema, strip_time_logical_types
 from freshet.dsl.registry import get_view
 from freshet.ops.generator import GeneratorConfig, TransactionStream

@@ -34,6 +34,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
 from freshet.dsl.views import CARD_TXN
 from freshet.offline.historical import ViewRequest, historical_features, write_historical
 from freshet.sinks.parquet_log import ParquetLogWriter, read_log, segment_paths

@@ -24,6 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
 from freshet.dsl.registry import get_view
 from freshet.sinks.parquet_log import ParquetLogWriter, log_schema, read_log
 from freshet.sinks.rows import Row

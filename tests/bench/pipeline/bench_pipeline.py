@@ -53,6 +53,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
 from freshet.decode.decoder import decoder_for
 from freshet.decode.messages import RawMessage
 from freshet.dsl.registry import get_view

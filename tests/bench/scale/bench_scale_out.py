@@ -38,6 +38,7 @@ from contextlib import contextmanager
 import redis
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
 from freshet.dsl.registry import get_view
 from freshet.ops.generator import GeneratorConfig, produce
 

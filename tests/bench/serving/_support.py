@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 import redis
+
 from freshet.dsl.registry import get_view
 from freshet.sinks.layout import ViewLayout
 from freshet.sinks.redis_store import RedisFeatureWriter

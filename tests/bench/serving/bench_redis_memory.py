@@ -16,6 +16,7 @@ import time
 import orjson
 import redis
 from _support import CARD_TXN, demo_rows, private_redis, write_demo
+
 from freshet.sinks.layout import ViewLayout
 from freshet.sinks.redis_store import RedisFeatureWriter, record_key
 

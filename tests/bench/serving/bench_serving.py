@@ -44,6 +44,7 @@ from _support import (
     summary,
     write_demo,
 )
+
 from freshet.sinks.redis_store import record_key
 
 HERE = Path(__file__).resolve().parent
