@@ -1,5 +1,5 @@
-"""The lookup endpoint (ASGI app in :mod:`serving.app`) and its Python client."""
+"""The lookup endpoint (ASGI app in :mod:`freshet.serving.app`) and its Python client."""
 
-from serving.client import Client, ServingError
+from freshet.serving.client import Client, ServingError
 
 __all__ = ["Client", "ServingError"]

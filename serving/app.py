@@ -12,15 +12,14 @@ A Lookup is ``{"view", "entity", "found", "as_of", "age_ms", "features": {name: 
 ``MAX_BATCH`` (1,000) entities (413 beyond, and for bodies over 1 MiB). Each request makes one
 Redis round trip (one ``MGET``).
 
-Why a plain ASGI callable and not Starlette: measured with wrk at c=8 on this machine (uvicorn,
-one worker), the same handler answered ~7,100 requests/s bare and ~4,400 through Starlette's
-routing, request and response objects; the app needs six fixed routes, so the router is a path
-split. ``freshet serve`` runs it on uvicorn (least CPU per lookup: ~80 µs at c=8 against
-~100 µs on granian) or, with ``--server granian``, on granian (more lookups/s at c>=32 when a
-core is spare); see ``tests/bench/serving/bench_serving.py``.
+Why a plain ASGI callable and not Starlette: the same handler answers more requests per second
+bare than through Starlette's routing, request and response objects, and the app needs six
+fixed routes, so the router is a path split. ``freshet serve`` runs it on uvicorn (least CPU
+per lookup) or, with ``--server granian``, on granian (more lookups/s at high concurrency when
+a core is spare). Figures and how to reproduce them: ``tests/bench/README.md``.
 
-Errors are :class:`serving.errors.HttpError` (and ``serving.auth.AuthError``) turned into
-JSON; anything else is logged with its traceback and answered 500 "internal error", never
+Errors are :class:`freshet.serving.errors.HttpError` (and ``freshet.serving.auth.AuthError``) turned
+into JSON; anything else is logged with its traceback and answered 500 "internal error", never
 with the traceback.
 """
 
@@ -38,15 +37,15 @@ from urllib.parse import parse_qs, unquote, unquote_to_bytes
 import orjson
 import redis.exceptions
 
-from flows.registry import all_views, views_json
-from serving.auth import ApiKeys, AuthError, presented_key
-from serving.errors import HttpError
-from serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from serving.metrics import ServingMetrics
-from serving.openapi import build_openapi
-from serving.redis_link import RedisLink
-from sinks.layout import ENTITY_FORBIDDEN_CHARS, MAX_ENTITY_LENGTH, ViewLayout
-from sinks.redis_store import (
+from freshet.dsl.registry import all_views, views_json
+from freshet.serving.auth import ApiKeys, AuthError, presented_key
+from freshet.serving.errors import HttpError
+from freshet.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from freshet.serving.metrics import ServingMetrics
+from freshet.serving.openapi import build_openapi
+from freshet.serving.redis_link import RedisLink
+from freshet.sinks.layout import ENTITY_FORBIDDEN_CHARS, MAX_ENTITY_LENGTH, ViewLayout
+from freshet.sinks.redis_store import (
     AsyncRedisFeatureReader,
     InvalidEntityError,
     Lookup,
@@ -54,7 +53,7 @@ from sinks.redis_store import (
     connect_async,
     is_cluster_url,
 )
-from sinks.settings import Settings
+from freshet.sinks.settings import Settings
 
 __all__ = [
     "MAX_BATCH",
@@ -308,7 +307,7 @@ def entity_problem(entity: str) -> str | None:
     """Why ``entity`` is not an id freshet can store or serve, or None if it is one.
 
     The lookup endpoint answers such ids with a 422 carrying this message, and ``freshet get``
-    refuses them with it: one rule, in one place (``sinks.layout`` holds its limits).
+    refuses them with it: one rule, in one place (``freshet.sinks.layout`` holds its limits).
     """
     if not entity:
         return "entity ids are non-empty strings"
@@ -427,17 +426,20 @@ def _version() -> str:
 
 
 def create_app(
-    settings: Settings | None = None, *, multiprocess_dir: str | None = None
+    settings: Settings | None = None,
+    *,
+    api_keys: ApiKeys | None = None,
+    multiprocess_dir: str | None = None,
 ) -> FeatureApp:
-    """The endpoint for the registered views, Redis and API keys of ``settings``
-    (default: read from the environment)."""
+    """The endpoint for the registered views, the Redis of ``settings`` and ``api_keys``
+    (default: both read from the environment)."""
     settings = settings or Settings.from_env()
     layouts = {view.name: view.layout() for view in all_views()}
     return FeatureApp(
         layouts=layouts,
         views_doc=views_json(),
         redis_client=_redis_client(settings.redis_url),
-        api_keys=ApiKeys.parse(settings.api_keys),
+        api_keys=api_keys if api_keys is not None else ApiKeys.from_env(),
         multiprocess_dir=multiprocess_dir,
     )
 

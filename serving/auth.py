@@ -15,6 +15,8 @@ which one), and keys never appear in logs, errors or reprs.
 from __future__ import annotations
 
 import hmac
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["ApiKeys", "AuthError", "Forbidden", "Unauthorized", "presented_key"]
@@ -49,6 +51,12 @@ class ApiKeys:
     @property
     def enabled(self) -> bool:
         return bool(self.keys)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiKeys:
+        """The keys of ``FRESHET_API_KEYS`` (unset or empty: no auth)."""
+        env = os.environ if environ is None else environ
+        return cls.parse(env.get("FRESHET_API_KEYS", ""))
 
     @classmethod
     def parse(cls, text: str) -> ApiKeys:

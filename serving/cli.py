@@ -8,6 +8,7 @@ lookup through a running endpoint instead (and ``--api-key`` authenticates there
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import time
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import click
 import orjson
 
-from sinks.settings import Settings
+from freshet.sinks.settings import Settings
 
 __all__ = ["get", "serve"]
 
@@ -52,12 +53,12 @@ def serve(
     /readyz, /metrics, /openapi.json. Reads FRESHET_REDIS_URL and FRESHET_API_KEYS
     ("key1:view_a,view_b;key2:*"; unset: no auth).
     """
-    from serving.auth import ApiKeys
-    from serving.redis_link import RedisLink
+    from freshet.serving.auth import ApiKeys
+    from freshet.serving.redis_link import RedisLink
 
     settings = Settings.from_env()
     try:
-        ApiKeys.parse(settings.api_keys)
+        ApiKeys.from_env()
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="FRESHET_API_KEYS") from exc
     try:
@@ -69,6 +70,11 @@ def serve(
         # any worker reports them all. Set before the workers start (they inherit it).
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="freshet-metrics-")
     click.echo(f"freshet serve: http://{host}:{port}  ({server}, {workers} worker(s))", err=True)
+    # uvicorn handles SIGTERM/SIGINT itself (stops accepting, finishes requests in flight) and
+    # then re-raises the signal to the handler it found: a no-op one here, so a stopped server
+    # exits 0 like every long-running freshet command, not -15.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     if server == "granian":
         _run_granian(host, port, workers, access_log, log_level)
     else:
@@ -81,7 +87,7 @@ def _run_granian(host: str, port: int, workers: int, access_log: bool, log_level
     from granian.server import Server
 
     Server(
-        "serving.app:app_from_env",
+        "freshet.serving.app:app_from_env",
         address=host,
         port=port,
         interface=Interfaces.ASGI,
@@ -98,7 +104,7 @@ def _run_uvicorn(host: str, port: int, workers: int, access_log: bool, log_level
     import uvicorn
 
     uvicorn.run(
-        "serving.app:app_from_env",
+        "freshet.serving.app:app_from_env",
         factory=True,
         host=host,
         port=port,
@@ -127,7 +133,7 @@ def get(
     api_key: str | None,
 ) -> None:
     """Show ENTITY's current features in VIEW (read from Redis, or from --url)."""
-    from serving.app import entity_problem
+    from freshet.serving.app import entity_problem
 
     # The endpoint's rule: an id it answers with a 422 is refused here with the same message,
     # not looked up (such ids are never stored, so Redis would only say "not found").
@@ -147,8 +153,8 @@ def get(
 def _via_redis(view: str, entity: str, names: list[str] | None) -> dict[str, Any]:
     import redis
 
-    from flows.registry import UnknownViewError, get_view
-    from sinks.redis_store import RedisFeatureReader, UnknownFeatureError, connect
+    from freshet.dsl.registry import UnknownViewError, get_view
+    from freshet.sinks.redis_store import RedisFeatureReader, UnknownFeatureError, connect
 
     try:
         layout = get_view(view).layout()
@@ -177,7 +183,7 @@ def _via_redis(view: str, entity: str, names: list[str] | None) -> dict[str, Any
 def _via_http(
     url: str, api_key: str | None, view: str, entity: str, names: list[str] | None
 ) -> dict[str, Any]:
-    from serving.client import Client, ServingError
+    from freshet.serving.client import Client, ServingError
 
     with Client(url, api_key=api_key) as client:
         try:

@@ -1,6 +1,6 @@
 """A small Python client of the lookup endpoint::
 
-    from serving import Client
+    from freshet.serving import Client
 
     with Client("http://127.0.0.1:8000") as client:
         client.get("card_txn", "card_42")["features"]["txn_count_5m"]
@@ -9,11 +9,15 @@
 Results are the endpoint's JSON (DESIGN.md "Interfaces"): dicts with ``view``, ``entity``,
 ``found``, ``as_of``, ``age_ms``, ``features`` and ``status``. Errors raise
 :class:`ServingError` carrying the HTTP status, the error code and the server's message.
+:func:`to_pandas` makes a DataFrame of results, one row per entity (``pip install
+'freshet[pandas]'``)::
+
+    to_pandas(client.get_many("card_txn", ["card_1", "card_2"]))
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -21,10 +25,38 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-__all__ = ["Client", "ServingError"]
+__all__ = ["PANDAS_HINT", "Client", "ServingError", "to_pandas"]
 
-# The endpoint's batch limit (serving.app.MAX_BATCH); larger get_many calls are split.
+# The endpoint's batch limit (freshet.serving.app.MAX_BATCH); larger get_many calls are split.
 _MAX_BATCH = 1_000
+
+
+PANDAS_HINT = "pip install 'freshet[pandas]'"
+
+
+def to_pandas(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Any:
+    """A ``pandas.DataFrame`` of lookup results (one, or a list from :meth:`Client.get_many`):
+    one row per result with ``entity``, ``found``, ``as_of``, ``age_ms`` and one column per
+    feature. pandas is optional: without it this raises ``ImportError`` saying what to install.
+    """
+    try:
+        import pandas  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    except ImportError as exc:
+        raise ImportError(
+            f"to_pandas() needs pandas, which freshet does not install by default: {PANDAS_HINT}"
+        ) from exc
+    rows = [results] if isinstance(results, Mapping) else list(results)
+    records = [
+        {
+            "entity": r.get("entity"),
+            "found": r.get("found"),
+            "as_of": r.get("as_of"),
+            "age_ms": r.get("age_ms"),
+            **(r.get("features") or {}),
+        }
+        for r in rows
+    ]
+    return pandas.DataFrame.from_records(records)
 
 
 class ServingError(RuntimeError):

@@ -2,7 +2,7 @@
 
     HttpError                 status, code, message, headers
      ├── 400 bad_request      body is not JSON
-     ├── 401/403              (from serving.auth: AuthError)
+     ├── 401/403              (from freshet.serving.auth: AuthError)
      ├── 404 unknown_view     names the known views; also unknown paths (not_found)
      ├── 405 method_not_allowed
      ├── 413 too_large        batch over the maximum, or body over the byte limit

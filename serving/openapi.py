@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sinks.layout import ENTITY_JSON_PATTERN, MAX_ENTITY_LENGTH, ViewLayout
+from freshet.sinks.layout import ENTITY_JSON_PATTERN, MAX_ENTITY_LENGTH, ViewLayout
 
 __all__ = ["build_openapi"]
 

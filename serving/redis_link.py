@@ -1,12 +1,12 @@
 """One pipelined Redis connection shared by all requests of an event loop.
 
-Why not ``redis.asyncio``: measured on this machine (``tests/bench/serving``), one
-``await client.mget(...)`` through redis-py 8's asyncio client costs ~120 µs of Python (pool
-checkout, retry and observability wrappers, stream reader), four times the whole round trip
-through this module, and it caps one worker at ~14,000 lookups/s at 8 concurrent requests
-against ~50,000 here. The endpoint issues only ``MGET`` and ``PING``, so it needs no more than
-this: requests write their command to one socket as they come and wait on a future; replies,
-parsed by hiredis, resolve the futures in order (Redis answers a connection in command order).
+Why not ``redis.asyncio``: an ``await client.mget(...)`` through redis-py's asyncio client
+spends several times this module's whole round trip in Python (pool checkout, retry and
+observability wrappers, stream reader), which caps a worker's lookups/s
+(``tests/bench/README.md``). The endpoint issues only ``MGET`` and ``PING``, so it needs no
+more than this: requests write their command to one socket as they come and wait on a future;
+replies, parsed by hiredis, resolve the futures in order (Redis answers a connection in command
+order).
 
 Connection handling: connects lazily (``socket_connect_timeout``), authenticates and selects
 the database from the URL (``redis://[user:password@]host:port/db``, ``rediss://`` for TLS,

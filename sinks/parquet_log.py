@@ -70,10 +70,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from sinks.durable import fsync_dir
-from sinks.faults import crash_point
-from sinks.layout import ViewLayout
-from sinks.rows import Row
+from freshet.sinks.clock import now_ms
+from freshet.sinks.durable import fsync_dir
+from freshet.sinks.faults import crash_point
+from freshet.sinks.layout import ViewLayout
+from freshet.sinks.rows import Row
 
 __all__ = [
     "DEDUPE_KEY",
@@ -124,10 +125,6 @@ def log_schema(layout: ViewLayout) -> pa.Schema:
     )
 
 
-def _wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class ParquetLogWriter:
     """Appends one view's rows to the log as immutable segments (see the module docstring).
 
@@ -145,7 +142,7 @@ class ParquetLogWriter:
         writer_id: str = "w0",
         resume_state: WriterState | None = None,
         clock: Callable[[], float] = time.monotonic,
-        wall_clock_ms: Callable[[], int] = _wall_clock_ms,
+        wall_clock_ms: Callable[[], int] = now_ms,
         background: bool = False,
         on_commit: Callable[[list[Path]], None] | None = None,
     ) -> None:

@@ -22,11 +22,8 @@ One Redis string per ``(view, version, entity)``::
   (one ``MGET`` per slot, pipelined per node) on a cluster client.
 * The fixed-width binary header lets the Lua script compare versions with
   ``struct.unpack`` without decoding the values; orjson keeps values compact (``152.5`` is 5
-  bytes, where msgpack spends 9 on every float64). Measured for the demo view (6 features,
-  ~57-byte values; ``tests/bench/serving/bench_redis_memory.py``): ``MEMORY USAGE`` ~160 B
-  per entity (``used_memory`` grows ~223 B per entity with the TTL's expires entry, ~179 B
-  without), against 280 B for the same values as a Redis hash per entity (Feast: ~280 B for
-  ten features).
+  bytes, where msgpack spends 9 on every float64): less memory per entity than a Redis hash
+  of the same values (figures in ``tests/bench/README.md``).
 
 Writes
 ------
@@ -34,9 +31,8 @@ One Lua script (``EVALSHA``, loaded once per writer and again after ``NOSCRIPT``
 a Redis restart or ``SCRIPT FLUSH``) takes up to ``max_rows_per_call`` rows of one TTL (the TTL
 is passed once per call, the rows as key + record) (default 500,
 which bounds how long one script blocks Redis); all calls of a batch go in one pipeline, one
-round trip. Measured (``tests/bench/serving/bench_redis_write.py``, batches of 1,000 rows),
-one call per 500 rows writes 1.6-2.2x the rows/s of one call per row (~85,000 against
-~40,000-52,000 rows/s), and more than plain pipelined ``SET``s of the same records. On a
+round trip (faster than one call per row or plain pipelined ``SET``s; figures in
+``tests/bench/README.md``). On a
 cluster client the rows are grouped per hash slot first (a script may only touch one slot)
 and each call is sent straight to the slot's node, one pipeline round trip per node.
 The script writes a row only if its ``(as_of, offset)`` is ``>=`` the stored one, so replays,
@@ -55,7 +51,7 @@ after a retry, rows that had landed before the failure count again.
 Reads
 -----
 ``RedisFeatureReader`` (sync) and ``AsyncRedisFeatureReader`` (any async client with ``mget``:
-``redis.asyncio`` or the endpoint's ``serving.redis_link.RedisLink``) share the key building
+``redis.asyncio`` or the endpoint's ``freshet.serving.redis_link.RedisLink``) share the key building
 and decoding; each lookup is one ``MGET`` round trip and yields :class:`Lookup` dicts, the
 endpoint's JSON as is. Clients must be built with ``decode_responses=False`` (``connect`` and
 ``connect_async`` do so).
@@ -79,9 +75,10 @@ import redis.cluster
 from redis.crc import key_slot
 from redis.exceptions import BusyLoadingError, NoScriptError
 
-from sinks.faults import crash_point
-from sinks.layout import ViewLayout
-from sinks.rows import Row
+from freshet.sinks.clock import now_ms
+from freshet.sinks.faults import crash_point
+from freshet.sinks.layout import ViewLayout
+from freshet.sinks.rows import Row
 
 __all__ = [
     "CLUSTER_PARAM",
@@ -539,10 +536,6 @@ class _ReaderBase:
         return out
 
 
-def _wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class RedisFeatureReader(_ReaderBase):
     """Reads records with a sync client: one ``MGET`` round trip per call."""
 
@@ -551,7 +544,7 @@ class RedisFeatureReader(_ReaderBase):
         client: Any,
         layouts: Mapping[str, ViewLayout],
         *,
-        clock_ms: Callable[[], int] = _wall_clock_ms,
+        clock_ms: Callable[[], int] = now_ms,
     ) -> None:
         super().__init__(client, layouts, clock_ms=clock_ms)
 
@@ -577,7 +570,7 @@ class AsyncRedisFeatureReader(_ReaderBase):
         client: Any,
         layouts: Mapping[str, ViewLayout],
         *,
-        clock_ms: Callable[[], int] = _wall_clock_ms,
+        clock_ms: Callable[[], int] = now_ms,
     ) -> None:
         super().__init__(client, layouts, clock_ms=clock_ms)
 

@@ -2,7 +2,9 @@
 
 Rows cross every boundary of the pipeline (engine -> Redis sink, engine -> Parquet sink), so
 they are a typed tuple: cheap to build on the hot path, cheap to pickle into snapshots.
-See ``../shared/DESIGN.md``, "Window semantics", "Rows".
+The engine emits one row after each accepted event (``as_of`` = the entity's newest event
+time) and one at each expiry boundary of a non-empty tile; rows of one entity with the same
+``as_of`` may be coalesced to the last.
 """
 
 from __future__ import annotations

@@ -28,8 +28,6 @@ class Settings:
     kafka_bootstrap: str = "127.0.0.1:9092"
     redis_url: str = "redis://127.0.0.1:6379/0"
     offline_dir: Path = Path("data/offline")
-    # Raw ``FRESHET_API_KEYS`` value (parsed by serving.auth); empty means no auth.
-    api_keys: str = ""
     # Extra librdkafka settings (security and tuning), e.g.
     # FRESHET_KAFKA_CONFIG_SASL_MECHANISM=PLAIN becomes {"sasl.mechanism": "PLAIN"}.
     # Values are secrets: never log them.
@@ -53,7 +51,6 @@ class Settings:
             kafka_bootstrap=env.get("FRESHET_KAFKA_BOOTSTRAP", cls.kafka_bootstrap),
             redis_url=env.get("FRESHET_REDIS_URL", cls.redis_url),
             offline_dir=Path(env.get("FRESHET_OFFLINE_DIR", str(cls.offline_dir))),
-            api_keys=env.get("FRESHET_API_KEYS", ""),
             kafka_config=kafka_config,
             schema_registry_url=env.get("FRESHET_SCHEMA_REGISTRY_URL") or None,
             kafka_timeout_s=_seconds(env, "FRESHET_KAFKA_TIMEOUT", cls.kafka_timeout_s),

@@ -8,7 +8,6 @@ load only for the commands that need them.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import sys
 import tempfile
@@ -27,42 +26,32 @@ _DEBUG_ENV = "FRESHET_DEBUG"
 
 # command name -> "module:attribute" of a click command or group.
 _COMMANDS: dict[str, str] = {
-    "dev": "flows.cli.dev:dev",
-    "views": "flows.cli.views:views",
-    "demo": "flows.cli.demo:demo",
-    "run": "flows.cli.run:run",
-    "backfill": "flows.cli.backfill:backfill",
-    "serve": "serving.cli:serve",
-    "get": "serving.cli:get",
-    "historical": "flows.cli.historical:historical",
-    "verify": "flows.cli.verify:verify",
-    "reconcile": "flows.cli.verify:reconcile",
-    "doctor": "flows.cli.doctor:doctor",
+    "dev": "freshet.cli.dev:dev",
+    "views": "freshet.cli.views:views",
+    "demo": "freshet.cli.demo:demo",
+    "run": "freshet.cli.run:run",
+    "backfill": "freshet.cli.backfill:backfill",
+    "serve": "freshet.serving.cli:serve",
+    "get": "freshet.serving.cli:get",
+    "historical": "freshet.cli.historical:historical",
+    "verify": "freshet.cli.verify:verify",
+    "reconcile": "freshet.cli.verify:reconcile",
+    "doctor": "freshet.cli.doctor:doctor",
+    "topics": "freshet.cli.topics:topics",
 }
 
 
 class _LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(name for name in _COMMANDS if self._available(name))
+        return sorted(_COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = _COMMANDS.get(cmd_name)
         if target is None:
             return None
         module_name, attr = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:  # command not built yet in this version
-                return None
-            raise
-        command: click.Command = getattr(module, attr)
+        command: click.Command = getattr(importlib.import_module(module_name), attr)
         return command
-
-    @staticmethod
-    def _available(name: str) -> bool:
-        module_name = _COMMANDS[name].split(":")[0]
-        return importlib.util.find_spec(module_name) is not None
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,11 +65,35 @@ class _LazyGroup(click.Group):
 def cli(debug: bool) -> None:
     """freshet: streaming features from Kafka, served fresh from Redis, logged to Parquet.
 
-    Settings come from the environment: FRESHET_KAFKA_BOOTSTRAP (default 127.0.0.1:9092),
-    FRESHET_KAFKA_TIMEOUT (seconds to wait for Kafka at start, default 10),
-    FRESHET_REDIS_URL (default redis://127.0.0.1:6379/0), FRESHET_OFFLINE_DIR (default
-    ./data/offline), FRESHET_API_KEYS (unset: no auth), FRESHET_SCHEMA_REGISTRY_URL (unset:
-    Avro without the Confluent wire format).
+    \b
+    Your own views: write them in a module and name it in FRESHET_VIEWS, then
+      FRESHET_VIEWS=my_views freshet topics create my_view
+      FRESHET_VIEWS=my_views freshet run my_view
+      FRESHET_VIEWS=my_views freshet serve
+
+    \b
+    Environment (read when a command starts; unset: the default in brackets):
+      FRESHET_VIEWS                modules holding your views: dotted names
+                                   importable from the current directory
+                                   (my_views) or .py paths, comma-separated
+                                   [the demo views card_txn, card_txn_json;
+                                   both: freshet.dsl.views,my_views]
+      FRESHET_KAFKA_BOOTSTRAP      Kafka brokers [127.0.0.1:9092]
+      FRESHET_KAFKA_CONFIG_<KEY>   any librdkafka setting (_ becomes .), e.g.
+                                   FRESHET_KAFKA_CONFIG_SECURITY_PROTOCOL=SSL
+      FRESHET_KAFKA_TIMEOUT        seconds to wait for Kafka at start [10]
+      FRESHET_REDIS_URL            Redis [redis://127.0.0.1:6379/0]; rediss://
+                                   for TLS, ?cluster=true for Redis Cluster
+      FRESHET_OFFLINE_DIR          the Parquet feature log [./data/offline]
+      FRESHET_SCHEMA_REGISTRY_URL  schema registry of Avro views [none]
+      FRESHET_API_KEYS             serve's keys, key:view_a,view_b;key2:*
+                                   [no auth]
+      FRESHET_DEBUG                1: print tracebacks, as --debug
+      FRESHET_DEV_DIR              data dir of `freshet dev` [<repo>/.freshet]
+      FRESHET_DEV_KAFKA_PORT       its Kafka port [9092]
+      FRESHET_DEV_CONTROLLER_PORT  its KRaft controller port [Kafka's + 1]
+      FRESHET_DEV_REDIS_PORT       its Redis port [6379]
+      FRESHET_FAULT                fault injection of freshet's own tests
 
     An error prints one line and exits non-zero (3: Kafka or Redis unreachable); an unexpected
     one also saves its traceback to a file the line names, or prints it with --debug.
@@ -94,7 +107,7 @@ def main(argv: list[str] | None = None) -> Any:
     line (see :func:`_report`)."""
     # Views come from FRESHET_VIEWS modules, loaded by whichever command needs them: a bad
     # module or an unknown view is the user's input, so it gets a message, not a traceback.
-    from flows.registry import RegistryError, UnknownViewError
+    from freshet.dsl.registry import RegistryError, UnknownViewError
 
     args = _debug_first(list(sys.argv[1:] if argv is None else argv))
     if args[:1] != ["--debug"] and os.environ.get(_DEBUG_ENV, "").lower() not in _DEBUG_ENV_VALUES:
@@ -107,7 +120,8 @@ def main(argv: list[str] | None = None) -> Any:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        # Ctrl-C before a command installed its own handling (flows.shutdown): no traceback.
+        # Ctrl-C before a command installed its own handling (freshet.stream.shutdown): no
+        # traceback.
         sys.exit(130)
     except Exception as exc:
         sys.exit(_report(exc))
@@ -118,15 +132,15 @@ _DEBUG_ENV_VALUES = ("1", "true", "yes", "on")
 # Looked up in sys.modules, so checking for them imports nothing (an error of a module that
 # was never imported cannot have been raised).
 _KNOWN: tuple[tuple[str, str, int], ...] = (
-    ("flows.kafka_clients", "KafkaUnreachable", EXIT_UNREACHABLE),
-    ("flows.schema_registry", "SchemaRegistryUnavailable", EXIT_UNREACHABLE),
-    ("flows.connectors", "SourceError", 1),
-    ("flows.deadletter", "DeadLetterError", 1),
-    ("flows.devstack", "DevStackError", 1),
-    ("flows.definitions", "DefinitionError", 2),
-    ("flows.decode", "DecodeConfigError", 2),
-    ("flows.schema_registry", "SchemaRegistryError", 2),
-    ("sinks.settings", "SettingsError", 2),
+    ("freshet.stream.kafka_clients", "KafkaUnreachable", EXIT_UNREACHABLE),
+    ("freshet.decode.schema_registry", "SchemaRegistryUnavailable", EXIT_UNREACHABLE),
+    ("freshet.stream.connectors", "SourceError", 1),
+    ("freshet.stream.deadletter", "DeadLetterError", 1),
+    ("freshet.ops.devstack", "DevStackError", 1),
+    ("freshet.dsl.definitions", "DefinitionError", 2),
+    ("freshet.decode.decoder", "DecodeConfigError", 2),
+    ("freshet.decode.schema_registry", "SchemaRegistryError", 2),
+    ("freshet.sinks.settings", "SettingsError", 2),
 )
 
 

@@ -1,16 +1,14 @@
 """``freshet backfill VIEW --from TIME [--to TIME]``: rebuild a view's rows for a time range by
-replaying its topic (see :mod:`flows.backfill` for the plan, the writes and idempotence)."""
+replaying its topic (see :mod:`freshet.backfill.plan` for the plan, the writes and idempotence)."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import click
 import orjson
 
-from flows import kafka_clients
-from flows.backfill import (
+from freshet.backfill.plan import (
     DEFAULT_GRACE_MS,
     BackfillError,
     BackfillFailed,
@@ -22,22 +20,16 @@ from flows.backfill import (
     history_ms,
     iso_time,
     parse_grace,
-    parse_time,
     plan_backfill,
-    run_backfill,
 )
-from flows.definitions import FeatureView
-from flows.registry import UnknownViewError, get_view
-from sinks.settings import Settings
+from freshet.backfill.runner import run_backfill
+from freshet.cli._views import resolve_view
+from freshet.dsl.definitions import FeatureView
+from freshet.sinks import clock
+from freshet.sinks.settings import Settings
+from freshet.stream import kafka_clients
 
 __all__ = ["backfill"]
-
-
-def _view(ref: str) -> FeatureView:
-    try:
-        return get_view(ref)
-    except UnknownViewError as exc:
-        raise click.BadParameter(str(exc), param_hint="VIEW") from None
 
 
 def _duration(ms: int) -> str:
@@ -205,17 +197,17 @@ def backfill(
     the summary says the range is incomplete, and the same command completes it later.
     Settings: FRESHET_KAFKA_BOOTSTRAP, FRESHET_REDIS_URL, FRESHET_OFFLINE_DIR.
     """
-    view = _view(view_ref)
-    now_ms = time.time_ns() // 1_000_000
+    view = resolve_view(view_ref)
+    now_ms = clock.now_ms()
     try:
         grace_ms = parse_grace(grace)
-        from_ms = parse_time(from_text, now_ms=now_ms, what="--from")
-        to_ms = None if to_text is None else parse_time(to_text, now_ms=now_ms, what="--to")
-    except BackfillError as exc:
+        from_ms = clock.parse_time(from_text, now_ms=now_ms, what="--from")
+        to_ms = None if to_text is None else clock.parse_time(to_text, now_ms=now_ms, what="--to")
+    except (BackfillError, clock.TimeFormatError) as exc:
         raise click.BadParameter(str(exc)) from None
     settings = Settings.from_env()
     # Kafka unreachable: one line naming the address (kafka_clients.KafkaUnreachable, reported
-    # by flows.cli.main) after FRESHET_KAFKA_TIMEOUT, before any worker starts.
+    # by freshet.cli.main) after FRESHET_KAFKA_TIMEOUT, before any worker starts.
     kafka_clients.preflight(settings.kafka_client_config(), timeout_s=settings.kafka_timeout_s)
     try:
         with KafkaOffsets(settings.kafka_client_config()) as lookup:

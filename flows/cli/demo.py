@@ -1,43 +1,42 @@
 """``freshet demo``: the whole product in one command, on the local stack.
 
-Starts Kafka + Redis (``flows.devstack``, as ``freshet dev up``), creates the demo view's
+Starts Kafka + Redis (``freshet.ops.devstack``, as ``freshet dev up``), creates the demo view's
 topic, runs ``freshet run card_txn`` as a child process, produces a synthetic card stream
-(``flows.generator``: Zipf cards, some late and some malformed records) at a steady rate,
+(``freshet.ops.generator``: Zipf cards, some late and some malformed records) at a steady rate,
 and shows the busiest cards' features changing live in Redis, with the flow's counters from
 its ``/metrics``. At the end it says how to query the values.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import socket
+import shutil
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from freshet.ops.processes import free_port
+from freshet.stream.metrics import DEFAULT_METRICS_PORT
+
 if TYPE_CHECKING:
-    from sinks.redis_store import RedisFeatureReader
+    from freshet.sinks.redis_store import RedisFeatureReader
 
 __all__ = ["demo"]
 
 _VIEW = "card_txn"
-_FRESHET = [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())"]
+DEMO_VIEWS_MODULE = "freshet.dsl.views"
+_FRESHET = [sys.executable, "-c", "import sys; from freshet.cli import main; sys.exit(main())"]
 _FLOW_START_TIMEOUT_S = 60.0
 _DRAIN_S = 3.0  # keep showing after the last record, while the flow catches up
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _scrape(port: int) -> dict[str, float]:
@@ -86,16 +85,36 @@ def _stop_flow(flow: subprocess.Popen[bytes], console: Any) -> bool:
 
 def _rows_emitted(log_path: Path, start: int) -> int | None:
     """The rows the flow says it emitted, from its last line (None if it did not say)."""
-    from flows.cli.run import rows_emitted_in
+    from freshet.cli.run import rows_emitted_in
 
     with open(log_path, "rb") as log:
         log.seek(start)
         return rows_emitted_in(log.read().decode(errors="replace"))
 
 
+# A feature's header is its name on lines of at most this many characters, broken after an
+# underscore: with one space between columns, the demo's 8 columns (ids of 11 characters and
+# values up to 10) fit a terminal of 80 columns with every id and every name whole.
+_HEADER_WIDTH = 9
+
+
+def _header(name: str, width: int = _HEADER_WIDTH) -> str:
+    """``name`` broken after underscores into lines of at most ``width`` characters where it
+    can (``amount_sum_1h`` -> ``amount_`` / ``sum_1h``); the lines joined give the name back."""
+    lines: list[str] = []
+    for part in name.replace("_", "_\0").split("\0"):
+        if lines and len(lines[-1]) + len(part) <= width:
+            lines[-1] += part
+        else:
+            lines.append(part)
+    return "\n".join(lines)
+
+
 def _table(
     reader: RedisFeatureReader, cards: list[str], metrics: dict[str, float], produced: int
 ) -> Any:
+    """The live view: one row per card (its id never cut), one column per feature (its name
+    whole, over several lines), the flow's counters below."""
     from rich.table import Table
 
     view = f'{{view="{_VIEW}"}}'
@@ -110,11 +129,18 @@ def _table(
     )
     lookups = reader.get_many(_VIEW, cards)
     names = list(reader.layout(_VIEW).feature_names)
-    table = Table(title=f"freshet demo · {_VIEW} · busiest cards, live from Redis", caption=caption)
-    table.add_column("card")
-    table.add_column("age", justify="right")
+    # No borders, one space between columns: the values get the width.
+    table = Table(
+        title=f"freshet demo · {_VIEW} · busiest cards, live from Redis",
+        caption=caption,
+        box=None,
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
+    )
+    table.add_column("card", no_wrap=True, min_width=max(map(len, cards), default=4))
+    table.add_column("age", justify="right", no_wrap=True)
     for name in names:
-        table.add_column(name, justify="right")
+        table.add_column(_header(name), justify="right")
     for lookup in lookups:
         age_ms = lookup["age_ms"]
         if not lookup["found"] or age_ms is None:
@@ -126,6 +152,22 @@ def _table(
             cells.append(f"{value:,.2f}" if isinstance(value, float) else str(value))
         table.add_row(lookup["entity"], f"{age_ms / 1000:.1f} s", *cells)
     return table
+
+
+def _freshet_command(
+    executable: str = sys.executable,
+    *,
+    cwd: Path | None = None,
+    which: Callable[[str], str | None] = shutil.which,
+) -> str:
+    """How the user's shell runs this interpreter's ``freshet``: ``freshet`` when PATH finds
+    that very script, else its path (relative when under ``cwd``, e.g. ``.venv/bin/freshet``)."""
+    script = Path(executable).parent.resolve() / "freshet"
+    on_path = which("freshet")
+    if not script.is_file() or (on_path is not None and Path(on_path).resolve() == script):
+        return "freshet"
+    here = (cwd or Path.cwd()).resolve()
+    return str(script.relative_to(here)) if script.is_relative_to(here) else str(script)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -157,7 +199,7 @@ def _table(
 @click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
-    default=9108,
+    default=DEFAULT_METRICS_PORT,
     show_default=True,
     help="The flow's /metrics port (0: any free port).",
 )
@@ -179,19 +221,19 @@ def demo(
     from rich.console import Console
     from rich.live import Live
 
-    from flows.shutdown import STOP, block_stop_signals
+    from freshet.stream.shutdown import STOP, block_stop_signals
 
     STOP.install()
 
     import pyarrow.parquet as pq
 
-    from flows import devstack
-    from flows.cli.run import _ensure_topics
-    from flows.generator import GeneratorConfig, ProduceCounts, TransactionStream, produce
-    from flows.registry import get_view
-    from sinks.parquet_log import segment_paths
-    from sinks.redis_store import RedisFeatureReader, connect
-    from sinks.settings import Settings
+    from freshet.cli.run import _ensure_topics
+    from freshet.dsl.views import CARD_TXN
+    from freshet.ops import devstack
+    from freshet.ops.generator import GeneratorConfig, ProduceCounts, TransactionStream, produce
+    from freshet.sinks.parquet_log import segment_paths
+    from freshet.sinks.redis_store import RedisFeatureReader, connect
+    from freshet.sinks.settings import Settings
 
     console = Console(stderr=True)
     stack = devstack.StackConfig.from_env(os.environ)
@@ -204,12 +246,14 @@ def demo(
         "FRESHET_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
         "FRESHET_REDIS_URL": stack.redis_url,
         **{k: v for k, v in os.environ.items() if k.startswith("FRESHET_")},
+        # The demo's own view, whatever views this shell's FRESHET_VIEWS names.
+        "FRESHET_VIEWS": DEMO_VIEWS_MODULE,
     }
     settings = Settings.from_env(env)
-    view = get_view(_VIEW)
+    view = CARD_TXN
     _ensure_topics(settings.kafka_client_config(), {view.source.topic: 3})
 
-    port = metrics_port or _free_port()
+    port = metrics_port or free_port()
     console.print(f"[bold]2/4[/] starting the flow: freshet run {_VIEW} (metrics on :{port}) …")
     log_path = Path(settings.offline_dir).parent / "demo-flow.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -273,6 +317,8 @@ def demo(
                     raise click.ClickException(f"the flow stopped; see {log_path}")
                 live.update(_table(reader, hot, _scrape(port), progress["produced"]))
                 time.sleep(0.25)
+        if not console.is_terminal:  # there, Live leaves its last frame without a newline
+            console.line()
         client.close()
         if "error" in result and not STOP.requested:
             raise click.ClickException(f"producing failed: {result['error']}")
@@ -289,18 +335,32 @@ def demo(
 
     card = hot[0]
     body = json.dumps({"entities": hot[:3]})
-    console.print(
+    freshet = _freshet_command()
+    activate = Path(freshet).parent / "activate"
+    say = functools.partial(console.print, highlight=False)
+    # Commands are not wrapped (soft_wrap): copied from any terminal width, they still run.
+    commands = functools.partial(console.print, highlight=False, markup=False, soft_wrap=True)
+    say(
         f"\n[bold]4/4[/] done (flow log: {log_path}). The flow stopped cleanly: all "
         f"{emitted:,} rows it emitted are in Redis and in the offline log under "
         f"{settings.offline_dir}/{_VIEW}/ (checked). The values stay in Redis "
-        f"(TTL {view.ttl_seconds // 86_400} days).\n\n"
-        "Query them:\n"
-        f"  freshet get {_VIEW} {card}\n"
-        "  freshet serve &\n"
+        f"(TTL {view.ttl_seconds // 86_400} days)."
+    )
+    if freshet != "freshet" and activate.is_file():
+        say(f"\n`freshet` is not on your PATH: run it as {freshet}, or activate its venv first:")
+        commands(f"  source {activate}")
+    say("\nQuery them:")
+    commands(
+        f"  {freshet} get {_VIEW} {card}\n"
+        f"  {freshet} serve &\n"
         f"  curl -s http://127.0.0.1:8000/v1/features/{_VIEW}/{card}\n"
         f"  curl -s -X POST http://127.0.0.1:8000/v1/features/{_VIEW} "
-        f"-H 'content-type: application/json' -d '{body}'\n\n"
-        f"Keep it running: freshet run {_VIEW}   (metrics: http://127.0.0.1:9108/metrics)",
-        highlight=False,
-        markup=True,
+        f"-H 'content-type: application/json' -d '{body}'"
+    )
+    say(
+        "\nThe windowed values stopped moving when the flow stopped: they are the values as of "
+        "the last event or window expiry it processed. To keep them fresh, run the flow again:"
+    )
+    commands(
+        f"  {freshet} run {_VIEW}   (metrics: http://127.0.0.1:{DEFAULT_METRICS_PORT}/metrics)"
     )

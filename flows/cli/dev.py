@@ -1,4 +1,5 @@
-"""``freshet dev up|down|status|logs``: the local Kafka + Redis stack (logic in flows.devstack)."""
+"""``freshet dev up|down|status|logs``: the local Kafka + Redis stack (logic in
+freshet.ops.devstack)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import click
 import orjson
 
-from flows import devstack, processes
+from freshet.ops import devstack, processes
 
 __all__ = ["dev"]
 

@@ -1,7 +1,7 @@
 """``freshet doctor [VIEW…]``: check Kafka, topics, Redis and the offline dir; say what to fix.
 
 Exit status: 0 when nothing is wrong (warnings included), 1 when a check failed, or with
-``--strict`` when one warned. See :mod:`flows.doctor` for the checks and why each matters.
+``--strict`` when one warned. See :mod:`freshet.ops.doctor` for the checks and why each matters.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import click
 import orjson
 
-from flows.definitions import FeatureView
-from flows.doctor import (
+from freshet.cli._views import resolve_views
+from freshet.ops.doctor import (
     Finding,
     Level,
     diagnose,
@@ -19,21 +19,11 @@ from flows.doctor import (
     probe_redis,
     probe_schema_registry,
 )
-from flows.registry import UnknownViewError, all_views, get_view
-from sinks.settings import Settings
+from freshet.sinks.settings import Settings
 
 __all__ = ["doctor"]
 
 _MARKS = {Level.OK: ("ok", "green"), Level.WARN: ("warn", "yellow"), Level.ERROR: ("FAIL", "red")}
-
-
-def _views(names: tuple[str, ...]) -> tuple[FeatureView, ...]:
-    if not names:
-        return all_views()
-    try:
-        return tuple(get_view(name) for name in names)
-    except UnknownViewError as exc:
-        raise click.BadParameter(str(exc), param_hint="VIEW") from None
 
 
 def _print(findings: list[Finding]) -> None:
@@ -68,7 +58,10 @@ def _print(findings: list[Finding]) -> None:
 def doctor(
     view_names: tuple[str, ...], workers: int | None, timeout: float, strict: bool, as_json: bool
 ) -> None:
-    """Check that this deployment can run VIEW (default: every registered view).
+    """Check that this deployment can run VIEW (default: every view in use, i.e. those of
+    the FRESHET_VIEWS modules, or the demo views when it is unset).
+
+    A missing topic comes with its fix: `freshet topics create VIEW`.
 
     Kafka (reachable, source and dead-letter topics, partitions), Redis (reachable, cluster
     mode matching the URL, version, maxmemory-policy that could evict feature keys, memory
@@ -77,7 +70,7 @@ def doctor(
     FRESHET_KAFKA_BOOTSTRAP, FRESHET_KAFKA_CONFIG_*, FRESHET_REDIS_URL,
     FRESHET_SCHEMA_REGISTRY_URL, FRESHET_OFFLINE_DIR.
     """
-    views = _views(view_names)
+    views = resolve_views(view_names, default_all=True)
     settings = Settings.from_env()
     kafka = probe_kafka(settings.kafka_client_config(), timeout_s=timeout)
     redis_facts = probe_redis(settings.redis_url, timeout_s=timeout)

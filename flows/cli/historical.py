@@ -7,14 +7,14 @@ from pathlib import Path
 
 import click
 
-from flows.historical import (
+from freshet.dsl.registry import UnknownViewError, get_view
+from freshet.offline.historical import (
     HistoricalError,
     parse_feature_specs,
     read_entities,
     write_historical,
 )
-from flows.registry import UnknownViewError, get_view
-from sinks.settings import Settings
+from freshet.sinks.settings import Settings
 
 __all__ = ["historical"]
 

@@ -9,77 +9,54 @@ after a crash; the directory is initialised on first use.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import gc
 import json
 import logging
 import re
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import click
 
-from flows.definitions import FeatureView
-from flows.registry import UnknownViewError, get_view
-from flows.shutdown import STOP, block_stop_signals
-from sinks.durable import write_durably
+from freshet.cli._views import resolve_views
+from freshet.dsl.definitions import FeatureView
+from freshet.ops.processes import ProcessGroup, cluster_addresses, die_with_parent
+from freshet.sinks.clock import TimeFormatError, now_ms, parse_time
+from freshet.sinks.durable import write_durably
+from freshet.stream.metrics import DEFAULT_METRICS_PORT
+from freshet.stream.shutdown import STOP, block_stop_signals
 
 __all__ = ["clock_offset", "freeze_gc_survivors", "parse_start", "rows_emitted_in", "run"]
 
 log = logging.getLogger("freshet.run")
 
-_DEFAULT_METRICS_PORT = 9108
 _RECOVERY_INIT_TIMEOUT_S = 60.0
 # This interpreter running the ``freshet`` console script, whatever PATH says.
-_FRESHET = (sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())")
+_FRESHET = (sys.executable, "-c", "import sys; from freshet.cli import main; sys.exit(main())")
 
 
 def parse_start(value: str) -> str | int:
-    """``earliest``, ``latest``, integer epoch milliseconds, or an ISO-8601 time with offset."""
+    """``earliest``, ``latest``, or a time :func:`freshet.sinks.clock.parse_time` accepts
+    (epoch milliseconds, an ISO-8601 time with offset or date, ``now``, ``-2h``)."""
     text = value.strip()
     if text in ("earliest", "latest"):
         return text
-    if text.isdigit():
-        return int(text)
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not a start position; use earliest, latest, epoch milliseconds or "
-            "an ISO-8601 time such as 2024-05-01T12:00:00Z"
-        ) from None
-    if parsed.tzinfo is None:
-        raise click.BadParameter(f"{value!r} has no UTC offset; add 'Z' or '+00:00'")
-    return int(parsed.astimezone(UTC).timestamp() * 1000)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    """In a child: get SIGKILL when the supervising ``freshet run -p`` process dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+        return parse_time(text, now_ms=now_ms(), what="--from")
+    except TimeFormatError as exc:
+        raise click.BadParameter(f"{exc}; or earliest, latest") from None
 
 
 def _child_setup() -> None:
-    _die_with_parent()
-    block_stop_signals()  # until the child's own handler is installed (flows.shutdown)
+    die_with_parent()  # SIGKILL when the supervising ``freshet run -p`` process dies
+    block_stop_signals()  # until the child's own handler is installed (freshet.stream.shutdown)
 
 
 def _supervise(processes: int, argv: Sequence[str], metrics_port: int) -> int:
@@ -87,9 +64,9 @@ def _supervise(processes: int, argv: Sequence[str], metrics_port: int) -> int:
 
     They share this host, so child ``i`` serves its metrics on ``metrics_port + i``.
     """
-    addresses = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(processes))
-    children = [
-        subprocess.Popen(
+    addresses = cluster_addresses(processes)
+    group = ProcessGroup(
+        [
             [
                 *_FRESHET,
                 "run",
@@ -100,38 +77,12 @@ def _supervise(processes: int, argv: Sequence[str], metrics_port: int) -> int:
                 addresses,
                 "--metrics-port",
                 str(metrics_port + i if metrics_port else 0),
-            ],
-            preexec_fn=_child_setup,
-            # Their own process group: a Ctrl-C in the terminal reaches them once, through
-            # ``forward``, not twice (a second signal means "exit at once").
-            process_group=0,
-        )
-        for i in range(processes)
-    ]
-
-    def forward(signum: int, _frame: Any) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    while True:
-        codes = [child.poll() for child in children]
-        failed = [c for c in codes if c not in (None, 0)]
-        if failed or all(c == 0 for c in codes):
-            break
-        time.sleep(0.2)
-    for child in children:
-        if child.poll() is None:
-            child.terminate()
-    for child in children:
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-    return next((c for c in (ch.returncode for ch in children) if c), 0)
+            ]
+            for i in range(processes)
+        ],
+        preexec_fn=_child_setup,
+    )
+    return group.supervise()
 
 
 _LAYOUT_FILE = "freshet-layout.json"
@@ -200,7 +151,8 @@ class _FlowClockFile:
     second, and with ``"<time> stopped"`` once its flow ended gracefully. On restart the flow
     clock continues from the newest such time, minus one snapshot interval unless every process
     stopped gracefully (a crash resumes the last snapshot, taken up to an interval before), so
-    the downtime does not count as idle time of the entities (``flows.pipeline.flow_clock``).
+    the downtime does not count as idle time of the entities
+    (``freshet.stream.pipeline.flow_clock``).
     """
 
     def __init__(self, directory: Path, process_id: int, snapshot_interval_s: int) -> None:
@@ -212,9 +164,7 @@ class _FlowClockFile:
             except (OSError, ValueError, IndexError):
                 continue
             stopped = stopped and text[1:] == ["stopped"]
-        self.offset_ms = clock_offset(
-            last, time.time_ns() // 1_000_000, snapshot_interval_s, stopped=stopped
-        )
+        self.offset_ms = clock_offset(last, now_ms(), snapshot_interval_s, stopped=stopped)
         self._path = directory / f"freshet-clock-{process_id}"
         self._done = threading.Event()
         self._lock = threading.Lock()
@@ -223,7 +173,7 @@ class _FlowClockFile:
             log.info("resuming the flow clock %.1f s behind real time", self.offset_ms / 1000)
 
     def _write(self, suffix: str = "") -> None:
-        write_durably(self._path, f"{time.time_ns() // 1_000_000 - self.offset_ms}{suffix}")
+        write_durably(self._path, f"{now_ms() - self.offset_ms}{suffix}")
 
     def _beat(self) -> None:
         while not self._done.is_set():
@@ -243,14 +193,13 @@ def freeze_gc_survivors() -> Callable[[str, dict[str, int]], None]:
     """Freeze what is alive now, and every object that survives a cyclic-GC collection.
 
     The engine keeps ~20 long-lived objects per entity. Left to the default policy, the
-    cyclic GC traversed each new one in gen 0, again in gen 1 and in every gen 2 collection
-    until frozen: 2.0 of 8.2 CPU-seconds of a 200,000-event run over 100,000 cards
-    (``gc.callbacks``; ``tests/bench/pipeline``). Frozen right after its first collection,
-    an object is traversed once: 0.26 s, and the run took 6.5 CPU-seconds.
+    cyclic GC traverses each new one in gen 0, again in gen 1 and in every gen 2 collection;
+    frozen right after its first collection, an object is traversed once (the CPU this saves
+    is in ``tests/bench/README.md``).
 
     Frozen objects are still freed by reference counting (entity states, rows and batches
-    hold no cycles); only cyclic garbage that outlives a gen-0 collection is never collected:
-    21 objects in that run (gen 0 found the other 600). Returns the installed callback.
+    hold no cycles); only cyclic garbage that outlives a gen-0 collection is never collected
+    (a few dozen objects per run). Returns the installed callback.
     """
 
     def freeze(phase: str, info: dict[str, int]) -> None:
@@ -260,13 +209,6 @@ def freeze_gc_survivors() -> Callable[[str, dict[str, int]], None]:
     gc.freeze()
     gc.callbacks.append(freeze)
     return freeze
-
-
-def _views(names: Sequence[str]) -> list[FeatureView]:
-    try:
-        return [get_view(name) for name in names]
-    except UnknownViewError as exc:
-        raise click.BadParameter(str(exc), param_hint="VIEW") from None
 
 
 def _ensure_topics(
@@ -280,7 +222,7 @@ def _ensure_topics(
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.cimpl import NewTopic
 
-    from flows import kafka_clients
+    from freshet.stream import kafka_clients
 
     timeout_s = kafka_clients.DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s
     existing = kafka_clients.preflight(config, timeout_s=timeout_s).topics
@@ -348,12 +290,12 @@ def _ensure_topics(
     "start",
     default="earliest",
     show_default=True,
-    help="First start only: earliest, latest, epoch ms or ISO-8601 time.",
+    help="First start only: earliest, latest, epoch ms, ISO-8601 time or date, -2h.",
 )
 @click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
-    default=_DEFAULT_METRICS_PORT,
+    default=DEFAULT_METRICS_PORT,
     show_default=True,
     help="Serve /metrics here (0: off). With -p N, local process i uses port+i.",
 )
@@ -451,7 +393,7 @@ def run(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    views = _views(view_names)
+    views = list(resolve_views(view_names))
     start_at = parse_start(start)
     if (topic or dead_letter_topic) and len(views) != 1:
         raise click.UsageError("--topic and --dead-letter-topic need exactly one VIEW")
@@ -464,7 +406,7 @@ def run(
     if process_id is not None and not addresses:
         raise click.UsageError("-i needs -a with the addresses of every process")
 
-    from sinks.settings import Settings
+    from freshet.sinks.settings import Settings
 
     settings = Settings.from_env()
     cluster = addresses.split(";") if addresses else None
@@ -473,7 +415,10 @@ def run(
     # names (and their resume states) when a recovered flow runs with other worker counts.
     layout = {"shards": shards, "parquet_partitions": total_workers}
     if processes > 1:
-        argv = _child_argv(click.get_current_context())
+        ctx = click.get_current_context()
+        # Resolved once here, so every child starts from the same time (``-2h`` moves with now).
+        ctx.params["start"] = str(start_at)
+        argv = _child_argv(ctx)
         if recovery_dir is not None:
             _init_recovery(recovery_dir, total_workers, layout, create=True)
         _ensure_dead_letter_topics(settings, views)
@@ -487,7 +432,7 @@ def run(
     if not process_id:
         _ensure_dead_letter_topics(settings, views)
     else:  # process 0 creates the topics; every process checks that Kafka answers
-        from flows import kafka_clients
+        from freshet.stream import kafka_clients
 
         kafka_clients.preflight(settings.kafka_client_config(), timeout_s=settings.kafka_timeout_s)
     _check_redis(settings.redis_url)
@@ -495,9 +440,9 @@ def run(
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
-    from flows.connectors import KafkaIO
-    from flows.metrics import serve_metrics
-    from flows.pipeline import FlowOptions, build_flow
+    from freshet.stream.connectors import KafkaIO
+    from freshet.stream.metrics import serve_metrics
+    from freshet.stream.pipeline import FlowOptions, build_flow
 
     freeze_gc_survivors()
     if metrics_port:
@@ -609,9 +554,9 @@ def _child_argv(ctx: click.Context) -> list[str]:
 
 def _check_redis(url: str) -> None:
     """Fail before the flow starts when Redis does not answer (a ping inside Bytewax would
-    fail too, with a Rust panic printed around the message); ``flows.cli.main`` reports the
+    fail too, with a Rust panic printed around the message); ``freshet.cli.main`` reports the
     connection error as one line."""
-    from sinks.redis_store import connect
+    from freshet.sinks.redis_store import connect
 
     client = connect(url)
     try:
@@ -621,7 +566,7 @@ def _check_redis(url: str) -> None:
 
 
 def _ensure_dead_letter_topics(settings: Any, views: Sequence[FeatureView]) -> None:
-    from flows.deadletter import dead_letter_topic
+    from freshet.stream.deadletter import dead_letter_topic
 
     topics = {dead_letter_topic(v): 1 for v in views}
     _ensure_topics(settings.kafka_client_config(), topics, timeout_s=settings.kafka_timeout_s)

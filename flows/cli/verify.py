@@ -4,7 +4,7 @@ Exit status of ``verify``: 0 when Redis and the log agree for every checked enti
 may be ``expired`` or ``in_flight``), 1 when any entity differs (``online_newer``,
 ``missing_offline``, ``missing_online``, ``online_stale``, ``values_differ``), 3 when Redis is
 unreachable; ``reconcile`` exits 0 or 3. Outcomes and ``--allow-lag``: see
-:mod:`flows.reconcile`.
+:mod:`freshet.offline.reconcile`.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import click
 import orjson
 import redis
 
-from flows.definitions import FeatureView
-from flows.reconcile import FAILING, Outcome, ReconcileReport, Record, VerifyReport
-from flows.reconcile import reconcile as run_reconcile
-from flows.reconcile import verify as run_verify
-from flows.registry import UnknownViewError, get_view
-from sinks.redis_store import RedisClient, RedisFeatureWriter, connect
-from sinks.settings import Settings
+from freshet.cli._views import resolve_view
+from freshet.dsl.definitions import FeatureView
+from freshet.offline.reconcile import FAILING, Outcome, ReconcileReport, Record, VerifyReport
+from freshet.offline.reconcile import reconcile as run_reconcile
+from freshet.offline.reconcile import verify as run_verify
+from freshet.sinks.redis_store import RedisClient, RedisFeatureWriter, connect
+from freshet.sinks.settings import Settings
 
 __all__ = ["reconcile", "verify"]
 
@@ -36,13 +36,6 @@ _GIVE_UP_AFTER_S = 30.0
 
 class _StoreDown(click.ClickException):
     exit_code = _STORE_DOWN_EXIT
-
-
-def _view(name: str) -> FeatureView:
-    try:
-        return get_view(name)
-    except UnknownViewError as exc:
-        raise click.BadParameter(str(exc), param_hint="VIEW") from exc
 
 
 def _client(settings: Settings) -> RedisClient:
@@ -205,7 +198,7 @@ def verify(
     Exit status: 0 when the stores agree, 1 when any entity differs, 3 when Redis is
     unreachable.
     """
-    view = _view(view_name)
+    view = resolve_view(view_name)
     settings = Settings.from_env()
     client = _client(settings)
     try:
@@ -250,7 +243,7 @@ def reconcile(view_name: str, offline_dir: Path | None, as_json: bool) -> None:
     Writes go through the newer-wins writer: a Redis value newer than the log's is kept,
     never replaced by an older one. Rows already older than the view's TTL are skipped.
     """
-    view = _view(view_name)
+    view = resolve_view(view_name)
     layout = view.layout()
     settings = Settings.from_env()
     client = _client(settings)

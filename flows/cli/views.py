@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import orjson
 
-from flows.registry import all_views, views_json
+from freshet.dsl.registry import all_views, views_json
 
 __all__ = ["views"]
 

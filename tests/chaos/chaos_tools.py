@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline_harness import VIEW, FlowProcess
 
-from flows.generator import GeneratorConfig, ProduceCounts, produce
+from freshet.ops.generator import GeneratorConfig, ProduceCounts, produce
 
 __all__ = ["BackgroundProducer", "FlowWithoutOverride", "slower_than"]
 
@@ -61,11 +61,11 @@ class FlowWithoutOverride(FlowProcess):
 def _freshet() -> list[str]:
     import sys
 
-    return [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from freshet.cli import main; sys.exit(main())"]
 
 
 class BackgroundProducer:
-    """:func:`flows.generator.produce` paced at ``rate`` in a thread; ``join()`` -> counts."""
+    """:func:`freshet.ops.generator.produce` paced at ``rate`` in a thread; ``join()`` -> counts."""
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 
 Same checks as ``tests/unit/test_decode_fuzz.py`` (every record once, as a usable event or a
 sendable dead letter; nothing raises), driven by atheris' coverage feedback over fastavro,
-orjson and ``flows.decode``. Needs ``pip install -e '.[fuzz]'``; run for a minute::
+orjson and ``freshet.decode.decoder``. Needs ``pip install -e '.[fuzz]'``; run for a minute::
 
     .venv/bin/python tests/chaos/fuzz_decode_atheris.py -max_total_time=60
 
@@ -21,7 +21,7 @@ with atheris.instrument_imports():
     import fastavro  # noqa: F401  (instrumented for coverage)
     import orjson  # noqa: F401
 
-    from flows import decode  # noqa: F401
+    from freshet.decode import decoder as decode  # noqa: F401
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from test_decode_fuzz import (

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from redis_servers import free_port
 
-from flows import devstack
+from freshet.ops import devstack
 
 __all__ = ["SASL_PASSWORD", "SASL_USER", "private_stack", "sasl_listener_lines"]
 

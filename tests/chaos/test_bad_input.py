@@ -20,8 +20,8 @@ from pipeline_harness import (
     read_topic,
 )
 
-from flows.decode import decoder_for
-from flows.generator import GeneratorConfig, TransactionStream
+from freshet.decode.decoder import decoder_for
+from freshet.ops.generator import GeneratorConfig, TransactionStream
 
 
 def _mutate(rng: random.Random, value: bytes) -> bytes:

@@ -2,8 +2,8 @@
 offline reader shows every row exactly once and Redis holds what an uninterrupted run leaves.
 
 Moments a ``kill`` from outside cannot hit reliably are hit from inside with the crash points of
-``sinks.faults`` (``FRESHET_FAULT=<point>:<n>``: the flow SIGKILLs itself the n-th time it gets
-there); the others are observed from the flow's files and ``/metrics``. All runs share one
+``freshet.sinks.faults`` (``FRESHET_FAULT=<point>:<n>``: the flow SIGKILLs itself the n-th time it
+gets there); the others are observed from the flow's files and ``/metrics``. All runs share one
 topic, one recovery dir, one offline dir and one Redis database, so each run resumes what the
 crashed one left, and the last run (no fault) must end where an uninterrupted run ends: the
 engine reference of ``pipeline_harness`` (``ViewEngine`` over the records as Kafka holds them).
@@ -41,8 +41,8 @@ from pipeline_harness import (
 )
 from redis_servers import free_port
 
-from sinks.faults import FAULT_ENV, parse_fault
-from sinks.parquet_log import log_dir, segment_paths
+from freshet.sinks.faults import FAULT_ENV, parse_fault
+from freshet.sinks.parquet_log import log_dir, segment_paths
 
 # Every run: small polls (a run lasts long enough to crash in the middle of it), small segments
 # (rolls happen between snapshots too), 1 s snapshots (flow_args).

@@ -43,10 +43,10 @@ from private_stack import private_stack
 from redis_servers import RedisProcess, free_port
 from test_kafka_restart import _create_topics
 
-from flows import devstack, processes
-from serving.app import create_app
-from sinks.parquet_log import log_dir
-from sinks.settings import Settings
+from freshet.ops import devstack, processes
+from freshet.serving.app import create_app
+from freshet.sinks.parquet_log import log_dir
+from freshet.sinks.settings import Settings
 
 OUTAGE_S = 10.0
 
@@ -191,7 +191,9 @@ def test_unwritable_offline_dir_stops_the_flow_clearly_and_a_restart_after_the_f
     # second error while Bytewax unwinds used to abort the process with a Rust backtrace and
     # no Python error at all).
     assert code == 1, failed[-3000:]
-    assert "ERROR flows.connectors: cannot write the offline log of view 'card_txn'" in failed
+    assert "ERROR freshet.stream.connectors: cannot write the offline log of view 'card_txn'" in (
+        failed
+    )
     assert "PermissionError: [Errno 13] Permission denied" in failed, failed[-3000:]
     assert str(view_dir) in failed, failed[-3000:]
     assert again_code == 1
@@ -212,7 +214,7 @@ def test_unwritable_offline_dir_stops_the_flow_clearly_and_a_restart_after_the_f
     )  # fmt: skip
 
 
-_FRESHET = [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())"]
+_FRESHET = [sys.executable, "-c", "import sys; from freshet.cli import main; sys.exit(main())"]
 # What a person sees when Kafka is down at start: this many lines at most, within this bound.
 _MAX_LINES = 5
 _EXIT_WITHIN_S = 60.0

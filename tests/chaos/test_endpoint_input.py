@@ -18,11 +18,11 @@ import httpx
 import pytest
 from http_servers import running_server
 
-from flows.registry import get_view
-from serving.app import create_app
-from sinks.redis_store import RedisFeatureWriter, connect
-from sinks.rows import Row
-from sinks.settings import Settings
+from freshet.dsl.registry import get_view
+from freshet.serving.app import create_app
+from freshet.sinks.redis_store import RedisFeatureWriter, connect
+from freshet.sinks.rows import Row
+from freshet.sinks.settings import Settings
 
 LAYOUT = get_view("card_txn").layout()
 VALUES = (3, 30.0, 10.0, 12.5, "m_victim", 2)

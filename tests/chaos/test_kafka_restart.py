@@ -27,7 +27,7 @@ from pipeline_harness import (
 from private_stack import private_stack
 from redis_servers import free_port
 
-from flows import devstack, processes
+from freshet.ops import devstack, processes
 
 
 def _create_topics(bootstrap: str, topics: dict[str, int]) -> None:

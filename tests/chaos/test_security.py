@@ -38,7 +38,7 @@ from pipeline_harness import (
 from private_stack import SASL_PASSWORD, SASL_USER, private_stack, sasl_listener_lines
 from redis_servers import free_port
 
-from flows import devstack
+from freshet.ops import devstack
 
 ADMIN_PASSWORD = "redis-Admin-pw-3Kd"
 FLOW_USER, FLOW_PASSWORD = "freshet-flow", "redis-Flow-pw-8Jm"
@@ -71,7 +71,7 @@ def _url(user: str, password: str, port: int) -> str:
 
 
 def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    freshet = [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())"]
+    freshet = [sys.executable, "-c", "import sys; from freshet.cli import main; sys.exit(main())"]
     with open(log, "ab") as out:
         return subprocess.Popen(
             [*freshet, "serve", "--host", "127.0.0.1", "--port", str(port)],

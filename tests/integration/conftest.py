@@ -23,7 +23,8 @@ import pytest
 import redis
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from flows import devstack, kafka_clients
+from freshet.ops import devstack
+from freshet.stream import kafka_clients
 
 _HERE = Path(__file__).resolve().parent
 _LEASE_TTL_S = 3 * 3600

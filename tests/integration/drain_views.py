@@ -4,8 +4,8 @@ windows within a test's time: two tilings whose expiry boundaries interleave (10
 
 from __future__ import annotations
 
-from flows.definitions import Aggregation, Feature, FeatureView, Source
-from flows.views import CARD
+from freshet.dsl.definitions import Aggregation, Feature, FeatureView, Source
+from freshet.dsl.views import CARD
 
 DRAIN_TXN = FeatureView(
     name="drain_txn",

@@ -1,11 +1,12 @@
 """A view of percentiles (``FRESHET_VIEWS``) for tests/integration/test_percentile_determinism.py:
 the demo's transactions, whose hour windows and lifetime hold hundreds of amounts per card in
-that test, past the exact range of ``flows.aggregations.Quantiles`` (so the sketch is read)."""
+that test, past the exact range of ``freshet.engine.aggregations.Quantiles`` (so the sketch is
+read)."""
 
 from __future__ import annotations
 
-from flows.definitions import Aggregation, Feature, FeatureView
-from flows.views import CARD, CARD_TXN
+from freshet.dsl.definitions import Aggregation, Feature, FeatureView
+from freshet.dsl.views import CARD, CARD_TXN
 
 PCT_TXN = FeatureView(
     name="pct_txn",

@@ -23,15 +23,16 @@ from typing import Any
 import redis
 from confluent_kafka import TopicPartition
 
-from flows import kafka_clients
-from flows.decode import RawMessage, decoder_for
-from flows.definitions import FeatureView
-from flows.engine import ViewEngine
-from flows.generator import GeneratorConfig, ProduceCounts, produce
-from flows.registry import get_view
-from sinks.parquet_log import read_log
-from sinks.redis_store import decode_record, record_key
-from sinks.rows import Row
+from freshet.decode.decoder import decoder_for
+from freshet.decode.messages import RawMessage
+from freshet.dsl.definitions import FeatureView
+from freshet.dsl.registry import get_view
+from freshet.engine.view_engine import ViewEngine
+from freshet.ops.generator import GeneratorConfig, ProduceCounts, produce
+from freshet.sinks.parquet_log import read_log
+from freshet.sinks.redis_store import decode_record, record_key
+from freshet.sinks.rows import Row
+from freshet.stream import kafka_clients
 
 __all__ = [
     "LATENESS_MS",
@@ -218,7 +219,7 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-_FRESHET = [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())"]
+_FRESHET = [sys.executable, "-c", "import sys; from freshet.cli import main; sys.exit(main())"]
 
 
 class FlowProcess:

@@ -1,6 +1,6 @@
 """``freshet backfill`` against the real Kafka and Redis.
 
-Each test produces 30 hours of synthetic card history (``flows.generator``) to its own topic,
+Each test produces 30 hours of synthetic card history (``freshet.ops.generator``) to its own topic,
 with record timestamps on the stream's schedule (as a producer sending each event as it
 happens would), and runs ``freshet run`` / ``freshet backfill`` as real processes. The range
 backfilled lies in the middle, more than the longest window (24 h + 15 min) after the start, so
@@ -26,15 +26,15 @@ import redis
 from confluent_kafka import Producer
 from pipeline_harness import FlowProcess, Reference, read_topic, redis_records
 
-from flows.definitions import Aggregation, Feature, FeatureView
-from flows.generator import GeneratorConfig, TransactionStream
-from flows.views import CARD_TXN
-from sinks.parquet_log import read_log, segment_paths
-from sinks.redis_store import record_key
+from freshet.dsl.definitions import Aggregation, Feature, FeatureView
+from freshet.dsl.views import CARD_TXN
+from freshet.ops.generator import GeneratorConfig, TransactionStream
+from freshet.sinks.parquet_log import read_log, segment_paths
+from freshet.sinks.redis_store import record_key
 
 HOUR = 3_600_000
 LATENESS_MS = CARD_TXN.allowed_lateness_seconds * 1000
-_FRESHET = [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())"]
+_FRESHET = [sys.executable, "-c", "import sys; from freshet.cli import main; sys.exit(main())"]
 
 # (entity, as_of ms, values, partition, offset): a log row as the reader returns it
 LogRow = tuple[str, int, tuple[Any, ...], int, int]
@@ -243,8 +243,8 @@ def test_a_new_view_version_backfills_into_its_own_key_space_and_log_beside_the_
     views_module = tmp_path / "team_views.py"
     views_module.write_text(
         "from dataclasses import replace\n"
-        "from flows.definitions import Aggregation, Feature\n"
-        "from flows.views import CARD_TXN\n"
+        "from freshet.dsl.definitions import Aggregation, Feature\n"
+        "from freshet.dsl.views import CARD_TXN\n"
         "CARD_TXN_V2 = replace(CARD_TXN, version=2, features=(*CARD_TXN.features,\n"
         "    Feature('amount_min_1h', Aggregation.MIN, 'amount', window='1h')))\n"
     )

@@ -11,7 +11,12 @@ import orjson
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
-from flows.deadletter import (
+from freshet.decode.decoder import decoder_for
+from freshet.decode.messages import RawMessage
+from freshet.dsl.registry import get_view
+from freshet.engine.view_engine import ViewEngine
+from freshet.ops.generator import GeneratorConfig, produce
+from freshet.stream.deadletter import (
     DeadLetter,
     DeadLetterError,
     DeadLetterProducer,
@@ -19,10 +24,6 @@ from flows.deadletter import (
     SourceRecords,
     late_letter,
 )
-from flows.decode import RawMessage, decoder_for
-from flows.engine import ViewEngine
-from flows.generator import GeneratorConfig, produce
-from flows.registry import get_view
 
 DEADLINE_S = 60.0
 START = 1_714_564_800_000

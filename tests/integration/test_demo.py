@@ -14,7 +14,7 @@ import pytest
 from pipeline_harness import LABEL, VIEW, offline_rows, scrape, wait_until
 from redis_servers import free_port
 
-_FRESHET = [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())"]
+_FRESHET = [sys.executable, "-c", "import sys; from freshet.cli import main; sys.exit(main())"]
 _DONE = re.compile(r"all ([\d,]+)\s+rows it emitted are in Redis and in the offline log")
 
 

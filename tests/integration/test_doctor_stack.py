@@ -16,9 +16,10 @@ import redis
 from click.testing import CliRunner
 from redis_servers import RedisProcess, free_port, start_cluster
 
-from flows.cli import cli
-from flows.definitions import FeatureView
-from flows.doctor import (
+from freshet.cli import cli
+from freshet.dsl.definitions import FeatureView
+from freshet.dsl.registry import get_view
+from freshet.ops.doctor import (
     Finding,
     KafkaFacts,
     Level,
@@ -27,7 +28,6 @@ from flows.doctor import (
     probe_kafka,
     probe_redis,
 )
-from flows.registry import get_view
 
 VIEW = get_view("card_txn")
 

@@ -46,9 +46,9 @@ from pipeline_harness import (
 )
 from redis_servers import free_port
 
-from flows.generator import GeneratorConfig, produce
-from sinks.faults import FAULT_ENV
-from sinks.rows import Row
+from freshet.ops.generator import GeneratorConfig, produce
+from freshet.sinks.faults import FAULT_ENV
+from freshet.sinks.rows import Row
 
 _EVENTS = 12_000
 _CARDS = 300

@@ -31,7 +31,7 @@ from confluent_kafka import Producer
 from drain_views import DRAIN_TXN
 from pipeline_harness import FlowProcess, flow_env, offline_rows, redis_records, wait_until
 
-from flows.definitions import Aggregation, Feature
+from freshet.dsl.definitions import Aggregation, Feature
 
 VIEW = DRAIN_TXN
 VIEWS_FILE = Path(__file__).with_name("drain_views.py")

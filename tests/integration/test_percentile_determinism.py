@@ -25,15 +25,15 @@ from confluent_kafka import Producer
 from percentile_views import PCT_TXN
 from pipeline_harness import FlowProcess
 
-from flows.aggregations import EXACT_QUANTILE_LIMIT
-from flows.definitions import FeatureView
-from flows.generator import GeneratorConfig, TransactionStream
-from flows.views import CARD_TXN
-from sinks.parquet_log import read_log
+from freshet.dsl.definitions import FeatureView
+from freshet.dsl.views import CARD_TXN
+from freshet.engine.aggregations import EXACT_QUANTILE_LIMIT
+from freshet.ops.generator import GeneratorConfig, TransactionStream
+from freshet.sinks.parquet_log import read_log
 
 HOUR = 3_600_000
 VIEWS_FILE = Path(__file__).with_name("percentile_views.py")
-_FRESHET = [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())"]
+_FRESHET = [sys.executable, "-c", "import sys; from freshet.cli import main; sys.exit(main())"]
 
 # (entity, as_of ms, values, partition, offset), values with floats as their bit patterns.
 LogRow = tuple[str, int, tuple[Any, ...], int, int]
@@ -136,7 +136,7 @@ def test_percentile_rows_are_identical_across_batch_sizes_shards_and_backfill(
     )  # fmt: skip
     assert summary["complete"], summary
     # A backfill replays the range plus the longest window before it, so lifetime features
-    # other than `last` count only that (flows/backfill.py, its plan warns): compare the
+    # other than `last` count only that (flows/backfill/plan.py, its plan warns): compare the
     # windowed ones.
     windowed = [i for i, f in enumerate(PCT_TXN.features) if f.window is not None]
 

@@ -2,8 +2,8 @@
 
 (Named ``_e2e``: ``tests/unit/test_pipeline.py`` holds the module name ``test_pipeline``.)
 
-Each test produces a synthetic card stream (``flows.generator``: Zipf cards, some late and some
-malformed records) to its own topic, runs the flow as a real process and compares Redis, the
+Each test produces a synthetic card stream (``freshet.ops.generator``: Zipf cards, some late and
+some malformed records) to its own topic, runs the flow as a real process and compares Redis, the
 offline log, the dead-letter topic and ``/metrics`` with ``ViewEngine`` run directly over the
 records read back from Kafka.
 """

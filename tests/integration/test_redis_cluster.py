@@ -30,11 +30,11 @@ from pipeline_harness import FlowProcess, Reference, read_topic
 from redis.crc import key_slot
 from redis_servers import RedisProcess, start_cluster
 
-from flows.cli import cli
-from flows.generator import GeneratorConfig, produce
-from flows.registry import get_view
-from serving.app import create_app
-from sinks.redis_store import (
+from freshet.cli import cli
+from freshet.dsl.registry import get_view
+from freshet.ops.generator import GeneratorConfig, produce
+from freshet.serving.app import create_app
+from freshet.sinks.redis_store import (
     AsyncRedisFeatureReader,
     RedisFeatureReader,
     RedisFeatureWriter,
@@ -42,8 +42,8 @@ from sinks.redis_store import (
     connect_async,
     record_key,
 )
-from sinks.rows import Row
-from sinks.settings import Settings
+from freshet.sinks.rows import Row
+from freshet.sinks.settings import Settings
 
 VIEW = get_view("card_txn")
 LAYOUT = VIEW.layout()

@@ -12,16 +12,16 @@ import redis
 import redis.cluster
 from redis_servers import RedisProcess, free_port, start_cluster
 
-from flows.registry import get_view
-from sinks.layout import ViewLayout
-from sinks.redis_store import (
+from freshet.dsl.registry import get_view
+from freshet.sinks.layout import ViewLayout
+from freshet.sinks.redis_store import (
     RedisFeatureReader,
     RedisFeatureWriter,
     UnknownLayoutError,
     connect,
     record_key,
 )
-from sinks.rows import Row
+from freshet.sinks.rows import Row
 
 CARD_TXN = get_view("card_txn").layout()
 LAYOUTS = {CARD_TXN.name: CARD_TXN}

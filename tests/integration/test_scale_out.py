@@ -18,8 +18,8 @@ import redis
 from pipeline_harness import FlowProcess, Reference, offline_rows, read_topic, redis_records
 from redis_servers import free_port
 
-from flows.generator import GeneratorConfig, produce
-from flows.registry import get_view
+from freshet.dsl.registry import get_view
+from freshet.ops.generator import GeneratorConfig, produce
 
 VIEW = get_view("card_txn")
 EVENTS = 6_000

@@ -16,7 +16,7 @@ from fastavro import parse_schema, schemaless_writer
 from http_servers import running_server
 from pipeline_harness import VIEW, FlowProcess, flow_args, flow_env, read_topic, redis_records
 
-from flows.decode import load_schema
+from freshet.decode.decoder import load_schema
 
 VIEW_SCHEMA = load_schema(VIEW.source.schema_path)  # type: ignore[arg-type]
 # A newer producer's schema: another field order, a field the view does not read.

@@ -18,15 +18,15 @@ from click.testing import CliRunner
 from http_servers import running_server
 from redis_servers import RedisProcess, free_port
 
-from flows.cli import cli
-from flows.registry import get_view
-from serving import Client, ServingError
-from serving.app import FeatureApp, create_app
-from serving.auth import ApiKeys
-from serving.redis_link import RedisLink
-from sinks.redis_store import RedisFeatureWriter, connect
-from sinks.rows import Row
-from sinks.settings import Settings
+from freshet.cli import cli
+from freshet.dsl.registry import get_view
+from freshet.serving import Client, ServingError
+from freshet.serving.app import FeatureApp, create_app
+from freshet.serving.auth import ApiKeys
+from freshet.serving.redis_link import RedisLink
+from freshet.sinks.redis_store import RedisFeatureWriter, connect
+from freshet.sinks.rows import Row
+from freshet.sinks.settings import Settings
 
 CARD_TXN = get_view("card_txn").layout()
 LAYOUTS = {CARD_TXN.name: CARD_TXN}
@@ -199,11 +199,10 @@ def test_the_endpoint_authenticates_to_redis_and_selects_the_urls_database(
 
 
 def test_api_keys_scope_views_on_a_real_server(redis_url: str) -> None:
-    settings = Settings.from_env(
-        {"FRESHET_REDIS_URL": redis_url, "FRESHET_API_KEYS": "k_card:card_txn;k_all:*"}
-    )
+    env = {"FRESHET_REDIS_URL": redis_url, "FRESHET_API_KEYS": "k_card:card_txn;k_all:*"}
+    app = create_app(Settings.from_env(env), api_keys=ApiKeys.from_env(env))
     with (
-        running_server(create_app(settings)) as url,
+        running_server(app) as url,
         Client(url) as anonymous,
         Client(url, api_key="k_card") as card,
         Client(url, api_key="k_all") as admin,
@@ -294,10 +293,10 @@ def test_freshet_get_accepts_a_versioned_view_name(
 ) -> None:
     from click.testing import CliRunner
 
-    from flows.cli import cli
-    from flows.registry import get_view
-    from sinks.redis_store import RedisFeatureWriter
-    from sinks.rows import Row
+    from freshet.cli import cli
+    from freshet.dsl.registry import get_view
+    from freshet.sinks.redis_store import RedisFeatureWriter
+    from freshet.sinks.rows import Row
 
     layout = get_view("card_txn").layout()
     values = (3, 30.0, 10.0, 20.0, "m_1", 2)

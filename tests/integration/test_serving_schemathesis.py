@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.config import SchemathesisConfig
 from schemathesis.generation import GenerationMode
 
-from flows.registry import get_view
-from serving.app import create_app
-from sinks.redis_store import RedisFeatureWriter, connect
-from sinks.rows import Row
-from sinks.settings import Settings
+from freshet.dsl.registry import get_view
+from freshet.serving.app import create_app
+from freshet.sinks.redis_store import RedisFeatureWriter, connect
+from freshet.sinks.rows import Row
+from freshet.sinks.settings import Settings
 
 CARD_TXN = get_view("card_txn").layout()
 API_KEY = "k_schemathesis"

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from flows import devstack, processes
+from freshet.ops import devstack, processes
 
 MESSAGES = 10_000
 KEYS = 200
@@ -169,23 +168,16 @@ def test_dev_up_twice_keeps_one_broker_and_one_redis(
     assert after["redis"] == processes.listening_pid(dev_stack.redis_port)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_a_second_stack_starts_logs_is_reused_and_stops_completely(
     dev_stack: devstack.StackConfig, tmp_path: Path
 ) -> None:
     # Own dev dir and ports; shares the jar cache so nothing is downloaded.
-    kafka_port = _free_port()
+    kafka_port = processes.free_port()
     config = devstack.StackConfig(
         dev_dir=tmp_path / "dev",
         kafka_port=kafka_port,
-        controller_port=_free_port(),
-        redis_port=_free_port(),
+        controller_port=processes.free_port(),
+        redis_port=processes.free_port(),
         lib_dir_override=dev_stack.lib_dir,
     )
     try:

@@ -20,13 +20,13 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
-from flows.cli import cli
-from flows.reconcile import Outcome, reconcile, verify
-from flows.views import CARD_TXN
-from sinks.layout import ViewLayout
-from sinks.parquet_log import ParquetLogWriter, log_dir
-from sinks.redis_store import RedisFeatureWriter, connect, record_key
-from sinks.rows import Row
+from freshet.cli import cli
+from freshet.dsl.views import CARD_TXN
+from freshet.offline.reconcile import Outcome, reconcile, verify
+from freshet.sinks.layout import ViewLayout
+from freshet.sinks.parquet_log import ParquetLogWriter, log_dir
+from freshet.sinks.redis_store import RedisFeatureWriter, connect, record_key
+from freshet.sinks.rows import Row
 
 LAYOUT = CARD_TXN.layout()
 NOW = time.time_ns() // 1_000_000

@@ -4,8 +4,8 @@ minute or two (drained entity states are dropped; Redis keys expire)."""
 
 from __future__ import annotations
 
-from flows.definitions import Aggregation, Feature, FeatureView, Source
-from flows.views import CARD
+from freshet.dsl.definitions import Aggregation, Feature, FeatureView, Source
+from freshet.dsl.views import CARD
 
 SOAK_TXN = FeatureView(
     name="soak_txn",

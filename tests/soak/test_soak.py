@@ -38,7 +38,7 @@ from fastavro import parse_schema, schemaless_writer
 from pipeline_harness import FlowProcess, scrape, wait_until
 from redis_servers import RedisProcess, free_port
 
-from flows.decode import load_schema, strip_time_logical_types
+from freshet.decode.decoder import load_schema, strip_time_logical_types
 
 HERE = Path(__file__).resolve().parent
 VIEWS_FILE = HERE / "soak_views.py"
@@ -189,7 +189,7 @@ def test_ten_minutes_steady_load_keeps_memory_flat_redis_bounded_and_lag_small(
     samples: list[Sample] = []
     serve_log = open(tmp_path / "serve.log", "ab")  # noqa: SIM115 - closed below
     serve = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())",
+        [sys.executable, "-c", "import sys; from freshet.cli import main; sys.exit(main())",
          "serve", "--port", str(serve_port)],
         env={**os.environ, **env}, stdout=serve_log, stderr=subprocess.STDOUT,
     )  # fmt: skip

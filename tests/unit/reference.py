@@ -21,9 +21,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.aggregations import QUANTILE_RELATIVE_ERROR
-from flows.definitions import Aggregation, FeatureView
-from sinks.rows import Row
+from freshet.dsl.definitions import Aggregation, FeatureView
+from freshet.engine.aggregations import QUANTILE_RELATIVE_ERROR
+from freshet.sinks.rows import Row
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def exact_percentile(values: list[float], q: float, *, presorted: bool = False) 
 
 def assert_rows_close(view: FeatureView, got: list[Row], want: list[Row]) -> None:
     """``got == want``, except that approx_percentile values may be off by the documented
-    relative error (flows/aggregations.py, ``QUANTILE_RELATIVE_ERROR``: exact up to
+    relative error (flows/engine/aggregations.py, ``QUANTILE_RELATIVE_ERROR``: exact up to
     ``EXACT_QUANTILE_LIMIT`` values in the window, then within ``|exact| / 128``)."""
     assert len(got) == len(want), (len(got), len(want))
     approx = [f.agg is Aggregation.APPROX_PERCENTILE for f in view.features]

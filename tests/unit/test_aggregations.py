@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import exact_percentile  # tests/unit/reference.py
 
-from flows.aggregations import (
+from freshet.dsl.definitions import Aggregation
+from freshet.engine.aggregations import (
     EXACT_DISTINCT_LIMIT,
     EXACT_QUANTILE_LIMIT,
     QUANTILE_RELATIVE_ERROR,
@@ -25,7 +26,6 @@ from flows.aggregations import (
     exact_float,
     exact_to_float,
 )
-from flows.definitions import Aggregation
 
 # (aggregation, quantile, float field?, values, result, result of no values)
 TABLE: list[tuple[Aggregation, float | None, bool, list[Any], Any, Any]] = [

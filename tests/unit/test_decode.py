@@ -1,4 +1,5 @@
-"""flows.decode: Kafka records of a view's source -> engine events, bad records -> dead letters."""
+"""freshet.decode.decoder: Kafka records of a view's source -> engine events, bad records -> dead
+letters."""
 
 from __future__ import annotations
 
@@ -16,15 +17,15 @@ from fastavro import parse_schema, schemaless_writer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.decode import (
+from freshet.decode.decoder import (
     EVENT_TIME_MAX_MS,
     EVENT_TIME_MIN_MS,
     AvroDecoder,
     DecodeConfigError,
     JsonDecoder,
-    RawMessage,
     decoder_for,
 )
+from freshet.decode.messages import RawMessage
 
 SCHEMA: dict[str, Any] = {
     "type": "record",
@@ -379,7 +380,7 @@ def test_json_without_schema_only_checks_entity_time_and_presence() -> None:
 
 # --- both, and the view entry point ------------------------------------------------------
 
-# Valid entity ids hold no control characters (sinks.layout.ENTITY_FORBIDDEN_CHARS).
+# Valid entity ids hold no control characters (freshet.sinks.layout.ENTITY_FORBIDDEN_CHARS).
 _cards = st.text(
     st.characters(exclude_categories=("Cc", "Cs")),
     min_size=1,
@@ -441,7 +442,7 @@ def test_decoder_for_names_the_missing_schema_file_and_unknown_encodings(tmp_pat
 
 
 def test_entity_ids_longer_than_the_store_takes_are_dead_letters_in_both_encodings() -> None:
-    from sinks.layout import MAX_ENTITY_LENGTH
+    from freshet.sinks.layout import MAX_ENTITY_LENGTH
 
     longest, too_long = "c" * MAX_ENTITY_LENGTH, "c" * (MAX_ENTITY_LENGTH + 1)
     for decoder, encode in ((avro_decoder(), avro), (json_decoder(), orjson.dumps)):

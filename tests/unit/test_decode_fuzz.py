@@ -6,8 +6,8 @@ The demo views' real decoders (``decoder_for(card_txn)``: schemaless Avro of
 ``schemas/transaction.avsc``; ``card_txn_json``: JSON checked against the same schema) are fed
 batches of: arbitrary bytes, tombstones, valid records with bytes flipped / cut / inserted /
 repeated, JSON with random values in each field, and JSON texts with random edits; the reader
-generated for flat Avro schemas (``flows.avro_reader``) must read exactly what fastavro reads
-(same values and end offset, or a refusal). Hypothesis
+generated for flat Avro schemas (``freshet.decode.avro_reader``) must read exactly what fastavro
+reads (same values and end offset, or a refusal). Hypothesis
 shrinks any failure to a minimal record. (``tests/chaos/fuzz_decode_atheris.py`` runs the same
 checks under coverage-guided atheris, outside CI.)
 """
@@ -23,20 +23,20 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flows.avro_reader import compile_reader
-from flows.deadletter import REASONS
-from flows.decode import (
+from freshet.decode.avro_reader import compile_reader
+from freshet.decode.decoder import (
     EVENT_TIME_MAX_MS,
     EVENT_TIME_MIN_MS,
     AvroDecoder,
     Decoded,
-    RawMessage,
     decoder_for,
     load_schema,
     strip_time_logical_types,
 )
-from flows.registry import get_view
-from sinks.redis_store import record_key
+from freshet.decode.messages import RawMessage
+from freshet.dsl.registry import get_view
+from freshet.sinks.redis_store import record_key
+from freshet.stream.deadletter import REASONS
 
 AVRO_VIEW = get_view("card_txn")
 JSON_VIEW = get_view("card_txn_json")

@@ -10,8 +10,8 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from flows.cli import cli
-from flows.definitions import (
+from freshet.cli import cli
+from freshet.dsl.definitions import (
     Aggregation,
     DefinitionError,
     Entity,
@@ -21,8 +21,8 @@ from flows.definitions import (
     default_hop_seconds,
     parse_duration,
 )
-from flows.registry import UnknownViewError, all_views, get_view, views_json
-from flows.views import CARD_TXN, CARD_TXN_JSON
+from freshet.dsl.registry import UnknownViewError, all_views, get_view, views_json
+from freshet.dsl.views import CARD_TXN, CARD_TXN_JSON
 
 SOURCE = Source(topic="transactions", encoding="avro", schema="transaction.avsc",
                 event_time_field="ts")  # fmt: skip
@@ -131,7 +131,7 @@ def test_a_hop_override_replaces_the_default() -> None:
                         event_time_field="ts"),
          r"Source.encoding='xml' is not supported; allowed: avro, json"),
         (lambda: Source(topic="t", encoding="avro", schema="missing.avsc", event_time_field="ts"),
-         r"Source.schema: cannot read .*missing.avsc"),
+         r"Source.schema='missing.avsc': no such file; tried .*missing.avsc"),
         (lambda: Source(topic="t", encoding="avro", schema="transaction.avsc",
                         event_time_field="amount"),
          r"event_time_field='amount' must be a long .* its long fields: ts"),
@@ -216,3 +216,103 @@ def test_freshet_views_prints_json_and_a_table() -> None:
         for feature in view.features:
             assert feature.name in table.output
     assert "15m" in table.output  # the 24 h features' hop
+
+
+# --- where a relative schema= is found -------------------------------------------------------
+
+_SCHEMA = {
+    "type": "record",
+    "name": "Payment",
+    "fields": [
+        {"name": "user_id", "type": "string"},
+        {"name": "amount", "type": "double"},
+        {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+    ],
+}
+
+
+def _load_module(path: Path) -> Any:
+    """Import ``path`` as a module of its own, as FRESHET_VIEWS does with a file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"views_{path.parent.name}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _views_module(directory: Path, schema: str, key: str = "user_id") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    module = directory / "my_views.py"
+    module.write_text(
+        "from freshet.dsl.definitions import Aggregation, Entity, Feature, FeatureView, Source\n"
+        "VIEW = FeatureView(name='user_payments', version=1,\n"
+        f"    entity=Entity(name='user', key={key!r}),\n"
+        f"    source=Source(topic='payments', encoding='json', schema={schema!r},\n"
+        "                  event_time_field='ts'),\n"
+        "    features=(Feature('amount_sum_1h', Aggregation.SUM, 'amount', window='1h'),))\n"
+    )
+    return module
+
+
+def test_a_relative_schema_is_read_beside_the_module_that_defines_the_view(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "team" / "schemas").mkdir(parents=True)
+    (tmp_path / "team" / "schemas" / "payment.avsc").write_text(orjson.dumps(_SCHEMA).decode())
+    module = _views_module(tmp_path / "team", "schemas/payment.avsc")
+    monkeypatch.chdir(tmp_path)  # not where the schema is: the module's directory counts
+
+    view = _load_module(module).VIEW
+
+    assert view.source.schema_path == tmp_path / "team" / "schemas" / "payment.avsc"
+    assert view.source.field_types == {"user_id": "string", "amount": "float64", "ts": "int64"}
+    assert view.to_json()["source"]["schema"] == str(view.source.schema_path)
+
+
+def test_replacing_the_topic_elsewhere_keeps_the_schema_found_beside_the_view(
+    tmp_path: Path,
+) -> None:
+    # `freshet run VIEW --topic T` does this replace in freshet.cli.run, far from the module.
+    (tmp_path / "payment.avsc").write_text(orjson.dumps(_SCHEMA).decode())
+    view = _load_module(_views_module(tmp_path, "payment.avsc")).VIEW
+
+    moved = dataclasses.replace(view, source=dataclasses.replace(view.source, topic="other"))
+
+    assert moved.source.topic == "other"
+    assert moved.source.schema_path == tmp_path / "payment.avsc"
+
+
+def test_a_schema_not_beside_the_module_is_one_of_the_shipped_schemas(tmp_path: Path) -> None:
+    view = _load_module(_views_module(tmp_path, "transaction.avsc", key="card_id"))
+
+    shipped = Path(__file__).parents[2] / "schemas" / "transaction.avsc"
+    assert view.VIEW.source.schema_path == shipped
+    assert CARD_TXN.source.schema_path == shipped
+
+
+def test_a_missing_schema_names_every_path_tried(tmp_path: Path) -> None:
+    module = _views_module(tmp_path, "payment.avsc")
+
+    with pytest.raises(DefinitionError) as info:
+        _load_module(module)
+
+    message = str(info.value)
+    assert "Source.schema='payment.avsc': no such file" in message
+    assert str(tmp_path / "payment.avsc") in message
+    assert str(Path(__file__).parents[2] / "schemas" / "payment.avsc") in message
+
+
+def test_an_absolute_schema_path_and_an_explicit_base_dir_are_used_as_given(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "payment.avsc").write_text(orjson.dumps(_SCHEMA).decode())
+
+    absolute = Source(topic="p", encoding="json", schema=tmp_path / "payment.avsc",
+                      event_time_field="ts")  # fmt: skip
+    based = Source(topic="p", encoding="json", schema="payment.avsc", event_time_field="ts",
+                   base_dir=tmp_path)  # fmt: skip
+
+    assert absolute.schema_path == based.schema_path == tmp_path / "payment.avsc"

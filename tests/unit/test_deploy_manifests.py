@@ -7,7 +7,7 @@
   fail), the flow as one Bytewax cluster (ids from pod ordinals, addresses from the headless
   service), probes on real routes, HPA on the Deployment, env names the code reads.
 * ``deploy/grafana`` + ``deploy/prometheus``: every PromQL expression parses (promql-parser)
-  and uses only metric and label names that flows/metrics.py and serving/metrics.py register.
+  and uses only metric and label names that flows/stream/metrics.py and serving/metrics.py register.
 
 Each check is a function returning problems; the real files must have none, and the tests at
 the end show each check catching a wrong command, port or metric name.
@@ -16,6 +16,7 @@ the end show each check catching a wrong command, port or metric name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import importlib
 import inspect
@@ -35,9 +36,10 @@ import promql_parser
 import pytest
 import yaml
 
-from flows.cli import cli
-from flows.registry import get_view
-from sinks.settings import Settings
+from freshet.cli import cli
+from freshet.dsl.registry import get_view
+from freshet.serving.auth import ApiKeys
+from freshet.sinks.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -108,10 +110,12 @@ class _Recording(dict[str, str]):
 
 
 def env_problems(names: Mapping[str, str], where: str) -> list[str]:
-    """Names freshet does not read (Settings.from_env): plain names it asks for, or
-    FRESHET_KAFKA_CONFIG_* that land in the librdkafka pass-through."""
+    """Names freshet does not read (Settings.from_env, ApiKeys.from_env): plain names it asks for,
+    or FRESHET_KAFKA_CONFIG_* that land in the librdkafka pass-through."""
     env = _Recording(dict.fromkeys(names, "x"))
     settings = Settings.from_env(env)
+    with contextlib.suppress(ValueError):  # "x" is not a key list; the name was asked for
+        ApiKeys.from_env(env)  # the endpoint's own setting
     problems = []
     for name in names:
         if not name.startswith("FRESHET_"):
@@ -128,8 +132,8 @@ def registered_metrics() -> dict[str, frozenset[str]]:
     from prometheus_client import REGISTRY
     from prometheus_client.registry import CollectorRegistry
 
-    flow_metrics = importlib.import_module("flows.metrics")
-    from serving.metrics import ServingMetrics
+    flow_metrics = importlib.import_module("freshet.stream.metrics")
+    from freshet.serving.metrics import ServingMetrics
 
     serving = ServingMetrics(["card_txn"])
     # prometheus_client has no public accessor for label names; each metric keeps them here.
@@ -295,20 +299,28 @@ def dockerfile_problems(text: str) -> list[str]:
             problems.append(f"COPY {source}: no such path")
     if not any(w == "COPY" and a.startswith("--from") for w, a in stage):
         problems.append("the final stage copies nothing from the build stage")
-    # The dependency layer installs pyproject.toml with empty stand-ins for the packages, so
-    # it must create every package setuptools is told to ship, and the image must copy each.
+    # The image must copy the folder of every package setuptools is told to ship.
     packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    copied = copied_paths(text)
     for package in packages["packages"]:
-        path = package.replace(".", "/")
-        if f"{path}/__init__.py" not in text:
-            problems.append(f"the dependency layer does not create package {package!r}")
-        if path.split("/")[0] not in copied_paths(text):
-            problems.append(f"package {package!r} is never copied into the image")
+        folder = package_folder(package, packages["package-dir"])
+        if not any(folder == c or folder.startswith(f"{c}/") for c in copied):
+            problems.append(f"package {package!r} ({folder}/) is never copied into the image")
     # pip skips an optional C extension it cannot build: the image build must import each.
     for extension in packages.get("ext-modules", []):
         if f"import {extension['name']}" not in text:
             problems.append(f"the image build never checks C extension {extension['name']!r}")
     return problems
+
+
+def package_folder(package: str, package_dir: Mapping[str, str]) -> str:
+    """The source folder of ``package`` under setuptools' ``package-dir`` mapping."""
+    parts = package.split(".")
+    for n in range(len(parts), 0, -1):
+        head = ".".join(parts[:n])
+        if head in package_dir:
+            return "/".join([package_dir[head], *parts[n:]])
+    return "/".join(parts)
 
 
 def copied_paths(text: str) -> set[str]:
@@ -487,8 +499,8 @@ class _StubRedis:
 
 
 def _asgi_status(path: str) -> int:
-    from serving.app import FeatureApp
-    from serving.auth import ApiKeys
+    from freshet.serving.app import FeatureApp
+    from freshet.serving.auth import ApiKeys
 
     view = get_view("card_txn")
     app = FeatureApp(
@@ -671,7 +683,7 @@ def test_compose_commands_ports_targets_and_env_agree_with_the_cli() -> None:
 
 
 def test_the_compose_generator_calls_produce_with_its_real_signature() -> None:
-    from flows import generator
+    from freshet.ops import generator
 
     service = compose()["services"]["generator"]
     source = service["command"][0]
@@ -858,5 +870,6 @@ def test_dockerfile_check_catches_root_a_wrong_entrypoint_and_a_missing_port() -
     assert dockerfile_problems(text.replace("USER 10001:10001", "USER root"))
     assert dockerfile_problems(text.replace('"tini", "--", "freshet"', '"tini", "--", "fresh"'))
     assert dockerfile_problems(text.replace("EXPOSE 8000 9108 2101", "EXPOSE 8080 9108"))
-    assert dockerfile_problems(text.replace(" schemas/__init__.py", ""))  # a package left out
-    assert dockerfile_problems(text.replace("import flows._faststate", "pass"))  # C unchecked
+    assert dockerfile_problems(text.replace("COPY schemas schemas\n", ""))  # a package left out
+    unchecked = text.replace("import freshet.engine._faststate", "pass")
+    assert dockerfile_problems(unchecked)  # a C extension not checked

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from flows import devstack
-from flows.devstack import StackConfig
+from freshet.ops import devstack
+from freshet.ops.devstack import StackConfig
 
 TEMPLATE = (devstack.DEPLOY_DIR / "server.properties.template").read_text()
 
@@ -33,10 +33,13 @@ def test_config_reads_ports_and_dir_from_the_given_mapping(tmp_path: Path) -> No
     assert config.lib_dir == config.dev_dir / "kafka" / "lib"
 
 
-def test_config_defaults_to_the_standard_ports_under_the_repo() -> None:
+def test_config_defaults_to_the_standard_ports_under_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     config = StackConfig.from_env({})
     assert (config.kafka_port, config.controller_port, config.redis_port) == (9092, 9093, 6379)
-    assert config.dev_dir == devstack.REPO_ROOT / ".freshet"
+    assert config.dev_dir == tmp_path / ".freshet"
 
 
 def test_explicit_arguments_win_over_the_environment(tmp_path: Path) -> None:

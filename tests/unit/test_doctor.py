@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from flows.cli import cli
-from flows.doctor import (
+from freshet.cli import cli
+from freshet.dsl.registry import get_view
+from freshet.ops.doctor import (
     C_EXTENSIONS,
     Finding,
     KafkaFacts,
@@ -25,7 +29,6 @@ from flows.doctor import (
     diagnose,
     probe_c_extensions,
 )
-from flows.registry import get_view
 
 CARD_TXN = get_view("card_txn")
 NO_TTL = dataclasses.replace(get_view("card_txn_json"), ttl_seconds=0)
@@ -95,8 +98,11 @@ def test_a_missing_source_topic_is_an_error_with_the_command_that_creates_it() -
     findings = by_check(check_topics(kafka(), [CARD_TXN]))
     source = findings["topic transactions"]
     assert source.level is Level.ERROR
-    assert "kafka-topics.sh --bootstrap-server k:9092 --create --topic transactions" in source.fix
-    assert findings["topic transactions_dlq"].level is Level.WARN  # freshet run creates it
+    assert "`freshet topics create card_txn --partitions N`" in source.fix
+    dlq = findings["topic transactions_dlq"]
+    assert dlq.level is Level.WARN  # freshet run creates it
+    assert "`freshet topics create card_txn`" in dlq.fix
+    assert "kafka-topics.sh --create" not in source.fix + dlq.fix  # not in freshet's stack
 
 
 def test_existing_topics_report_their_partitions() -> None:
@@ -199,19 +205,19 @@ def test_c_extensions_built_are_ok_and_missing_ones_warn_with_the_fix(tmp_path: 
     # This install (CI's) has both built.
     assert probe_c_extensions() == []
     assert check_c_extensions([]).level is Level.OK
-    missing = check_c_extensions(["flows._fastdecode"])
+    missing = check_c_extensions(["freshet.decode._fastdecode"])
     assert missing.level is Level.WARN
-    assert "flows._fastdecode" in missing.message
+    assert "freshet.decode._fastdecode" in missing.message
     assert "2.8x slower" in missing.message
     assert "C compiler" in missing.fix
-    assert "flows._faststate" not in missing.message
+    assert "freshet.engine._faststate" not in missing.message
     down = KafkaFacts("k:9092", error="Local: Timed out")
     findings = by_check(
         diagnose(down, RedisFacts("u", False), [CARD_TXN], tmp_path,
                  missing_extensions=list(C_EXTENSIONS))
     )  # fmt: skip
     assert findings["c extensions"].level is Level.WARN
-    assert "flows._faststate" in findings["c extensions"].message
+    assert "freshet.engine._faststate" in findings["c extensions"].message
 
 
 def test_every_primary_of_a_cluster_is_checked(tmp_path: Path) -> None:
@@ -231,3 +237,24 @@ def test_cli_names_the_known_views_for_an_unknown_one() -> None:
     result = CliRunner().invoke(cli, ["doctor", "card_tx"])
     assert result.exit_code == 2
     assert "unknown view 'card_tx'; known: card_txn, card_txn_json" in result.output
+
+
+def test_doctor_knows_only_the_views_in_use_when_freshet_views_names_a_module(
+    tmp_path: Path,
+) -> None:
+    module = tmp_path / "team_views.py"
+    module.write_text(
+        "from dataclasses import replace\n"
+        "from freshet.dsl.views import CARD_TXN\n"
+        "VIEWS = [replace(CARD_TXN, name='team_txn')]\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", "from freshet.cli import main; main()", "doctor", "card_txn"],
+        env={**os.environ, "FRESHET_VIEWS": str(module)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "unknown view 'card_txn'; known: team_txn" in result.stderr

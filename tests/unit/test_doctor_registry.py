@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from loopback_http import QuietHandler, loopback_server
 
-from flows.doctor import (
+from freshet.dsl.registry import get_view
+from freshet.ops.doctor import (
     KafkaFacts,
     Level,
     RedisFacts,
@@ -19,7 +20,6 @@ from flows.doctor import (
     diagnose,
     probe_schema_registry,
 )
-from flows.registry import get_view
 
 AVRO = get_view("card_txn")
 JSON_ONLY = get_view("card_txn_json")

@@ -21,11 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import Reference  # tests/unit/reference.py (pytest puts tests/unit on sys.path)
 
-from flows.aggregations import EXACT_DISTINCT_LIMIT
-from flows.definitions import Aggregation, Entity, Feature, FeatureView, Source
-from flows.engine import EntityState, StateFormatError, ViewEngine
-from flows.views import CARD_TXN
-from sinks.rows import Row
+from freshet.dsl.definitions import Aggregation, Entity, Feature, FeatureView, Source
+from freshet.dsl.views import CARD_TXN
+from freshet.engine.aggregations import EXACT_DISTINCT_LIMIT
+from freshet.engine.view_engine import EntityState, StateFormatError, ViewEngine
+from freshet.sinks.rows import Row
 
 # Every aggregation, windows of a few seconds (so streams cross many boundaries), tiles of 1-5 s,
 # lifetime features, int and float sums; L = 2 s.

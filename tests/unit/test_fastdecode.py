@@ -1,4 +1,4 @@
-"""The C loop (``flows/_fastdecode.c``) decodes exactly what the Python loop decodes.
+"""The C loop (``flows/decode/_fastdecode.c``) decodes exactly what the Python loop decodes.
 
 Both loops of ``AvroDecoder`` get the same batches — valid records, records with random
 edits, arbitrary bytes, tombstones, entities and event times at and beyond the rules' edges,
@@ -20,15 +20,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_decode_fuzz import FUZZ, messages_of, mutated, valid_avro
 
-from flows import decode
-from flows.decode import (
+from freshet.decode import decoder as decode
+from freshet.decode.decoder import (
     EVENT_TIME_MAX_MS,
     EVENT_TIME_MIN_MS,
     AvroDecoder,
-    RawMessage,
     load_schema,
 )
-from flows.registry import get_view
+from freshet.decode.messages import RawMessage
+from freshet.dsl.registry import get_view
 
 VIEW = get_view("card_txn")
 
@@ -234,7 +234,22 @@ def test_shard_groups_take_entities_with_lone_surrogates() -> None:
 def test_the_c_extension_is_built() -> None:
     if decode._fastdecode is None:
         pytest.fail(
-            "flows._fastdecode is not built: `pip install -e .` needs a C compiler and Python "
-            "headers (the flow then decodes ~2.5x faster)"
+            "freshet.decode._fastdecode is not built: `pip install -e .` needs a C compiler and "
+            "Python headers (the flow then decodes ~2.5x faster)"
         )
     assert CARD[0]._fast is not None
+
+
+def test_the_c_loop_takes_its_entity_length_limit_from_the_layout_constant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(decode, "MAX_ENTITY_LENGTH", 3)
+    values = [wide_record(1_714_521_600_000, "", w, 1.0, 1, None, 2.0) for w in ("abc", "abcd")]
+    messages = [
+        RawMessage(key=None, value=v, topic="t", partition=0, offset=i)
+        for i, v in enumerate(values)
+    ]
+    for decoder in SCHEMALESS:
+        events, dead = decoder.decode(messages)
+        assert [e[0] for e in events] == ["abc"]
+        assert [d.offset for d in dead] == [1]

@@ -1,4 +1,4 @@
-"""``EntityState.__getstate__``'s walk in C (``flows/_faststate.c``) packs exactly as the
+"""``EntityState.__getstate__``'s walk in C (``flows/engine/_faststate.c``) packs exactly as the
 Python walk: the same pickles for engine states of every aggregation, and for the edges of
 the big-int rule (ints outside (-2**64, 2**64) become ``(mantissa, shift)``)."""
 
@@ -13,12 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_engine import ALL_AGGS, _interleave, _run_engine, _with_ends, entity_streams
 
-from flows import engine
+from freshet.engine import view_engine as engine
 
 
 def c_pack(d: list[Any]) -> list[Any]:
     if engine._c_pack_d is None:
-        pytest.fail("flows._faststate is not built: `pip install -e .` needs a C compiler")
+        pytest.fail("freshet.engine._faststate is not built: `pip install -e .` needs a C compiler")
     return engine._c_pack_d(d, engine._Packed)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.metrics import _FRESHNESS_BUCKETS, BatchHistogram
+from freshet.stream.metrics import _FRESHNESS_BUCKETS, BatchHistogram
 
 NOW_MS = 1_795_000_000_123
 

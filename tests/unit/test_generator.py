@@ -1,4 +1,4 @@
-"""flows.generator: the demo's synthetic stream is deterministic and its labels are true."""
+"""freshet.ops.generator: the demo's synthetic stream is deterministic and its labels are true."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from flows.decode import RawMessage, decoder_for
-from flows.definitions import Source
-from flows.engine import ViewEngine
-from flows.generator import GeneratorConfig, GeneratorError, TransactionStream
-from flows.registry import get_view
+from freshet.decode.decoder import decoder_for
+from freshet.decode.messages import RawMessage
+from freshet.dsl.definitions import Source
+from freshet.dsl.registry import get_view
+from freshet.engine.view_engine import ViewEngine
+from freshet.ops.generator import GeneratorConfig, GeneratorError, TransactionStream
 
 START = 1_714_564_800_000
 VIEWS = ["card_txn", "card_txn_json"]

@@ -1,5 +1,5 @@
-"""flows.historical: the point-in-time join equals a brute-force as-of lookup, never leaks the
-future, keeps input rows/labels/order, and `freshet historical` writes Parquet or CSV."""
+"""freshet.offline.historical: the point-in-time join equals a brute-force as-of lookup, never leaks
+the future, keeps input rows/labels/order, and `freshet historical` writes Parquet or CSV."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flows.cli import cli
-from flows.historical import (
+from freshet.cli import cli
+from freshet.dsl.registry import get_view
+from freshet.dsl.views import CARD_TXN
+from freshet.offline.historical import (
     HistoricalError,
     ViewRequest,
     historical_features,
@@ -26,11 +28,9 @@ from flows.historical import (
     read_entities,
     write_historical,
 )
-from flows.registry import get_view
-from flows.views import CARD_TXN
-from sinks.layout import FeatureColumn, ViewLayout
-from sinks.parquet_log import ParquetLogWriter, log_dir
-from sinks.rows import Row
+from freshet.sinks.layout import FeatureColumn, ViewLayout
+from freshet.sinks.parquet_log import ParquetLogWriter, log_dir
+from freshet.sinks.rows import Row
 
 DAY = 86_400_000
 T0 = 1_714_521_600_000  # 2024-05-01T00:00:00Z

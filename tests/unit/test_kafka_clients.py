@@ -1,6 +1,6 @@
-"""Kafka clients (``flows.kafka_clients``): librdkafka's log rate-limited through Python logging,
-transient consumer errors retried, every client made by the one factory; and the one-line
-report of ``flows.cli.main``. No broker: the clients are never connected."""
+"""Kafka clients (``freshet.stream.kafka_clients``): librdkafka's log rate-limited through Python
+logging, transient consumer errors retried, every client made by the one factory; and the one-line
+report of ``freshet.cli.main``. No broker: the clients are never connected."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError
 
-from flows import kafka_clients
-from flows.cli import EXIT_UNREACHABLE, _debug_first, _report
-from flows.connectors import _KafkaPartition
-from flows.kafka_clients import KafkaUnreachable, RateLimit
-from sinks.settings import Settings, SettingsError
+from freshet.cli import EXIT_UNREACHABLE, _debug_first, _report
+from freshet.sinks.settings import Settings, SettingsError
+from freshet.stream import kafka_clients
+from freshet.stream.connectors import _KafkaPartition
+from freshet.stream.kafka_clients import KafkaUnreachable, RateLimit
 
 REPO = Path(__file__).resolve().parents[2]
 FAIL = "FAIL [rdkafka#consumer-{n}] [thrd:127.0.0.1:9092/1]: Connect to 127.0.0.1:9092 failed: "
@@ -193,7 +193,7 @@ def _client_calls(path: Path) -> list[str]:
 
 
 # devstack's broker health check sets log_level 0 (silent) and is not freshet's to change here.
-_ALLOWED = {"flows/kafka_clients.py", "flows/devstack.py"}
+_ALLOWED = {"flows/stream/kafka_clients.py", "flows/ops/devstack.py"}
 
 
 def test_every_kafka_client_is_made_by_flows_kafka_clients() -> None:
@@ -210,7 +210,7 @@ def test_every_kafka_client_is_made_by_flows_kafka_clients() -> None:
         if str(path.relative_to(REPO)) not in _ALLOWED
         for call in _client_calls(path)
     ]
-    assert direct == [], "use flows.kafka_clients.consumer/producer/admin"
+    assert direct == [], "use freshet.stream.kafka_clients.consumer/producer/admin"
 
 
 def test_an_unreachable_kafka_anywhere_in_the_chain_is_one_line_and_exit_3(

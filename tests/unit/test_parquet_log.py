@@ -1,4 +1,5 @@
-"""sinks.parquet_log: immutable segments on disk, each row exactly once through the reader."""
+"""freshet.sinks.parquet_log: immutable segments on disk, each row exactly once through the
+reader."""
 
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sinks.layout import FeatureColumn, ViewLayout
-from sinks.parquet_log import (
+from freshet.sinks.layout import FeatureColumn, ViewLayout
+from freshet.sinks.parquet_log import (
     ParquetLogError,
     ParquetLogWriter,
     WriterState,
     read_log,
     segment_paths,
 )
-from sinks.rows import Row
+from freshet.sinks.rows import Row
 
 LAYOUT = ViewLayout(
     name="card_txn",

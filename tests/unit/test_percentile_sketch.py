@@ -1,7 +1,7 @@
-"""``approx_percentile``: the accuracy bound of :class:`flows.aggregations.Quantiles` against exact
-sorted quantiles, and its determinism, from one partial up to whole engines.
+"""``approx_percentile``: the accuracy bound of :class:`freshet.engine.aggregations.Quantiles`
+against exact sorted quantiles, and its determinism, from one partial up to whole engines.
 
-The bound (``flows/aggregations.py``): for ``n`` values and ``q`` in [0, 1], with ``x_r`` the
+The bound (``flows/engine/aggregations.py``): for ``n`` values and ``q`` in [0, 1], with ``x_r`` the
 ``r``-th smallest value, ``r = max(ceil(q * n), 1)`` (nearest rank), the result is ``x_r`` while
 ``n <= EXACT_QUANTILE_LIMIT`` and within ``|x_r| / 128`` of it beyond. Determinism: the partial
 and its quantiles are a function of the multiset of values, so any order of additions, any
@@ -24,10 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import Reference, assert_rows_close, exact_percentile
 
-from flows.aggregations import EXACT_QUANTILE_LIMIT, QUANTILE_RELATIVE_ERROR, Quantiles
-from flows.definitions import Aggregation, Entity, Feature, FeatureView, Source
-from flows.engine import EntityState, ViewEngine
-from sinks.rows import Row
+from freshet.dsl.definitions import Aggregation, Entity, Feature, FeatureView, Source
+from freshet.engine.aggregations import EXACT_QUANTILE_LIMIT, QUANTILE_RELATIVE_ERROR, Quantiles
+from freshet.engine.view_engine import EntityState, ViewEngine
+from freshet.sinks.rows import Row
 
 QS = [i / 1000 for i in range(1001)] + [1e-9, 0.25 + 1e-12, 1 - 1e-9]
 

@@ -1,4 +1,5 @@
-"""flows.pipeline: the dataflow wired end to end in-process (TestingSource in, Parquet + lists out).
+"""freshet.stream.pipeline: the dataflow wired end to end in-process (TestingSource in, Parquet +
+lists out).
 
 The flow's rows are checked against ``ViewEngine`` run directly over each entity's events: the
 wiring (decode, sharding, timers, sinks, snapshots) must neither lose, duplicate nor reorder
@@ -15,6 +16,7 @@ import pickle
 import random
 import subprocess
 import sys
+import time
 import weakref
 import zlib
 from collections import defaultdict
@@ -30,8 +32,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 from fastavro import parse_schema, schemaless_writer
 
-from flows import metrics
-from flows.cli.run import (
+from freshet.cli.run import (
     _child_argv,
     _init_recovery,
     clock_offset,
@@ -39,15 +40,23 @@ from flows.cli.run import (
     parse_start,
     run,
 )
-from flows.connectors import ParquetSink
-from flows.deadletter import DeadLetter
-from flows.decode import RawMessage
-from flows.definitions import SCHEMAS_DIR
-from flows.engine import ViewEngine
-from flows.pipeline import Changes, FlowOptions, ShardLogic, build_flow, shard_keys, shard_of
-from flows.registry import get_view
-from sinks.parquet_log import WriterState, read_log, segment_paths
-from sinks.rows import Row
+from freshet.decode.messages import RawMessage
+from freshet.dsl.definitions import SCHEMAS_DIR
+from freshet.dsl.registry import get_view
+from freshet.engine.view_engine import ViewEngine
+from freshet.sinks.parquet_log import WriterState, read_log, segment_paths
+from freshet.sinks.rows import Row
+from freshet.stream import metrics
+from freshet.stream.connectors import ParquetSink
+from freshet.stream.deadletter import DeadLetter
+from freshet.stream.pipeline import (
+    Changes,
+    FlowOptions,
+    ShardLogic,
+    build_flow,
+    shard_keys,
+    shard_of,
+)
 
 VIEW = get_view("card_txn")
 SCHEMA = parse_schema(json.loads((SCHEMAS_DIR / "transaction.avsc").read_text()))
@@ -97,7 +106,7 @@ def engine_reference(
     """Per entity: the rows of ``apply`` over its events in partition order, the rows a final
     flush adds (boundaries a live flow may or may not have passed yet), and the late count."""
     engine = ViewEngine(VIEW, clock=lambda: 0)
-    from flows.decode import decoder_for
+    from freshet.decode.decoder import decoder_for
 
     events = decoder_for(VIEW).decode(messages).events
     states: dict[str, Any] = {}
@@ -474,7 +483,7 @@ def test_without_recovery_shards_skip_pickling() -> None:
 def test_an_entity_has_the_same_shard_in_every_process(seed: str) -> None:
     # Every process of a cluster, and every restart, must route an entity to the same state.
     code = (
-        "from flows.pipeline import shard_of; "
+        "from freshet.stream.pipeline import shard_of; "
         "print([shard_of(f'card_{i}', 256) for i in range(50)])"
     )
     env = {**os.environ, "PYTHONHASHSEED": seed}
@@ -501,13 +510,21 @@ def test_flow_options_reject_a_shard_count_out_of_range() -> None:
         ("1714521600000", 1_714_521_600_000),
         ("2024-05-01T00:00:00Z", 1_714_521_600_000),
         ("2024-05-01T02:00:00+02:00", 1_714_521_600_000),
+        ("2024-05-01", 1_714_521_600_000),
     ],
 )
 def test_start_positions(text: str, expected: object) -> None:
     assert parse_start(text) == expected
 
 
-@pytest.mark.parametrize("text", ["yesterday", "2024-05-01T00:00:00"])
+def test_relative_start_positions_count_back_from_now() -> None:
+    before = time.time_ns() // 1_000_000
+    start = parse_start("-2h")
+    assert isinstance(start, int)
+    assert before - 2 * 3_600_000 <= start <= time.time_ns() // 1_000_000 - 2 * 3_600_000
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2024-05-01T00:00:00", "1714521600"])
 def test_bad_start_positions_name_the_value(text: str) -> None:
     with pytest.raises(click.BadParameter, match=text[:10]):
         parse_start(text)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from flows import processes
+from freshet.ops import processes
 
 PROC_NET_TCP = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
@@ -88,3 +90,56 @@ def test_a_detached_process_outlives_its_starter_and_stops_by_pid(tmp_path: Path
     finally:
         if processes.is_our_process(pid, marker):
             os.kill(pid, 9)
+
+
+def test_a_free_port_can_be_bound_and_cluster_addresses_are_distinct() -> None:
+    port = processes.free_port()
+    with socket.socket() as sock:
+        sock.bind((processes.LOOPBACK, port))
+    addresses = processes.cluster_addresses(3).split(";")
+    assert len(set(addresses)) == 3
+    assert all(a.startswith(f"{processes.LOOPBACK}:") for a in addresses)
+
+
+def test_die_with_parent_does_nothing_where_there_is_no_prctl(monkeypatch: Any) -> None:
+    def no_libc(*_args: Any, **_kwargs: Any) -> Any:
+        raise OSError("no C library here")
+
+    monkeypatch.setattr(processes.ctypes, "CDLL", no_libc)
+    processes.die_with_parent()  # no error
+
+    monkeypatch.setattr(processes.ctypes, "CDLL", lambda *_a, **_k: object())  # no prctl
+    processes.die_with_parent()
+
+
+def test_a_child_of_die_with_parent_is_killed_with_its_parent(tmp_path: Path) -> None:
+    # A middle process starts a child with die_with_parent, prints its pid and exits at once.
+    pid_file = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys\n"
+        "from freshet.ops.processes import die_with_parent\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+        " preexec_fn=die_with_parent)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+    child = int(pid_file.read_text())
+    assert processes.wait_until(lambda: processes.process_cmdline(child) is None, timeout=10)
+
+
+def test_a_process_group_reports_the_first_failure_and_stops_the_rest() -> None:
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    fail = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    with processes.ProcessGroup([fail, sleep]) as group:
+        assert processes.wait_until(lambda: group.poll() is not None, timeout=30)
+        assert group.poll() == 3
+        assert group.stop(timeout=10) == 3  # the sleeper got SIGTERM
+    assert all(p.returncode is not None for p in group.processes)
+
+
+def test_a_process_group_of_successes_polls_zero() -> None:
+    ok = [sys.executable, "-c", "pass"]
+    group = processes.ProcessGroup([ok, ok])
+    assert processes.wait_until(lambda: group.poll() is not None, timeout=30)
+    assert group.poll() == 0
+    assert group.stop() == 0

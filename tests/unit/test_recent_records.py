@@ -1,11 +1,11 @@
 """Late letters find their source records among the process's recent polls
-(``flows.deadletter.RecentRecords``) without a read from Kafka."""
+(``freshet.stream.deadletter.RecentRecords``) without a read from Kafka."""
 
 from __future__ import annotations
 
-from flows.deadletter import DeadLetter, RecentRecords, SourceRecords, late_letter
-from flows.decode import RawMessage
-from flows.registry import get_view
+from freshet.decode.messages import RawMessage
+from freshet.dsl.registry import get_view
+from freshet.stream.deadletter import DeadLetter, RecentRecords, SourceRecords, late_letter
 
 VIEW = get_view("card_txn")
 

@@ -1,10 +1,10 @@
-"""flows.reconcile's pure comparison logic: classify, recheck and in_flight_deadline."""
+"""freshet.offline.reconcile's pure comparison logic: classify, recheck and in_flight_deadline."""
 
 from __future__ import annotations
 
 import pytest
 
-from flows.reconcile import (
+from freshet.offline.reconcile import (
     FAILING,
     LOG_AHEAD_LAG_MS,
     Example,

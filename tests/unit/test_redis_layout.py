@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from sinks.layout import FeatureColumn, ViewLayout
-from sinks.redis_store import (
+from freshet.sinks.layout import FeatureColumn, ViewLayout
+from freshet.sinks.redis_store import (
     InvalidEntityError,
     RedisFeatureReader,
     RedisFeatureWriter,
@@ -21,7 +21,7 @@ from sinks.redis_store import (
     encode_record,
     record_key,
 )
-from sinks.rows import Row
+from freshet.sinks.rows import Row
 
 LAYOUT = ViewLayout(
     name="card_txn",

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from flows.connectors import _RedisPartition
-from flows.pipeline import Changes
-from sinks.rows import Row
+from freshet.sinks.rows import Row
+from freshet.stream.connectors import _RedisPartition
+from freshet.stream.pipeline import Changes
 
 T0 = 1_714_521_600_000
 

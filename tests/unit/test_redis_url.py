@@ -6,7 +6,7 @@ import pytest
 import redis
 import redis.cluster
 
-from sinks.redis_store import connect, is_cluster_url, split_cluster_url
+from freshet.sinks.redis_store import connect, is_cluster_url, split_cluster_url
 
 
 @pytest.mark.parametrize(

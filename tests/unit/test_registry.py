@@ -3,14 +3,16 @@ named in FRESHET_VIEWS, and the errors that name what is registered."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from flows.definitions import Aggregation, Feature
-from flows.registry import Registry, RegistryError, UnknownViewError, parse_view_ref
-from flows.views import CARD_TXN, CARD_TXN_JSON
+from freshet.dsl.definitions import Aggregation, Feature
+from freshet.dsl.registry import Registry, RegistryError, UnknownViewError, parse_view_ref
+from freshet.dsl.views import CARD_TXN, CARD_TXN_JSON
 
 V2 = replace(
     CARD_TXN,
@@ -69,7 +71,7 @@ def test_views_modules_named_in_the_environment_are_registered(tmp_path: Path) -
     module = tmp_path / "team_views.py"
     module.write_text(
         "from dataclasses import replace\n"
-        "from flows.views import CARD_TXN\n"
+        "from freshet.dsl.views import CARD_TXN\n"
         "CARD_TXN_V2 = replace(CARD_TXN, version=2, ttl_seconds=3600)\n"
     )
     registry = Registry([CARD_TXN])
@@ -102,3 +104,73 @@ def test_view_references() -> None:
     assert parse_view_ref("card_txn@12") == ("card_txn", 12)
     with pytest.raises(RegistryError, match="NAME@VERSION"):
         parse_view_ref("card_txn@")
+
+
+# --- FRESHET_VIEWS: dotted names from the current directory, demo views only when unset ------
+
+
+@pytest.fixture
+def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """``tmp_path`` as the current directory; ``sys.path`` and ``sys.modules`` restored after."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])
+    before = set(sys.modules)
+    yield tmp_path
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
+def _write_views(path: Path, name: str = "team_txn") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "from dataclasses import replace\n"
+        "from freshet.dsl.views import CARD_TXN\n"
+        f"VIEWS = [replace(CARD_TXN, name={name!r})]\n"
+    )
+
+
+def test_a_dotted_module_name_is_imported_from_the_current_directory(here: Path) -> None:
+    _write_views(here / "my_views_cwd.py")
+    _write_views(here / "team" / "features_cwd.py", name="team_features")
+    (here / "team" / "__init__.py").write_text("")
+
+    registry = Registry()
+    registry.load({"FRESHET_VIEWS": "my_views_cwd, team.features_cwd"})
+
+    assert registry.names() == ("team_txn", "team_features")
+    # Appended, not prepended: installed packages (freshet first) are never shadowed.
+    assert sys.path[-1] == str(here)
+    assert sys.path.count(str(here)) == 1
+
+
+def test_the_demo_views_are_registered_only_when_freshet_views_is_unset_or_names_them(
+    here: Path,
+) -> None:
+    _write_views(here / "my_views_demo.py")
+
+    unset, empty, own, both = Registry(), Registry(), Registry(), Registry()
+    unset.load({})
+    empty.load({"FRESHET_VIEWS": " "})
+    own.load({"FRESHET_VIEWS": "my_views_demo"})
+    both.load({"FRESHET_VIEWS": "freshet.dsl.views,my_views_demo"})
+
+    assert unset.names() == empty.names() == ("card_txn", "card_txn_json")
+    assert own.names() == ("team_txn",)
+    assert both.names() == ("card_txn", "card_txn_json", "team_txn")
+    with pytest.raises(UnknownViewError, match="unknown view 'card_txn'; known: team_txn"):
+        own.get("card_txn")
+
+
+def test_a_dotted_name_that_is_not_found_says_where_it_was_looked_for(here: Path) -> None:
+    (here / "needs_more.py").write_text("import no_such_dependency_xyz\n")
+
+    with pytest.raises(RegistryError) as missing:
+        Registry().load({"FRESHET_VIEWS": "my_viewz"})
+    with pytest.raises(RegistryError) as broken:
+        Registry().load({"FRESHET_VIEWS": "needs_more"})
+
+    assert f"no module 'my_viewz' in the current directory ({here})" in str(missing.value)
+    assert "FRESHET_VIEWS=path/to/views.py" in str(missing.value)
+    # A module that exists but fails its own imports is reported as that failure.
+    assert "cannot load views module 'needs_more'" in str(broken.value)
+    assert "no_such_dependency_xyz" in str(broken.value)

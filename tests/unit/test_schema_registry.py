@@ -17,10 +17,15 @@ import pytest
 from fastavro import parse_schema, schemaless_writer
 from loopback_http import QuietHandler, loopback_server
 
-from flows.decode import RawMessage, decoder_for, load_schema
-from flows.registry import get_view
-from flows.schema_registry import SchemaRegistry, SchemaRegistryError, SchemaRegistryUnavailable
-from sinks.settings import Settings
+from freshet.decode.decoder import decoder_for, load_schema
+from freshet.decode.messages import RawMessage
+from freshet.decode.schema_registry import (
+    SchemaRegistry,
+    SchemaRegistryError,
+    SchemaRegistryUnavailable,
+)
+from freshet.dsl.registry import get_view
+from freshet.sinks.settings import Settings
 
 VIEW = get_view("card_txn")
 VIEW_SCHEMA = load_schema(VIEW.source.schema_path)  # type: ignore[arg-type]
@@ -212,7 +217,7 @@ def test_the_registry_url_comes_from_the_environment() -> None:
 def test_the_flows_decode_step_reads_the_confluent_format_when_a_registry_is_set(
     registry: Registry,
 ) -> None:
-    from flows.pipeline import FlowOptions, _Decode
+    from freshet.stream.pipeline import FlowOptions, _Decode
 
     options = FlowOptions(shards=4, schema_registry_url=registry.url)
     step = _Decode(VIEW, options.shards, options.schema_registry_url)

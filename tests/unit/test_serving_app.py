@@ -16,10 +16,10 @@ import orjson
 import pytest
 import redis.exceptions
 
-from flows.registry import get_view, views_json
-from serving.app import MAX_BATCH, MAX_BODY_BYTES, FeatureApp
-from serving.auth import ApiKeys
-from sinks.redis_store import encode_record, record_key
+from freshet.dsl.registry import get_view, views_json
+from freshet.serving.app import MAX_BATCH, MAX_BODY_BYTES, FeatureApp
+from freshet.serving.auth import ApiKeys
+from freshet.sinks.redis_store import encode_record, record_key
 
 LAYOUT = get_view("card_txn").layout()
 LAYOUTS = {"card_txn": LAYOUT, "card_txn_json": get_view("card_txn_json").layout()}
@@ -224,7 +224,7 @@ def test_unexpected_errors_are_500_without_a_traceback(caplog: pytest.LogCapture
         async def mget(self, keys: list[bytes]) -> list[bytes | None]:
             raise ZeroDivisionError("secret internals")
 
-    with caplog.at_level(logging.ERROR, logger="serving.app"):
+    with caplog.at_level(logging.ERROR, logger="freshet.serving.app"):
         response = _call(_app(Broken({})), "GET", "/v1/features/card_txn/c")
     assert response.status_code == 500
     assert response.json() == {"error": "internal", "message": "internal error; see the server log"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.auth import ApiKeys, Forbidden, Unauthorized, presented_key
+from freshet.serving.auth import ApiKeys, Forbidden, Unauthorized, presented_key
 
 KEYS = ApiKeys.parse("k_card:card_txn, card_txn_json ; k_all:*")
 

@@ -12,13 +12,13 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-import sinks.redis_store
-from flows.cli import cli
-from flows.registry import get_view, views_json
-from serving.app import FeatureApp
-from serving.auth import ApiKeys
-from sinks.layout import MAX_ENTITY_LENGTH
-from sinks.redis_store import encode_record, record_key
+import freshet.sinks.redis_store
+from freshet.cli import cli
+from freshet.dsl.registry import get_view, views_json
+from freshet.serving.app import FeatureApp
+from freshet.serving.auth import ApiKeys
+from freshet.sinks.layout import MAX_ENTITY_LENGTH
+from freshet.sinks.redis_store import encode_record, record_key
 
 
 @pytest.mark.parametrize(
@@ -112,7 +112,7 @@ def _endpoint(records: dict[bytes, bytes], entity: str) -> httpx.Response:
 
 
 def _cli_get(monkeypatch: pytest.MonkeyPatch, store: _SyncRedis, entity: str) -> tuple[int, str]:
-    monkeypatch.setattr(sinks.redis_store, "connect", lambda _url: store)
+    monkeypatch.setattr(freshet.sinks.redis_store, "connect", lambda _url: store)
     result = CliRunner().invoke(cli, ["get", "card_txn", entity, "--json"])
     return result.exit_code, result.output
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from serving.metrics import ServingMetrics, observe_many
+from freshet.serving.metrics import ServingMetrics, observe_many
 
 
 def _histogram(registry: CollectorRegistry) -> Histogram:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import redis.exceptions
 
-from serving.redis_link import RedisLink
+from freshet.serving.redis_link import RedisLink
 
 
 @pytest.mark.parametrize(

@@ -38,10 +38,11 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from flows.backfill import KafkaOffsets, plan_backfill
-from flows.decode import RawMessage, decoder_for
-from flows.generator import GeneratorConfig, TransactionStream
-from flows.registry import get_view
+from freshet.backfill.plan import KafkaOffsets, plan_backfill
+from freshet.decode.decoder import decoder_for
+from freshet.decode.messages import RawMessage
+from freshet.dsl.registry import get_view
+from freshet.ops.generator import GeneratorConfig, TransactionStream
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipeline"))
 from bench_pipeline import private_redis, run_flow_to_end, topics
@@ -49,7 +50,7 @@ from bench_pipeline import private_redis, run_flow_to_end, topics
 VIEW = get_view("card_txn")
 BOOTSTRAP = os.environ.get("FRESHET_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 HOUR = 3_600_000
-_FRESHET = [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())"]
+_FRESHET = [sys.executable, "-c", "import sys; from freshet.cli import main; sys.exit(main())"]
 _MAX_RUN_S = 900.0
 
 

@@ -10,7 +10,7 @@ with:
           no checks;
   plain   the same bare loop with time logical types stripped (what freshet parses);
   freshet ``decoder_for(view).decode(batch)``: validation, field extraction, event tuples,
-          dead letters (Avro: the reader generated for the schema, ``flows.avro_reader``).
+          dead letters (Avro: the reader generated for the schema, ``freshet.decode.avro_reader``).
 
 Runs alternate (limit, plain, freshet) ``--runs`` times; prints events/s as median and p99
 (the slow tail over runs) and freshet's ratio to the limit of the same run. Usage::
@@ -31,9 +31,9 @@ import orjson
 from confluent_kafka import Message
 from fastavro import parse_schema, schemaless_reader
 
-from flows.decode import decoder_for, load_schema, strip_time_logical_types
-from flows.generator import GeneratorConfig, TransactionStream
-from flows.registry import get_view
+from freshet.decode.decoder import decoder_for, load_schema, strip_time_logical_types
+from freshet.dsl.registry import get_view
+from freshet.ops.generator import GeneratorConfig, TransactionStream
 
 BATCH = 1_000
 START = 1_714_564_800_000

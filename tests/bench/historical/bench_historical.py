@@ -35,10 +35,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flows.historical import ViewRequest, historical_features, write_historical
-from flows.views import CARD_TXN
-from sinks.parquet_log import ParquetLogWriter, read_log, segment_paths
-from sinks.rows import Row
+from freshet.dsl.views import CARD_TXN
+from freshet.offline.historical import ViewRequest, historical_features, write_historical
+from freshet.sinks.parquet_log import ParquetLogWriter, read_log, segment_paths
+from freshet.sinks.rows import Row
 
 LAYOUT = CARD_TXN.layout()
 T0 = 1_714_521_600_000  # 2024-05-01T00:00:00Z

@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from flows.registry import get_view
-from sinks.parquet_log import ParquetLogWriter, log_schema, read_log
-from sinks.rows import Row
+from freshet.dsl.registry import get_view
+from freshet.sinks.parquet_log import ParquetLogWriter, log_schema, read_log
+from freshet.sinks.rows import Row
 
 BATCH = 1_000
 SEGMENT = 100_000

@@ -39,12 +39,12 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from flows.generator import GeneratorConfig, produce
-from flows.registry import get_view
+from freshet.dsl.registry import get_view
+from freshet.ops.generator import GeneratorConfig, produce
 
 VIEW = get_view("card_txn")
 BOOTSTRAP = os.environ.get("FRESHET_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
-_FRESHET = [sys.executable, "-c", "import sys; from flows.cli import main; sys.exit(main())"]
+_FRESHET = [sys.executable, "-c", "import sys; from freshet.cli import main; sys.exit(main())"]
 _MAX_RUN_S = 600.0
 
 

@@ -17,10 +17,10 @@ from collections.abc import Iterator, Sequence
 
 import redis
 
-from flows.registry import get_view
-from sinks.layout import ViewLayout
-from sinks.redis_store import RedisFeatureWriter
-from sinks.rows import Row
+from freshet.dsl.registry import get_view
+from freshet.sinks.layout import ViewLayout
+from freshet.sinks.redis_store import RedisFeatureWriter
+from freshet.sinks.rows import Row
 
 __all__ = [
     "CARD_TXN",

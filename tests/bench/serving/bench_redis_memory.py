@@ -17,8 +17,8 @@ import orjson
 import redis
 from _support import CARD_TXN, demo_rows, private_redis, write_demo
 
-from sinks.layout import ViewLayout
-from sinks.redis_store import RedisFeatureWriter, record_key
+from freshet.sinks.layout import ViewLayout
+from freshet.sinks.redis_store import RedisFeatureWriter, record_key
 
 FEAST_BYTES_10_FEATURES = 280
 

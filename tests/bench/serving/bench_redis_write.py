@@ -14,7 +14,7 @@ import time
 
 from _support import CARD_TXN, demo_rows, private_redis, quiet_machine_note, summary
 
-from sinks.redis_store import RedisFeatureWriter, encode_record, record_key
+from freshet.sinks.redis_store import RedisFeatureWriter, encode_record, record_key
 
 BATCH = 1_000
 

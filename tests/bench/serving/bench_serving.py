@@ -45,7 +45,7 @@ from _support import (
     write_demo,
 )
 
-from sinks.redis_store import record_key
+from freshet.sinks.redis_store import record_key
 
 HERE = Path(__file__).resolve().parent
 ENTITIES = 100_000

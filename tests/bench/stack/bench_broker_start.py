@@ -8,22 +8,15 @@ running dev stack is left alone.  Run:  .venv/bin/python tests/bench/stack/bench
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from flows import devstack
+from freshet.ops import devstack
+from freshet.ops.processes import free_port
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _timed_up(config: devstack.StackConfig) -> tuple[float, int]:
@@ -47,9 +40,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             config = devstack.StackConfig(
                 dev_dir=Path(tmp),
-                kafka_port=_free_port(),
-                controller_port=_free_port(),
-                redis_port=_free_port(),
+                kafka_port=free_port(),
+                controller_port=free_port(),
+                redis_port=free_port(),
                 lib_dir_override=shared.lib_dir,
             )
             try:
