@@ -92,4 +92,4 @@ soak: up
 	  echo "   soak took $${SECONDS} s (exit $$rc)"; exit $$rc
 
 lint: $(INSTALLED)
-	@rc=0; $(BIN)/ruff check . || rc=$$?; $(BIN)/mypy || rc=$$?; exit $$rc
+	@rc=0; $(BIN)/ruff check . || rc=$$?; $(BIN)/python .ci/typecheck || rc=$$?; exit $$rc

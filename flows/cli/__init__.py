@@ -141,6 +141,8 @@ _KNOWN: tuple[tuple[str, str, int], ...] = (
     ("freshet.decode.decoder", "DecodeConfigError", 2),
     ("freshet.decode.schema_registry", "SchemaRegistryError", 2),
     ("freshet.sinks.settings", "SettingsError", 2),
+    ("freshet.stream.runtime", "RecoveryDirError", 2),
+    ("freshet.stream.kafka_clients", "TopicError", 1),
 )
 
 

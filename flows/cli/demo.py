@@ -85,7 +85,7 @@ def _stop_flow(flow: subprocess.Popen[bytes], console: Any) -> bool:
 
 def _rows_emitted(log_path: Path, start: int) -> int | None:
     """The rows the flow says it emitted, from its last line (None if it did not say)."""
-    from freshet.cli.run import rows_emitted_in
+    from freshet.stream.runtime import rows_emitted_in
 
     with open(log_path, "rb") as log:
         log.seek(start)
@@ -227,13 +227,13 @@ def demo(
 
     import pyarrow.parquet as pq
 
-    from freshet.cli.run import _ensure_topics
     from freshet.dsl.views import CARD_TXN
     from freshet.ops import devstack
     from freshet.ops.generator import GeneratorConfig, ProduceCounts, TransactionStream, produce
     from freshet.sinks.parquet_log import segment_paths
     from freshet.sinks.redis_store import RedisFeatureReader, connect
     from freshet.sinks.settings import Settings
+    from freshet.stream.kafka_clients import ensure_topics
 
     console = Console(stderr=True)
     stack = devstack.StackConfig.from_env(os.environ)
@@ -251,7 +251,9 @@ def demo(
     }
     settings = Settings.from_env(env)
     view = CARD_TXN
-    _ensure_topics(settings.kafka_client_config(), {view.source.topic: 3})
+    ensure_topics(
+        settings.kafka_client_config(), {view.source.topic: 3}, timeout_s=settings.kafka_timeout_s
+    )
 
     port = metrics_port or free_port()
     console.print(f"[bold]2/4[/] starting the flow: freshet run {_VIEW} (metrics on :{port}) …")

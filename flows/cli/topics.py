@@ -59,36 +59,18 @@ def create_topics(
     """Create the missing topics of ``plans``: ``(plan, "created" | "exists", partitions)``
     per plan. Raises ``KafkaUnreachable`` when the broker does not answer and
     ``click.ClickException`` naming a topic that could not be created."""
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.cimpl import NewTopic
-
     from freshet.stream import kafka_clients
 
-    admin = kafka_clients.admin(config)
-    existing = kafka_clients.preflight(config, timeout_s=timeout_s, client=admin).topics
-    missing = [p for p in plans if p.name not in existing]
-    outcome: dict[str, tuple[str, int]] = {
-        p.name: ("exists", len(existing[p.name].partitions)) for p in plans if p.name in existing
-    }
-    if missing:
-        futures = admin.create_topics(
-            [NewTopic(p.name, p.partitions, replication_factor) for p in missing],
-            operation_timeout=timeout_s,
-            request_timeout=timeout_s,
+    try:
+        outcome = kafka_clients.ensure_topics(
+            config,
+            {p.name: p.partitions for p in plans},
+            timeout_s=timeout_s,
+            replication_factor=replication_factor,
         )
-        for plan in missing:
-            try:
-                futures[plan.name].result(timeout=timeout_s + 5)
-                outcome[plan.name] = ("created", plan.partitions)
-            except KafkaException as exc:
-                error = exc.args[0] if exc.args else None
-                if error is not None and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                    outcome[plan.name] = ("exists", plan.partitions)  # created meanwhile
-                    continue
-                reason = error.str() if error is not None else str(exc)
-                raise click.ClickException(
-                    f"cannot create topic {plan.name!r} ({plan.role}): {reason}"
-                ) from exc
+    except kafka_clients.TopicError as exc:
+        roles = ", ".join(f"{p.name}: {p.role}" for p in plans)
+        raise click.ClickException(f"{exc} ({roles})") from exc
     return [(p, *outcome[p.name]) for p in plans]
 
 

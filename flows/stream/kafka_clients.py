@@ -38,9 +38,11 @@ __all__ = [
     "LOGGER_NAME",
     "KafkaUnreachable",
     "RateLimit",
+    "TopicError",
     "admin",
     "client_config",
     "consumer",
+    "ensure_topics",
     "is_transient",
     "log_transient",
     "missing_topics",
@@ -255,6 +257,52 @@ def preflight(
         error = exc.args[0] if exc.args else None
         reason = str(error.str()) if error is not None and hasattr(error, "str") else str(exc)
         raise KafkaUnreachable(bootstrap, timeout_s, _short(reason)) from exc
+
+
+class TopicError(RuntimeError):
+    """Kafka refused to create a topic (the message names it and why)."""
+
+
+def ensure_topics(
+    config: Mapping[str, Any],
+    topics: Mapping[str, int],
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    replication_factor: int = -1,
+) -> dict[str, tuple[str, int]]:
+    """Create the missing ones of ``topics`` (``name -> partitions``), after checking that Kafka
+    answers (:func:`preflight`: :class:`KafkaUnreachable` after ``timeout_s``). Returns
+    ``name -> ("created" | "exists", partitions)``; existing topics are left alone. Raises
+    :class:`TopicError` naming a topic Kafka refused to create."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.cimpl import NewTopic
+
+    client = admin(config)
+    existing = preflight(config, timeout_s=timeout_s, client=client).topics
+    outcome = {
+        name: ("exists", len(existing[name].partitions)) for name in topics if name in existing
+    }
+    missing = [name for name in topics if name not in existing]
+    if not missing:
+        return outcome
+    futures = client.create_topics(
+        [NewTopic(name, topics[name], replication_factor) for name in missing],
+        operation_timeout=timeout_s,
+        request_timeout=timeout_s,
+    )
+    for name in missing:
+        try:
+            futures[name].result(timeout=timeout_s + 5)
+            outcome[name] = ("created", topics[name])
+            log.info("created topic %s (%d partitions)", name, topics[name])
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if error is not None and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                outcome[name] = ("exists", topics[name])  # created meanwhile
+                continue
+            reason = error.str() if error is not None else str(exc)
+            raise TopicError(f"cannot create topic {name!r}: {reason}") from exc
+    return outcome
 
 
 def missing_topics(metadata: Any, topics: Iterable[str]) -> list[str]:

@@ -34,9 +34,6 @@ from fastavro import parse_schema, schemaless_writer
 
 from freshet.cli.run import (
     _child_argv,
-    _init_recovery,
-    clock_offset,
-    freeze_gc_survivors,
     parse_start,
     run,
 )
@@ -56,6 +53,12 @@ from freshet.stream.pipeline import (
     build_flow,
     shard_keys,
     shard_of,
+)
+from freshet.stream.runtime import (
+    RecoveryDirError,
+    clock_offset,
+    freeze_gc_survivors,
+    init_recovery,
 )
 
 VIEW = get_view("card_txn")
@@ -575,14 +578,14 @@ def test_the_flow_freezes_gc_survivors_and_still_collects_young_cycles() -> None
 
 
 def test_a_recovery_dir_refuses_another_shard_count(tmp_path: Path) -> None:
-    layout = _init_recovery(tmp_path, 2, {"shards": 256, "parquet_partitions": 2}, create=True)
+    layout = init_recovery(tmp_path, 2, {"shards": 256, "parquet_partitions": 2}, create=True)
     assert layout == {"shards": 256, "parquet_partitions": 2}
     assert len(list(tmp_path.glob("part-*.sqlite3"))) == 2
     # A later start with more workers keeps the first run's Parquet writer names.
-    again = _init_recovery(tmp_path, 4, {"shards": 256, "parquet_partitions": 4}, create=True)
+    again = init_recovery(tmp_path, 4, {"shards": 256, "parquet_partitions": 4}, create=True)
     assert again["parquet_partitions"] == 2
-    with pytest.raises(click.UsageError, match="--shards 128 differs from the 256"):
-        _init_recovery(tmp_path, 2, {"shards": 128, "parquet_partitions": 2}, create=True)
+    with pytest.raises(RecoveryDirError, match="--shards 128 differs from the 256"):
+        init_recovery(tmp_path, 2, {"shards": 128, "parquet_partitions": 2}, create=True)
 
 
 @pytest.mark.parametrize("recovery", [True, False])

@@ -23,7 +23,7 @@ median and p99 over chunks of 1,000 events, rows per event, pickled state bytes 
 Python's cyclic GC traverses every live state (the engine's state has no cycles), so the demo
 also runs with the GC disabled to show that cost, through ``ViewEngine.apply_batch`` in chunks
 of 1,000 (as the pipeline calls it), and "as in freshet run": ``apply_batch`` with the flow
-process's GC policy (``freshet.cli.run.freeze_gc_survivors``: survivors of a collection are
+process's GC policy (``freshet.stream.runtime.freeze_gc_survivors``: survivors of a collection are
 frozen). Usage::
 
     .venv/bin/python tests/bench/engine/bench_engine.py [--events N] [--cards K] [--repeat R]
@@ -42,10 +42,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from freshet.cli.run import freeze_gc_survivors
 from freshet.dsl.definitions import Feature, FeatureView
 from freshet.dsl.views import CARD_TXN
 from freshet.engine.view_engine import EntityState, ViewEngine
+from freshet.stream.runtime import freeze_gc_survivors
 
 _BASE = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 _CHUNK = 1_000
