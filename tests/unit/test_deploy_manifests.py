@@ -448,6 +448,12 @@ def flow_problems(docs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     field = env[id_var].get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
     if field != "metadata.labels['apps.kubernetes.io/pod-index']":
         problems.append(f"{id_var} comes from {field!r}, not the pod ordinal")
+    # SIGTERM starts the flow's drain (commit the batch in hand, final snapshot): Kubernetes must
+    # wait longer than the drain may take before it sends SIGKILL.
+    grace = spec["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+    drain = option_default("run", "drain_timeout")
+    if not grace > drain:
+        problems.append(f"terminationGracePeriodSeconds {grace} <= freshet run's drain {drain} s")
     service = docs.get(f"Service/{spec['serviceName']}")
     if service is None or service["spec"].get("clusterIP") != "None":
         return [*problems, f"serviceName {spec['serviceName']!r} is not a headless Service"]
