@@ -235,9 +235,8 @@ class ViewEngine:
                 fold_pending=self._fold_pending,
             )
         )
-        self._apply: Callable[..., list[Row] | None] = compiled["apply"]
-        self.apply = self._apply  # type: ignore[method-assign]
-        self.apply_batch = compiled["apply_batch"]  # type: ignore[method-assign]
+        self.apply = compiled["apply"]
+        self.apply_batch = compiled["apply_batch"]
         self._fold: Callable[..., None] = compiled["fold"]
         self._new_d: Callable[[], list[Any]] = compiled["new_d"]
         self._expire: Callable[[EntityState, str, list[Row]], None] = compiled["expire"]
@@ -252,53 +251,30 @@ class ViewEngine:
 
     # -- public operations ---------------------------------------------------------------------
 
-    def apply(
-        self,
-        state: EntityState,
-        entity: str,
-        event_time_ms: int,
-        fields: tuple[Any, ...],
-        partition: int,
-        offset: int,
-    ) -> list[Row] | None:
-        """Apply one event; returns its rows (expiry rows first), or None if it is late.
-
-        ``fields`` are the event's values of ``view.input_fields``, in that order. Each engine
-        replaces this method with its compiled hot path (see ``source``).
-        """
-        return self._apply(state, entity, event_time_ms, fields, partition, offset)
-
-    def apply_batch(
-        self,
-        states: dict[str, EntityState],
-        events: Iterable[Event],
-        missing: Callable[[str], EntityState],
-        rows: list[Row],
-        kafka_ts: list[int],
-        late: list[Event],
-        touched: dict[str, EntityState],
-    ) -> None:
-        """Apply ``events`` ``(entity, t, fields, partition, offset, kafka_ts)`` in order; the
-        same as :meth:`apply` event by event, without a call per event.
-
-        Appends each row to ``rows`` and its event's ``kafka_ts`` to ``kafka_ts`` (-1 for
-        expiry rows), each late event to ``late``, and each entity that accepted an event to
-        ``touched``. ``missing(entity)`` returns the state of an entity not in ``states`` (and
-        should store it there). Each engine replaces this method with its compiled loop.
-        """
-        for event in events:
-            entity, t, fields, partition, offset, ts = event
-            state = states.get(entity)
-            if state is None:
-                state = missing(entity)
-            out = self._apply(state, entity, t, fields, partition, offset)
-            if out is None:
-                late.append(event)
-                continue
-            rows.extend(out)
-            kafka_ts.extend([-1] * (len(out) - 1))
-            kafka_ts.append(ts)
-            touched[entity] = state
+    # Both are compiled per view in __init__ (the code is in ``source``), not written here:
+    #
+    # ``apply(state, entity, event_time_ms, fields, partition, offset)``: apply one event;
+    # returns its rows (expiry rows first), or None if it is late. ``fields`` are the event's
+    # values of ``view.input_fields``, in that order.
+    apply: Callable[[EntityState, str, int, tuple[Any, ...], int, int], list[Row] | None]
+    # ``apply_batch(states, events, missing, rows, kafka_ts, late, touched)``: ``apply`` over
+    # ``events`` ``(entity, t, fields, partition, offset, kafka_ts)`` in order, without a call
+    # per event. Appends each row to ``rows`` and its event's ``kafka_ts`` to ``kafka_ts`` (-1
+    # for expiry rows), each late event to ``late``, and each entity that accepted an event to
+    # ``touched``; ``missing(entity)`` returns (and stores) the state of an entity not in
+    # ``states``.
+    apply_batch: Callable[
+        [
+            dict[str, EntityState],
+            Iterable[Event],
+            Callable[[str], EntityState],
+            list[Row],
+            list[int],
+            list[Event],
+            dict[str, EntityState],
+        ],
+        None,
+    ]
 
     def advance(self, state: EntityState, entity: str, now_ms: int) -> list[Row]:
         """Move the watermark with the wall clock; returns the expiry rows it passes."""
