@@ -155,6 +155,10 @@ class StartingKafkaSource(KafkaSource):
             "enable.auto.commit": "false",
             "bootstrap.servers": ",".join(self._brokers),
             "enable.partition.eof": str(not self._tail),
+            # An offset no longer on the broker (retention deleted it, or a broker came back
+            # with a shorter log) restarts at the oldest record there is: librdkafka's default,
+            # the newest, would skip everything in between without a word.
+            "auto.offset.reset": "earliest",
             "statistics.interval.ms": 1000,
             **self._add_config,
         }
