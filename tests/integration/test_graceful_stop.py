@@ -269,20 +269,23 @@ def _read(log: str) -> int:
     return int(_EMITTED.findall(log)[0][1].replace(",", ""))
 
 
-def _stop_stuck_in_redis(
-    flow: FlowProcess, port: int, client: redis.Redis, total: int, *, second: bool
-) -> int:
-    """Send SIGTERM mid-stream while Redis holds every write (``CLIENT PAUSE``), so the drain
-    cannot finish; with ``second``, send another once the first was handled. Returns the exit
-    code."""
-    wait_until(
-        lambda: scrape(port).get(f"freshet_events_in_total{LABEL}", 0) >= total // 4,
-        timeout=60,
-        what="a quarter of the topic read",
-        interval=0.02,
-    )
-    client.execute_command("CLIENT", "PAUSE", "20000", "WRITE")
+def _stop_stuck_in_redis(flow: FlowProcess, port: int, client: redis.Redis, *, second: bool) -> int:
+    """Send SIGTERM while Redis holds every write (``CLIENT PAUSE``) and the flow has rows that
+    must still reach it, so the drain cannot finish; with ``second``, send another once the
+    first was handled. Returns the exit code."""
+    rows = f"freshet_rows_emitted_total{LABEL}"
+    wait_until(lambda: scrape(port).get(rows, 0) > 0, timeout=60, what="rows", interval=0.02)
+    client.execute_command("CLIENT", "PAUSE", "30000", "WRITE")
     try:
+        # Rows emitted from now on cannot be written (new events, or expiry rows of the
+        # stream's boundaries coming due): the drain has to wait for Redis.
+        paused_at = scrape(port)[rows]
+        wait_until(
+            lambda: scrape(port).get(rows, 0) > paused_at,
+            timeout=30,
+            what="rows emitted while Redis is paused",
+            interval=0.02,
+        )
         flow.proc.send_signal(signal.SIGTERM)
         if second:
             wait_until(
@@ -314,9 +317,7 @@ def test_a_second_signal_or_the_drain_bound_exits_at_once_and_leaves_the_commits
     args = flow_args(stream.topic, stream.dlq, *extra, "--drain-timeout", "2", metrics_port=port)
     with FlowProcess(args, env=env, log=log) as flow:
         signalled = time.monotonic()
-        code = _stop_stuck_in_redis(
-            flow, port, redis_client, stream.total, second=how == "second_signal"
-        )
+        code = _stop_stuck_in_redis(flow, port, redis_client, second=how == "second_signal")
         took = time.monotonic() - signalled
     output = log.read_text(errors="replace")
     if how == "second_signal":
