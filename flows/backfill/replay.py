@@ -37,7 +37,7 @@ from bytewax.outputs import (
 from confluent_kafka import KafkaError, TopicPartition
 
 from freshet.backfill.plan import _CONSUMER_CONFIG, PartitionPlan, ReplayJob, Tally, writer_prefix
-from freshet.decode.decoder import RawMessage
+from freshet.decode.messages import DeadLetter, RawMessage
 from freshet.dsl.definitions import FeatureView
 from freshet.ops.processes import die_with_parent
 from freshet.sinks.durable import write_durably
@@ -47,7 +47,6 @@ from freshet.sinks.rows import Row
 from freshet.sinks.settings import Settings
 from freshet.stream import kafka_clients
 from freshet.stream.connectors import ParquetSink
-from freshet.stream.deadletter import DeadLetter
 from freshet.stream.pipeline import Changes
 from freshet.stream.shutdown import STOP
 

@@ -14,7 +14,7 @@ Output: :class:`Decoded` ``(events, dead)``. An event is the plain tuple
 
 with ``fields`` in the order of ``view.input_fields`` (``kafka_timestamp_ms`` is ``-1`` when
 the record has none). A record that cannot be used becomes a
-:class:`~freshet.stream.deadletter.DeadLetter` whose error names the field and the problem.
+:class:`~freshet.decode.messages.DeadLetter` whose error names the field and the problem.
 
 Accepted values
   * **Entity**: a non-empty string (or an Avro ``int``/``long``, or in JSON an integer,
@@ -65,7 +65,6 @@ from freshet.decode.avro_reader import Reader, compile_reader, fast_plan
 from freshet.decode.messages import (
     ConsumerMessage,
     DeadLetter,
-    RawMessage,  # re-exported: its home is freshet.decode.messages
     Reason,
     SourceMessage,
     as_consumer_messages,
@@ -93,7 +92,6 @@ __all__ = [
     "Decoded",
     "Decoder",
     "JsonDecoder",
-    "RawMessage",
     "SourceMessage",
     "WireFormat",
     "decoder_for",

@@ -56,6 +56,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from freshet.decode.messages import DeadLetter
 from freshet.dsl.definitions import FeatureView
 from freshet.sinks.durable import write_durably
 from freshet.sinks.parquet_log import ParquetLogWriter, WriterState
@@ -65,7 +66,6 @@ from freshet.sinks.settings import Settings
 from freshet.stream import kafka_clients, metrics
 from freshet.stream.deadletter import (
     RECENT,
-    DeadLetter,
     DeadLetterProducer,
     SourceRecords,
     dead_letter_topic,

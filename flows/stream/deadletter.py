@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from freshet.decode.messages import REASONS, DeadLetter, Headers, Reason, field
+from freshet.decode.messages import DeadLetter, Headers, field
 
 if TYPE_CHECKING:
     from confluent_kafka import Producer
@@ -52,13 +52,9 @@ if TYPE_CHECKING:
     from freshet.dsl.definitions import FeatureView
 
 __all__ = [
-    "REASONS",
     "RECENT",
-    "DeadLetter",
     "DeadLetterError",
     "DeadLetterProducer",
-    "Headers",
-    "Reason",
     "RecentRecords",
     "SourceRecords",
     "dead_letter_topic",

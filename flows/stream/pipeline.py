@@ -56,6 +56,7 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from freshet.decode.decoder import decoder_for, shard_groups
+from freshet.decode.messages import DeadLetter
 from freshet.decode.schema_registry import SchemaRegistry
 from freshet.dsl.definitions import FeatureView
 from freshet.engine.view_engine import EntityState, ViewEngine
@@ -64,7 +65,7 @@ from freshet.sinks.events import Event
 from freshet.sinks.faults import crash_point
 from freshet.sinks.rows import Row
 from freshet.stream import metrics
-from freshet.stream.deadletter import DeadLetter, late_letter
+from freshet.stream.deadletter import late_letter
 from freshet.stream.shutdown import STOP
 
 __all__ = [

@@ -12,12 +12,11 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from freshet.decode.decoder import decoder_for
-from freshet.decode.messages import RawMessage
+from freshet.decode.messages import DeadLetter, RawMessage
 from freshet.dsl.registry import get_view
 from freshet.engine.view_engine import ViewEngine
 from freshet.ops.generator import GeneratorConfig, produce
 from freshet.stream.deadletter import (
-    DeadLetter,
     DeadLetterError,
     DeadLetterProducer,
     RecentRecords,

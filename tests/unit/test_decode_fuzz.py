@@ -33,10 +33,9 @@ from freshet.decode.decoder import (
     load_schema,
     strip_time_logical_types,
 )
-from freshet.decode.messages import RawMessage
+from freshet.decode.messages import REASONS, RawMessage
 from freshet.dsl.registry import get_view
 from freshet.sinks.redis_store import record_key
-from freshet.stream.deadletter import REASONS
 
 AVRO_VIEW = get_view("card_txn")
 JSON_VIEW = get_view("card_txn_json")

@@ -37,7 +37,7 @@ from freshet.cli.run import (
     parse_start,
     run,
 )
-from freshet.decode.messages import RawMessage
+from freshet.decode.messages import DeadLetter, RawMessage
 from freshet.dsl.definitions import SCHEMAS_DIR
 from freshet.dsl.registry import get_view
 from freshet.engine.view_engine import ViewEngine
@@ -45,7 +45,6 @@ from freshet.sinks.parquet_log import WriterState, read_log, segment_paths
 from freshet.sinks.rows import Row
 from freshet.stream import metrics
 from freshet.stream.connectors import ParquetSink
-from freshet.stream.deadletter import DeadLetter
 from freshet.stream.pipeline import (
     Changes,
     FlowOptions,

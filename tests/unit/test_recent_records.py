@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from freshet.decode.messages import RawMessage
+from freshet.decode.messages import DeadLetter, RawMessage
 from freshet.dsl.registry import get_view
-from freshet.stream.deadletter import DeadLetter, RecentRecords, SourceRecords, late_letter
+from freshet.stream.deadletter import RecentRecords, SourceRecords, late_letter
 
 VIEW = get_view("card_txn")
 
