@@ -6,6 +6,7 @@ own throwaway servers on free loopback ports here.
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import time
@@ -23,6 +24,29 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_port_block(count: int) -> int:
+    """The first of ``count`` consecutive free ports (``freshet run -p N --metrics-port P`` serves
+    process i on ``P + i``), taken below the kernel's ephemeral range so that no outgoing
+    connection grabs one of them between this call and the server's bind."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20_000, low - count)
+        socks = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports below {low}")
 
 
 class RedisProcess:

@@ -44,7 +44,7 @@ from pipeline_harness import (
     scrape,
     wait_until,
 )
-from redis_servers import free_port
+from redis_servers import free_port, free_port_block
 
 from freshet.ops.generator import GeneratorConfig, produce
 from freshet.sinks.faults import FAULT_ENV
@@ -351,7 +351,7 @@ def test_sigterm_to_a_multi_process_flow_stops_every_process_cleanly(
     tmp_path: Path,
 ) -> None:
     env = flow_env(kafka_bootstrap, redis_url, offline_dir)
-    port = free_port()
+    port = free_port_block(2)  # process i serves its metrics on port + i
     log = tmp_path / "flow.log"
     args = flow_args(stream.topic, stream.dlq, "-p", "2", "--batch-size", "100", metrics_port=port)
     with FlowProcess(args, env=env, log=log) as flow:
