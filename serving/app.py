@@ -3,14 +3,20 @@
 Paths (DESIGN.md, "Interfaces")::
 
     GET  /v1/features/{view}/{entity}[?features=a,b]   one entity -> Lookup
+    GET  /v1/features/{view}/{k1}/{k2}[/{k3}[/{k4}]]   a view keyed by several fields: one
+                               segment per key field, in key order (404 naming them if not)
     POST /v1/features/{view}   {"entities": [...], "features": [...]?}
                                -> {"view": ..., "results": [Lookup, ...]} in request order
+    POST /v1/ingest/{view}     {"events": [...], "wait_ms": N?} -> 200 served / 202 pending
+                               (freshet.serving.ingest; needs a write-scoped key with auth)
     GET  /v1/views   GET /healthz   GET /readyz   GET /metrics   GET /openapi.json
 
 A Lookup is ``{"view", "entity", "found", "as_of", "age_ms", "features": {name: value},
-"status": {name: "present" | "not_found" | "expired"}}``. Batches hold at most
-``MAX_BATCH`` (1,000) entities (413 beyond, and for bodies over 1 MiB). Each request makes one
-Redis round trip (one ``MGET``).
+"status": {name: "present" | "not_found" | "expired"}}``; a composite view's Lookup also has
+``"key": {field: value}`` (``entity`` is then the encoded id, ``c1|m2``), and its batch
+entities are objects of key fields (or encoded ids): :mod:`freshet.serving.keys`. Batches
+hold at most ``MAX_BATCH`` (1,000) entities (413 beyond, and for bodies over 1 MiB). Each
+request makes one Redis round trip (one ``MGET``).
 
 Why a plain ASGI callable and not Starlette: the same handler answers more requests per second
 bare than through Starlette's routing, request and response objects, and the app needs six
@@ -39,12 +45,15 @@ import redis.exceptions
 
 from freshet.dsl.registry import all_views, views_json
 from freshet.serving.auth import ApiKeys, AuthError, presented_key
+from freshet.serving.cache import CachedRedis, CacheSettings
 from freshet.serving.errors import HttpError
+from freshet.serving.ingest import Ingestor
+from freshet.serving.keys import EntityKeyError, KeyValue, composite_key, entity_problem, key_shape
 from freshet.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from freshet.serving.metrics import ServingMetrics
 from freshet.serving.openapi import build_openapi
 from freshet.serving.redis_link import RedisLink
-from freshet.sinks.layout import ENTITY_FORBIDDEN_CHARS, MAX_ENTITY_LENGTH, ViewLayout
+from freshet.sinks.layout import MAX_KEY_FIELDS, ViewLayout
 from freshet.sinks.redis_store import (
     AsyncRedisFeatureReader,
     InvalidEntityError,
@@ -68,7 +77,6 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 1_000
 MAX_BODY_BYTES = 1 << 20
-_forbidden_char = ENTITY_FORBIDDEN_CHARS.search
 RETRY_AFTER_S = 1
 
 Scope = dict[str, Any]
@@ -79,6 +87,7 @@ Headers = tuple[tuple[bytes, bytes], ...]
 _JSON = b"application/json"
 _ROUTE_ONE = "/v1/features/{view}/{entity}"
 _ROUTE_BATCH = "/v1/features/{view}"
+_ROUTE_INGEST = "/v1/ingest/{view}"
 _UNAVAILABLE_HEADERS: Headers = ((b"retry-after", str(RETRY_AFTER_S).encode()),)
 # Redis unreachable: a cluster client raises RedisClusterException (not a RedisError) when no
 # node answers its slot-map request.
@@ -97,16 +106,29 @@ class FeatureApp:
         api_keys: ApiKeys,
         max_batch: int = MAX_BATCH,
         multiprocess_dir: str | None = None,
+        ingest: Ingestor | None = None,
     ) -> None:
         self._layouts = dict(layouts)
+        self._ingest = ingest  # POST /v1/ingest/{view}; None: the route answers 404
+        # Views keyed by several fields: only their lookups take the composite-key path.
+        self._composite = frozenset(name for name, lay in layouts.items() if lay.is_composite)
         self._redis = redis_client
         self._reader = AsyncRedisFeatureReader(redis_client, layouts)
         self._keys = api_keys
         self._max_batch = max_batch
         self.metrics = ServingMetrics(layouts, multiprocess_dir=multiprocess_dir)
+        bind_metrics = getattr(redis_client, "bind_metrics", None)  # the cache's metrics
+        if bind_metrics is not None:
+            bind_metrics(self.metrics)
         self._views_body = orjson.dumps(views_doc)
         self._openapi_body = orjson.dumps(
-            build_openapi(layouts, max_batch=max_batch, auth=api_keys.enabled, version=_version())
+            build_openapi(
+                layouts,
+                max_batch=max_batch,
+                auth=api_keys.enabled,
+                version=_version(),
+                ingest=ingest is not None,
+            )
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -132,6 +154,8 @@ class FeatureApp:
                 close = getattr(self._redis, "aclose", None) or getattr(self._redis, "close", None)
                 if close is not None:
                     await close()
+                if self._ingest is not None:
+                    await asyncio.to_thread(self._ingest.close)  # flushes the producer
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -180,21 +204,34 @@ class FeatureApp:
         )
 
     async def _handle(
-        self, route: str, view: str | None, entity: str | None, scope: Scope, receive: Receive
+        self,
+        route: str,
+        view: str | None,
+        entity: str | tuple[str, ...] | None,
+        scope: Scope,
+        receive: Receive,
     ) -> tuple[int, bytes, bytes, Headers]:
         method: str = scope["method"]
         if route == _ROUTE_ONE and view is not None and entity is not None:
             _allow(method, "GET")
             self._authorize(scope, view)
             features = _query_features(scope.get("query_string", b""))
-            lookups = await self._lookup(view, [entity], features)
+            if type(entity) is str and view not in self._composite:
+                lookups = await self._lookup(view, [entity], features)
+            else:
+                one, key = self._path_key(view, entity)
+                lookups = await self._lookup(view, [one], features, [key])
             return 200, _dumps(lookups[0]), _JSON, ()
         if route == _ROUTE_BATCH and view is not None:
             _allow(method, "POST")
             self._authorize(scope, view)
-            entities, features = self._batch_request(await _read_body(scope, receive))
-            lookups = await self._lookup(view, entities, features)
+            raw, features = self._batch_request(await _read_body(scope, receive))
+            entities, keys = self._batch_entities(view, raw)
+            lookups = await self._lookup(view, entities, features, keys)
             return 200, _dumps({"view": view, "results": lookups}), _JSON, ()
+        if route == _ROUTE_INGEST and view is not None:
+            _allow(method, "POST")
+            return await self._ingest_events(view, scope, receive)
         if route == "/v1/views":
             _allow(method, "GET")
             self._keys.check(presented_key(scope["headers"]), None)
@@ -221,6 +258,26 @@ class FeatureApp:
         path = _path_text(scope)
         raise HttpError(404, "not_found", f"no such path {path!r}; see /openapi.json")
 
+    async def _ingest_events(
+        self, view: str, scope: Scope, receive: Receive
+    ) -> tuple[int, bytes, bytes, Headers]:
+        """401, then 404 for a view the endpoint cannot ingest, then 403 without write scope."""
+        started = time.perf_counter()
+        presented = presented_key(scope["headers"])
+        self._keys.check(presented, None)
+        if self._ingest is None or not self._ingest.knows(view):
+            known = "none: ingest is not configured" if self._ingest is None else None
+            raise HttpError(
+                404,
+                "unknown_view",
+                f"unknown view {view!r} for ingest; known: "
+                f"{known or ', '.join(sorted(self._layouts))}",
+            )
+        self._keys.check(presented, view, write=True)
+        body = await _read_body(scope, receive)
+        status, answer = await self._ingest.ingest(view, body, self._reader, started=started)
+        return status, orjson.dumps(answer), _JSON, ()
+
     def _authorize(self, scope: Scope, view: str) -> None:
         """401 for a missing/invalid key, then 404 for an unknown view, then 403 for scope."""
         if not self._keys.enabled:
@@ -233,7 +290,59 @@ class FeatureApp:
             raise _unknown_view(view, self._layouts)
         self._keys.check(presented, view)
 
-    def _batch_request(self, body: bytes) -> tuple[list[str], list[str] | None]:
+    def _path_key(
+        self, view: str, segments: str | tuple[str, ...]
+    ) -> tuple[str, dict[str, KeyValue]]:
+        """The entity and key of a composite view's path; 404 when the number of segments is
+        not the number of key fields (also for a one-field view given several)."""
+        layout = self._layouts[view]
+        if isinstance(segments, str):
+            segments = (segments,)
+        if len(segments) != len(layout.keys):
+            template = "/".join("{" + k + "}" for k in layout.keys)
+            raise HttpError(
+                404,
+                "not_found",
+                f"{len(segments)} key segment(s) in the path; {key_shape(layout)}: "
+                f"GET /v1/features/{view}/{template}",
+            )
+        try:
+            return composite_key(layout, segments)
+        except EntityKeyError as exc:
+            raise HttpError(422, "invalid_request", str(exc)) from None
+
+    def _batch_entities(
+        self, view: str, entities: list[Any]
+    ) -> tuple[list[str], list[dict[str, KeyValue]] | None]:
+        """A batch's entity ids, and for a composite view each one's key object (422 naming
+        the entity and the field for a bad one). A one-field view takes strings, as always,
+        and objects of its one key field."""
+        composite = view in self._composite
+        if not composite and all(type(e) is str for e in entities):
+            return entities, None
+        layout = self._layouts[view]
+        ids: list[str] = []
+        keys: list[dict[str, KeyValue]] = []
+        for index, entity in enumerate(entities):
+            if not composite and type(entity) is str:
+                ids.append(entity)
+                continue
+            if not isinstance(entity, dict) and not (composite and isinstance(entity, str)):
+                shape = "objects of key fields" if composite else "strings"
+                raise HttpError(
+                    422,
+                    "invalid_request",
+                    f"entities[{index}] is {entity!r}; entities are {shape} ({key_shape(layout)})",
+                )
+            try:
+                one, key = composite_key(layout, entity)
+            except EntityKeyError as exc:
+                raise HttpError(422, "invalid_request", f"entities[{index}]: {exc}") from None
+            ids.append(one)
+            keys.append(key)
+        return ids, keys if composite else None
+
+    def _batch_request(self, body: bytes) -> tuple[list[Any], list[str] | None]:
         try:
             request = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -250,20 +359,17 @@ class FeatureApp:
             )
         entities = request.get("entities")
         if not isinstance(entities, list):
-            raise HttpError(422, "invalid_request", '"entities" must be a list of strings')
+            raise HttpError(
+                422,
+                "invalid_request",
+                '"entities" must be a list of strings (or of objects of key fields)',
+            )
         if len(entities) > self._max_batch:
             raise HttpError(
                 413,
                 "too_large",
                 f"{len(entities)} entities in one request; the maximum is {self._max_batch}",
             )
-        for index, entity in enumerate(entities):
-            if not isinstance(entity, str):
-                raise HttpError(
-                    422,
-                    "invalid_request",
-                    f"entities[{index}] is {entity!r}; entities are strings",
-                )
         features = request.get("features")
         if features is not None and (
             not isinstance(features, list)
@@ -276,12 +382,19 @@ class FeatureApp:
         return entities, features
 
     async def _lookup(
-        self, view: str, entities: Sequence[str], features: Sequence[str] | None
+        self,
+        view: str,
+        entities: Sequence[str],
+        features: Sequence[str] | None,
+        keys: Sequence[dict[str, KeyValue]] | None = None,
     ) -> list[Lookup]:
-        for entity in entities:
-            problem = entity_problem(entity)
-            if problem is not None:
-                raise HttpError(422, "invalid_request", problem)
+        """Look ``entities`` up; ``keys`` (a composite view's, whose values are checked
+        already) are added to the lookups as ``key``."""
+        if keys is None:
+            for entity in entities:
+                problem = entity_problem(entity)
+                if problem is not None:
+                    raise HttpError(422, "invalid_request", problem)
         try:
             lookups = await self._reader.get_many(view, entities, features)
         except UnknownFeatureError as exc:
@@ -300,46 +413,46 @@ class FeatureApp:
                 hits += 1
                 ages.append((lookup["age_ms"] or 0) / 1000)
         self.metrics.lookups_done(view, hits, misses, expired, ages)
+        if keys is not None:
+            for lookup, key in zip(lookups, keys, strict=True):
+                lookup["key"] = key
         return lookups
-
-
-def entity_problem(entity: str) -> str | None:
-    """Why ``entity`` is not an id freshet can store or serve, or None if it is one.
-
-    The lookup endpoint answers such ids with a 422 carrying this message, and ``freshet get``
-    refuses them with it: one rule, in one place (``freshet.sinks.layout`` holds its limits).
-    """
-    if not entity:
-        return "entity ids are non-empty strings"
-    if len(entity) > MAX_ENTITY_LENGTH:
-        return f"entity of {len(entity)} characters; the maximum is {MAX_ENTITY_LENGTH}"
-    if _forbidden_char(entity):
-        # Control characters and bytes that are not UTF-8 (lone surrogates here) can never be
-        # stored: the decoders dead-letter such ids.
-        return (
-            "entity ids are UTF-8 text without control characters; "
-            f"got {entity.encode('utf-8', 'surrogateescape')!r}"[:200]
-        )
-    return None
 
 
 _FIXED_ROUTES = frozenset({"/v1/views", "/healthz", "/readyz", "/metrics", "/openapi.json"})
 
 
-def _match(raw_path: bytes) -> tuple[str, str | None, str | None]:
+def _match(raw_path: bytes) -> tuple[str, str | None, str | tuple[str, ...] | None]:
     """``(route, view, entity)`` of a raw (still percent-encoded) path; route ``-`` if none.
+    ``entity`` is a tuple of the key segments when the path has several (a composite key).
 
     Splitting the raw path keeps an entity's ``%2F`` inside the entity; the entity's bytes
     are decoded with ``surrogateescape``, so any byte sequence reaches Redis unchanged.
     """
     parts = raw_path.split(b"/")
-    if len(parts) in (4, 5) and parts[0] == b"" and parts[1] == b"v1" and parts[2] == b"features":
+    if (
+        4 <= len(parts) <= _MAX_PARTS
+        and parts[0] == b""
+        and parts[1] == b"v1"
+        and parts[2] == b"features"
+    ):
         view = unquote(parts[3].decode("latin-1"))
         if len(parts) == 4:
             return _ROUTE_BATCH, view, None
-        return _ROUTE_ONE, view, unquote_to_bytes(parts[4]).decode("utf-8", "surrogateescape")
+        if len(parts) == 5:
+            return _ROUTE_ONE, view, unquote_to_bytes(parts[4]).decode("utf-8", "surrogateescape")
+        return _ROUTE_ONE, view, tuple(_segment(p) for p in parts[4:])
+    if len(parts) == 4 and parts[0] == b"" and parts[1] == b"v1" and parts[2] == b"ingest":
+        return _ROUTE_INGEST, unquote(parts[3].decode("latin-1")), None
     path = raw_path.decode("latin-1")
     return (path if path in _FIXED_ROUTES else "-"), None, None
+
+
+_MAX_PARTS = 4 + MAX_KEY_FIELDS  # "", "v1", "features", view, key segments
+
+
+def _segment(raw: bytes) -> str:
+    return unquote_to_bytes(raw).decode("utf-8", "surrogateescape")
 
 
 def _path_text(scope: Scope) -> str:
@@ -430,25 +543,57 @@ def create_app(
     *,
     api_keys: ApiKeys | None = None,
     multiprocess_dir: str | None = None,
+    cache: CacheSettings | None = None,
 ) -> FeatureApp:
-    """The endpoint for the registered views, the Redis of ``settings`` and ``api_keys``
-    (default: both read from the environment)."""
+    """The endpoint for the registered views, the Redis and Kafka of ``settings``, ``api_keys``
+    and the hot-entity ``cache`` (default: all read from the environment; the cache is off
+    unless ``FRESHET_CACHE=on``)."""
     settings = settings or Settings.from_env()
-    layouts = {view.name: view.layout() for view in all_views()}
+    cache = cache if cache is not None else CacheSettings.from_env()
+    views = {view.name: view for view in all_views()}
+    layouts = {name: view.layout() for name, view in views.items()}
     return FeatureApp(
         layouts=layouts,
         views_doc=views_json(),
-        redis_client=_redis_client(settings.redis_url),
+        redis_client=_redis_client(settings.redis_url, cache),
         api_keys=api_keys if api_keys is not None else ApiKeys.from_env(),
         multiprocess_dir=multiprocess_dir,
+        ingest=_ingestor(settings, views),
     )
 
 
-def _redis_client(url: str) -> Any:
-    """The pipelined :class:`RedisLink` for one server; ``redis.asyncio.RedisCluster`` for
-    ``?cluster=true`` (its ``mget_nonatomic`` sends one ``MGET`` per slot, pipelined per node:
-    one round trip per node holding any of the keys)."""
-    return connect_async(url) if is_cluster_url(url) else RedisLink(url)
+def _ingestor(settings: Settings, views: Mapping[str, Any]) -> Ingestor:
+    """Ingest for the views, producing with the flow's Kafka client factory."""
+    from freshet.stream import kafka_clients
+
+    config = {
+        **settings.kafka_client_config(),
+        "enable.idempotence": True,
+        "linger.ms": 2,
+        "message.timeout.ms": int(settings.kafka_timeout_s * 1000),
+    }
+    return Ingestor(
+        views,
+        make_producer=lambda: kafka_clients.producer(config),
+        timeout_s=settings.kafka_timeout_s,
+    )
+
+
+def _redis_client(url: str, cache: CacheSettings | None = None) -> Any:
+    """The pipelined :class:`RedisLink` for one server (behind :class:`CachedRedis` when the
+    cache is on); ``redis.asyncio.RedisCluster`` for ``?cluster=true`` (its ``mget_nonatomic``
+    sends one ``MGET`` per slot, pipelined per node: one round trip per node holding any of
+    the keys)."""
+    if is_cluster_url(url):
+        if cache is not None and cache.enabled:
+            raise ValueError(
+                "FRESHET_CACHE=on needs a single Redis server; it does not track Redis Cluster "
+                "(drop ?cluster=true or set FRESHET_CACHE=off)"
+            )
+        return connect_async(url)
+    if cache is not None and cache.enabled:
+        return CachedRedis(url, settings=cache)
+    return RedisLink(url)
 
 
 def app_from_env() -> FeatureApp:

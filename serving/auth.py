@@ -1,15 +1,19 @@
 """Optional API keys, each scoped to views (``FRESHET_API_KEYS``).
 
-Format: entries separated by ``;``, each ``KEY:SCOPE`` where ``SCOPE`` is ``*`` (every view) or
-a comma-separated list of view names::
+Format: entries separated by ``;``, each ``KEY:SCOPE`` where ``SCOPE`` is a comma-separated
+list of grants, each a view name or ``*`` (every view), optionally followed by ``=r`` (read,
+the default), ``=w`` (write: ``POST /v1/ingest/{view}``) or ``=rw`` (both)::
 
-    FRESHET_API_KEYS="k_live_3f9a:card_txn,card_txn_json;k_ops_77:*"
+    FRESHET_API_KEYS="k_live_3f9a:card_txn,card_txn_json;k_ingest_5c:card_txn=w;k_ops_77:*=rw"
 
-Unset or empty: no authentication. Clients send ``Authorization: Bearer KEY`` (or
-``X-API-Key: KEY``). A missing or unknown key is refused with 401, a known key outside its
-scope with 403. The presented key is compared with every configured key using
-``hmac.compare_digest`` (no early exit, so timing does not tell how much of a key matched or
-which one), and keys never appear in logs, errors or reprs.
+A grant without ``=`` reads only, so keys written before write scopes existed keep their
+meaning. Unset or empty: no authentication (reads and writes are open).
+
+Clients send ``Authorization: Bearer KEY`` (or ``X-API-Key: KEY``). A missing or unknown key
+is refused with 401, a known key outside its scope (read, or write for ingest) with 403. The
+presented key is compared with every configured key using ``hmac.compare_digest`` (no early
+exit, so timing does not tell how much of a key matched or which one), and keys never appear
+in logs, errors or reprs.
 """
 
 from __future__ import annotations
@@ -39,7 +43,37 @@ class Forbidden(AuthError):
 @dataclass(frozen=True, slots=True)
 class _Key:
     secret: bytes = field(repr=False)
-    views: frozenset[str] | None  # None: every view
+    views: frozenset[str] | None  # the views it reads; None: every view
+    writes: frozenset[str] | None = frozenset()  # the views it writes; None: every view
+
+
+_MODES = {"r": (True, False), "w": (False, True), "rw": (True, True), "wr": (True, True)}
+
+
+def _grants(scope: str, position: int) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+    """``(read views, write views)`` of a scope (None: every view)."""
+    reads: set[str] = set()
+    writes: set[str] = set()
+    read_all = write_all = False
+    for item in scope.split(","):
+        view, sep, mode = (part.strip() for part in item.partition("="))
+        if not view:
+            continue
+        if sep and mode not in _MODES:
+            raise ValueError(
+                f"FRESHET_API_KEYS entry {position} grants {mode!r} on {view!r}; "
+                "use VIEW (read), VIEW=r, VIEW=w or VIEW=rw"
+            )
+        read, write = _MODES[mode] if sep else (True, False)
+        if read:
+            read_all = read_all or view == "*"
+            reads.add(view)
+        if write:
+            write_all = write_all or view == "*"
+            writes.add(view)
+    if not reads and not writes:
+        raise ValueError(f"FRESHET_API_KEYS entry {position} has an empty scope")
+    return (None if read_all else frozenset(reads)), (None if write_all else frozenset(writes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +105,10 @@ class ApiKeys:
             if not sep or not secret or not scope:
                 raise ValueError(
                     f"FRESHET_API_KEYS entry {position} is not KEY:SCOPE (SCOPE is '*' or "
-                    "view names separated by commas)"
+                    "view names separated by commas, each optionally =r, =w or =rw)"
                 )
-            if scope == "*":
-                views = None
-            else:
-                views = frozenset(v.strip() for v in scope.split(",") if v.strip())
-                if not views:
-                    raise ValueError(f"FRESHET_API_KEYS entry {position} has an empty scope")
-            keys.append(_Key(secret.encode("utf-8"), views))
+            views, writes = _grants(scope, position)
+            keys.append(_Key(secret.encode("utf-8"), views, writes))
         return cls(tuple(keys))
 
     def _match(self, presented: bytes | None) -> _Key | None:
@@ -91,16 +120,20 @@ class ApiKeys:
                 found = key
         return found
 
-    def check(self, presented: bytes | None, view: str | None) -> None:
-        """Raise ``Unauthorized``/``Forbidden`` unless ``presented`` may read ``view``
-        (``view=None``: any valid key may, e.g. to list views). No-op when disabled."""
+    def check(self, presented: bytes | None, view: str | None, *, write: bool = False) -> None:
+        """Raise ``Unauthorized``/``Forbidden`` unless ``presented`` may read ``view`` (with
+        ``write=True``: write it). ``view=None``: any valid key may, e.g. to list views.
+        No-op when disabled."""
         if not self.keys:
             return
         key = self._match(presented)
         if key is None:
             raise Unauthorized("missing API key" if presented is None else "invalid API key")
-        if view is not None and key.views is not None and view not in key.views:
-            raise Forbidden(f"this API key may not read view {view!r}")
+        if view is None:
+            return
+        allowed = key.writes if write else key.views
+        if allowed is not None and view not in allowed:
+            raise Forbidden(f"this API key may not {'write' if write else 'read'} view {view!r}")
 
 
 def presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:

@@ -48,8 +48,9 @@ def serve(
 ) -> None:
     """Serve feature lookups over HTTP (uvicorn or granian, on uvloop).
 
-    GET /v1/features/VIEW/ENTITY[?features=a,b], POST /v1/features/VIEW with
-    {"entities": [...], "features": [...]} (at most 1,000 entities), GET /v1/views, /healthz,
+    GET /v1/features/VIEW/ENTITY[?features=a,b] (VIEW/K1/K2 for a view keyed by several
+    fields), POST /v1/features/VIEW with {"entities": [...], "features": [...]} (at most
+    1,000 entities; objects of key fields for such views), GET /v1/views, /healthz,
     /readyz, /metrics, /openapi.json. Reads FRESHET_REDIS_URL and FRESHET_API_KEYS
     ("key1:view_a,view_b;key2:*"; unset: no auth).
     """
@@ -119,27 +120,32 @@ def _run_uvicorn(host: str, port: int, workers: int, access_log: bool, log_level
 
 @click.command()
 @click.argument("view")
-@click.argument("entity")
+@click.argument("entity", nargs=-1, required=True)
 @click.option("--features", "-f", help="Comma-separated subset of the view's features.")
 @click.option("--json", "as_json", is_flag=True, help="Print the lookup as JSON.")
 @click.option("--url", help="Ask a running endpoint (e.g. http://127.0.0.1:8000), not Redis.")
 @click.option("--api-key", help="API key for --url.")
 def get(
     view: str,
-    entity: str,
+    entity: tuple[str, ...],
     features: str | None,
     as_json: bool,
     url: str | None,
     api_key: str | None,
 ) -> None:
-    """Show ENTITY's current features in VIEW (read from Redis, or from --url)."""
-    from freshet.serving.app import entity_problem
+    """Show one entity's current features in VIEW (read from Redis, or from --url).
+
+    ENTITY is the entity's id; for a view keyed by several fields, give one value per key
+    field, in the order the view declares its key: freshet get card_merchant c1 m2.
+    """
+    from freshet.serving.keys import entity_problem
 
     # The endpoint's rule: an id it answers with a 422 is refused here with the same message,
     # not looked up (such ids are never stored, so Redis would only say "not found").
-    problem = entity_problem(entity)
-    if problem is not None:
-        raise click.BadParameter(problem, param_hint="ENTITY")
+    if len(entity) == 1:
+        problem = entity_problem(entity[0])
+        if problem is not None:
+            raise click.BadParameter(problem, param_hint="ENTITY")
     names = [f for f in features.split(",") if f] if features else None
     lookup = (
         _via_http(url, api_key, view, entity, names) if url else _via_redis(view, entity, names)
@@ -150,16 +156,29 @@ def get(
         _print_table(lookup)
 
 
-def _via_redis(view: str, entity: str, names: list[str] | None) -> dict[str, Any]:
+def _via_redis(view: str, values: tuple[str, ...], names: list[str] | None) -> dict[str, Any]:
     import redis
 
     from freshet.dsl.registry import UnknownViewError, get_view
+    from freshet.serving.keys import EntityKeyError, composite_key, key_shape
     from freshet.sinks.redis_store import RedisFeatureReader, UnknownFeatureError, connect
 
     try:
         layout = get_view(view).layout()
     except UnknownViewError as exc:
         raise click.BadParameter(str(exc), param_hint="VIEW") from None
+    key = None
+    if layout.is_composite:
+        try:
+            entity, key = composite_key(layout, values)
+        except EntityKeyError as exc:
+            raise click.BadParameter(str(exc), param_hint="ENTITY") from None
+    elif len(values) != 1:
+        raise click.BadParameter(
+            f"{len(values)} values given; {key_shape(layout)}: give one", param_hint="ENTITY"
+        )
+    else:
+        entity = values[0]
     settings = Settings.from_env()
     # A cluster client fails in its constructor, with an error outside redis.RedisError.
     unavailable = (redis.RedisError, redis.exceptions.RedisClusterException)
@@ -177,17 +196,20 @@ def _via_redis(view: str, entity: str, names: list[str] | None) -> dict[str, Any
         raise click.ClickException(f"Redis at FRESHET_REDIS_URL is unavailable: {exc}") from exc
     finally:
         client.close()
+    if key is not None:
+        lookup["key"] = key
     return dict(lookup)
 
 
 def _via_http(
-    url: str, api_key: str | None, view: str, entity: str, names: list[str] | None
+    url: str, api_key: str | None, view: str, entity: tuple[str, ...], names: list[str] | None
 ) -> dict[str, Any]:
     from freshet.serving.client import Client, ServingError
 
     with Client(url, api_key=api_key) as client:
         try:
-            return client.get(view, entity, names)
+            # several values: one path segment each, in key order (the endpoint checks them)
+            return client.get(view, entity[0] if len(entity) == 1 else entity, names)
         except ServingError as exc:
             raise click.ClickException(str(exc)) from exc
 
@@ -196,7 +218,9 @@ def _print_table(lookup: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    title = f"[bold]{lookup['view']}[/] / [bold]{lookup['entity']}[/]"
+    key = lookup.get("key")
+    shown_entity = ", ".join(f"{k}={v}" for k, v in key.items()) if key else lookup["entity"]
+    title = f"[bold]{lookup['view']}[/] / [bold]{shown_entity}[/]"
     if lookup["found"]:
         as_of = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(lookup["as_of"] / 1000))
         caption = (

@@ -5,9 +5,16 @@
     with Client("http://127.0.0.1:8000") as client:
         client.get("card_txn", "card_42")["features"]["txn_count_5m"]
         client.get_many("card_txn", ["card_1", "card_2"], features=["amount_sum_1h"])
+        client.ingest("card_txn", [{"card_id": "card_42", "amount": 9.5, "merchant": "m_1",
+                                    "ts": 1714564800000}], wait_ms=2000)["served"]
+        # a view keyed by several fields: an object of key fields, or the values in key order
+        client.get("card_merchant", {"card_id": "card_42", "merchant": "m_7"})
+        client.get("card_merchant", ("card_42", "m_7"))
+        client.get_many("card_merchant", [{"card_id": "card_42", "merchant": "m_7"}])
 
 Results are the endpoint's JSON (DESIGN.md "Interfaces"): dicts with ``view``, ``entity``,
-``found``, ``as_of``, ``age_ms``, ``features`` and ``status``. Errors raise
+``found``, ``as_of``, ``age_ms``, ``features`` and ``status`` (and ``key``, the key fields and
+values, for a view keyed by several fields; ``entity`` is then their encoding). Errors raise
 :class:`ServingError` carrying the HTTP status, the error code and the server's message.
 :func:`to_pandas` makes a DataFrame of results, one row per entity (``pip install
 'freshet[pandas]'``)::
@@ -25,7 +32,11 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-__all__ = ["PANDAS_HINT", "Client", "ServingError", "to_pandas"]
+__all__ = ["PANDAS_HINT", "Client", "Entity", "KeyValue", "ServingError", "to_pandas"]
+
+KeyValue = str | int
+# An entity as lookups name it: its id, or an object of key fields (composite keys).
+Entity = str | Mapping[str, KeyValue]
 
 # The endpoint's batch limit (freshet.serving.app.MAX_BATCH); larger get_many calls are split.
 _MAX_BATCH = 1_000
@@ -36,8 +47,9 @@ PANDAS_HINT = "pip install 'freshet[pandas]'"
 
 def to_pandas(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Any:
     """A ``pandas.DataFrame`` of lookup results (one, or a list from :meth:`Client.get_many`):
-    one row per result with ``entity``, ``found``, ``as_of``, ``age_ms`` and one column per
-    feature. pandas is optional: without it this raises ``ImportError`` saying what to install.
+    one row per result with ``entity``, a column per key field of a view keyed by several
+    fields, ``found``, ``as_of``, ``age_ms`` and one column per feature. pandas is optional:
+    without it this raises ``ImportError`` saying what to install.
     """
     try:
         import pandas  # type: ignore[import-not-found,import-untyped,unused-ignore]
@@ -49,6 +61,7 @@ def to_pandas(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Any:
     records = [
         {
             "entity": r.get("entity"),
+            **(r.get("key") or {}),
             "found": r.get("found"),
             "as_of": r.get("as_of"),
             "age_ms": r.get("age_ms"),
@@ -99,25 +112,60 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def get(self, view: str, entity: str, features: Sequence[str] | None = None) -> dict[str, Any]:
-        """One entity's lookup (``found`` is false for an unknown entity)."""
+    def get(
+        self, view: str, entity: Entity | Sequence[KeyValue], features: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """One entity's lookup (``found`` is false for an unknown entity).
+
+        ``entity`` is an id, or for a view keyed by several fields an object of its key
+        fields (``{"card_id": "c1", "merchant": "m2"}``) or its key values in key order
+        (``("c1", "m2")``)."""
+        if isinstance(entity, Mapping):
+            # The client does not know the view's key order: the batch route takes names.
+            return self.get_many(view, [entity], features)[0]
         params = {"features": ",".join(features)} if features else None
-        path = f"/v1/features/{quote(view, safe='')}/{quote(entity, safe='')}"
+        values = [entity] if isinstance(entity, str) else [str(v) for v in entity]
+        path = f"/v1/features/{quote(view, safe='')}/" + "/".join(quote(v, safe="") for v in values)
         result: dict[str, Any] = self._request("GET", path, params=params)
         return result
 
     def get_many(
-        self, view: str, entities: Sequence[str], features: Sequence[str] | None = None
+        self, view: str, entities: Sequence[Entity], features: Sequence[str] | None = None
     ) -> list[dict[str, Any]]:
-        """Lookups of ``entities`` in order; one request per 1,000 entities."""
+        """Lookups of ``entities`` (ids, or objects of key fields) in order; one request per
+        1,000 entities."""
         results: list[dict[str, Any]] = []
         path = f"/v1/features/{quote(view, safe='')}"
         for start in range(0, len(entities), _MAX_BATCH):
-            body: dict[str, Any] = {"entities": list(entities[start : start + _MAX_BATCH])}
+            chunk = entities[start : start + _MAX_BATCH]
+            body: dict[str, Any] = {
+                "entities": [e if isinstance(e, str) else dict(e) for e in chunk]
+            }
             if features is not None:
                 body["features"] = list(features)
             results.extend(self._request("POST", path, content=orjson.dumps(body))["results"])
         return results
+
+    def ingest(
+        self, view: str, events: Sequence[Mapping[str, Any]], *, wait_ms: int | None = None
+    ) -> dict[str, Any]:
+        """Produce ``events`` to ``view``'s topic through the endpoint (``POST /v1/ingest``).
+
+        With ``wait_ms`` the answer comes once every event's entity is served as of that
+        event (``served`` true), or when ``wait_ms`` ran out (``served`` false, ``pending``
+        naming the entities not yet there). A batch with an invalid event raises
+        :class:`ServingError` 422 naming it, and nothing of the batch is produced."""
+        body: dict[str, Any] = {"events": list(events)}
+        if wait_ms is not None:
+            body["wait_ms"] = wait_ms
+        timeout = self._http.timeout.read or 5.0
+        result: dict[str, Any] = self._request(
+            "POST",
+            f"/v1/ingest/{quote(view, safe='')}",
+            content=orjson.dumps(body),
+            timeout=timeout + (wait_ms or 0) / 1000,
+        )
+        return result
 
     def views(self) -> list[dict[str, Any]]:
         """The registered views (as ``freshet views --json``)."""
@@ -131,7 +179,7 @@ class Client:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise ServingError(0, "unreachable", f"{self._http.base_url}: {exc}") from exc
-        if response.status_code != 200:
+        if response.status_code not in (200, 202):  # 202: ingested, not yet served
             try:
                 error = orjson.loads(response.content)
                 code, message = str(error["error"]), str(error["message"])

@@ -5,6 +5,8 @@
     freshet_lookups_total{view,result}               entities looked up: hit | miss | expired
     freshet_feature_age_seconds{view}                histogram: now - as_of of each hit
 
+With the hot-entity cache on, ``freshet_cache_*`` too (:mod:`freshet.serving.cache`).
+
 ``route`` is the path template (``/v1/features/{view}/{entity}``), ``view`` a registered view
 name or ``-``, so label sets stay bounded whatever paths clients send.
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -85,6 +87,8 @@ class ServingMetrics:
         self._lookups: dict[str, list[Any]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.views = frozenset(views)
+        # Other parts' flushes (the cache's counts), run with this one.
+        self._flushers: list[Callable[[], None]] = []
         self.requests = Counter(
             "freshet_http_requests",
             "HTTP requests answered by the lookup endpoint",
@@ -161,6 +165,13 @@ class ServingMetrics:
                 if count:
                     self.lookups.labels(view, result).inc(count)
             add_counts(self.age.labels(view), buckets, total)
+        for flusher in self._flushers:
+            flusher()
+
+    def add_flusher(self, flush: Callable[[], None]) -> None:
+        """Run ``flush`` (moving another part's local counts into its metrics in
+        :attr:`registry`) whenever these metrics are flushed."""
+        self._flushers.append(flush)
 
     def exposition(self) -> bytes:
         """The text exposition of every metric (summed over workers in multiprocess mode)."""

@@ -3,6 +3,11 @@
 Hand-written (not generated from handlers) because the app is a plain ASGI callable; the
 schemas are the real ones: ``tests/integration/test_serving_schemathesis.py`` drives the
 running endpoint from this document and validates every response against it.
+
+Views keyed by several fields (DESIGN "Entities") get paths of their own, with their key
+fields as typed parameters: ``GET /v1/features/<view>/{k1}/{k2}`` and ``POST
+/v1/features/<view>`` taking objects of key fields; the templated paths describe one-field
+views.
 """
 
 from __future__ import annotations
@@ -33,10 +38,17 @@ _RETRY_AFTER = {
 
 
 def build_openapi(
-    layouts: Mapping[str, ViewLayout], *, max_batch: int, auth: bool, version: str
+    layouts: Mapping[str, ViewLayout],
+    *,
+    max_batch: int,
+    auth: bool,
+    version: str,
+    ingest: bool = False,
 ) -> dict[str, Any]:
-    """The document for these views; ``auth`` adds the API-key security requirement."""
-    view_names = sorted(layouts)
+    """The document for these views; ``auth`` adds the API-key security requirement,
+    ``ingest`` the ``POST /v1/ingest/{view}`` route."""
+    view_names = sorted(name for name, lay in layouts.items() if not lay.is_composite)
+    composite = sorted(name for name, lay in layouts.items() if lay.is_composite)
     feature_names = sorted({f for lay in layouts.values() for f in lay.feature_names})
     errors = {
         "401": _error_response("Missing or invalid API key"),
@@ -51,7 +63,7 @@ def build_openapi(
         "name": "view",
         "in": "path",
         "required": True,
-        "description": f"Feature view name: {', '.join(view_names)}",
+        "description": f"Feature view name (a view keyed by one field): {', '.join(view_names)}",
         "schema": {"type": "string", "example": view_names[0] if view_names else "card_txn"},
     }
     doc: dict[str, Any] = {
@@ -189,6 +201,10 @@ def build_openapi(
         },
         "components": {"schemas": _schemas(max_batch, feature_names)},
     }
+    for name in composite:
+        _add_composite_view(doc, layouts[name], max_batch=max_batch, errors=errors)
+    if ingest:
+        _add_ingest(doc, sorted(layouts), auth=auth)
     if auth:
         doc["components"]["securitySchemes"] = {
             "bearer": {"type": "http", "scheme": "bearer"},
@@ -196,6 +212,212 @@ def build_openapi(
         }
         doc["security"] = [{"bearer": []}, {"apiKey": []}]
     return doc
+
+
+def _add_ingest(doc: dict[str, Any], view_names: Sequence[str], *, auth: bool) -> None:
+    """``POST /v1/ingest/{view}`` (:mod:`freshet.serving.ingest`)."""
+    answer = {
+        "type": "object",
+        "required": ["view", "produced", "served", "pending_count", "pending", "waited_ms"],
+        "properties": {
+            "view": {"type": "string"},
+            "produced": {"type": "integer"},
+            "served": {"type": "boolean"},
+            "pending_count": {"type": "integer"},
+            "pending": {
+                "type": "array",
+                "maxItems": 100,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "entity": {"type": "string"},
+                        "event_time": {"type": "integer"},
+                        "as_of": {"type": "integer", "nullable": True},
+                    },
+                },
+            },
+            "waited_ms": {"type": "integer"},
+        },
+    }
+    errors = {
+        "400": _error_response("The body is not JSON"),
+        "401": _error_response("Missing or invalid API key"),
+        "403": _error_response("The API key has no write scope on this view (VIEW=w)"),
+        "404": _error_response("Unknown view; the message names the known views"),
+        "413": _error_response("More than 10,000 events, or body > 1 MiB"),
+        "422": _error_response(
+            "Invalid events, named by index, field and reason; nothing was produced"
+        ),
+        "503": _error_response("Kafka did not acknowledge the events in time", _RETRY_AFTER),
+    }
+    if not auth:
+        del errors["401"], errors["403"]
+    doc["paths"]["/v1/ingest/{view}"] = {
+        "post": {
+            "operationId": "ingestEvents",
+            "summary": "Produce events to the view's topic; with wait_ms, read them back",
+            "description": (
+                "Events are validated against the view's schema (all of them before any is "
+                "produced), produced keyed by entity with an idempotent producer, and with "
+                "`wait_ms` the answer is 200 once every event's entity is served as of that "
+                "event, else 202 with what is still pending."
+            ),
+            "parameters": [
+                {
+                    "name": "view",
+                    "in": "path",
+                    "required": True,
+                    "description": f"Feature view name: {', '.join(view_names)}",
+                    "schema": {"type": "string"},
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["events"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "events": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "maxItems": 10_000,
+                                    "items": {"type": "object"},
+                                },
+                                "wait_ms": {"type": "integer", "minimum": 0, "maximum": 60_000},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _json_response("Produced, and every event is served", answer),
+                "202": _json_response("Produced; not (yet) served as of every event", answer),
+                **errors,
+            },
+        }
+    }
+
+
+def _key_schema(key_type: str) -> dict[str, Any]:
+    if key_type == "int64":
+        return {"type": "integer", "format": "int64", "minimum": -(2**63), "maximum": 2**63 - 1}
+    return {"type": "string", "maxLength": MAX_ENTITY_LENGTH, "pattern": ENTITY_JSON_PATTERN}
+
+
+def _add_composite_view(
+    doc: dict[str, Any], layout: ViewLayout, *, max_batch: int, errors: Mapping[str, Any]
+) -> None:
+    """The paths and schemas of a view keyed by several fields."""
+    name = layout.name
+    keys = layout.keys
+    types = [
+        layout.key_types[i] if i < len(layout.key_types) else "string" for i in range(len(keys))
+    ]
+    shape = f"keyed by {', '.join(keys)}"
+    key_schema = f"Key_{name}"
+    doc["components"]["schemas"][key_schema] = {
+        "type": "object",
+        "description": (
+            f"An entity of {name!r} ({shape}); a long field also takes a string of decimal digits"
+        ),
+        "required": list(keys),
+        "additionalProperties": False,
+        "properties": {k: _key_schema(t) for k, t in zip(keys, types, strict=True)},
+    }
+    lookup = {"$ref": "#/components/schemas/Lookup"}
+    not_found = _error_response(
+        f"Unknown view, or a path without one segment per key field ({', '.join(keys)})"
+    )
+    doc["paths"]["/v1/features/" + name + "/" + "/".join("{" + k + "}" for k in keys)] = {
+        "get": {
+            "operationId": f"getFeatures_{name}",
+            "summary": f"Features of one entity of {name} ({shape}; one segment each, in order)",
+            "parameters": [
+                {
+                    "name": k,
+                    "in": "path",
+                    "required": True,
+                    "description": f"Key field {k!r}, percent-encoded",
+                    "schema": _key_schema(t),
+                }
+                for k, t in zip(keys, types, strict=True)
+            ]
+            + [_features_param(layout.feature_names)],
+            "responses": {
+                "200": _json_response("The entity's features, with its key", lookup),
+                **errors,
+                "404": not_found,
+            },
+        }
+    }
+    doc["components"]["schemas"][f"BatchRequest_{name}"] = {
+        "type": "object",
+        "required": ["entities"],
+        "additionalProperties": False,
+        "properties": {
+            "entities": {
+                "type": "array",
+                "maxItems": max_batch,
+                "description": (
+                    "Objects of key fields; an encoded id (values joined by '|', each with "
+                    "'%' as '%25' and '|' as '%7C') is also accepted"
+                ),
+                "items": {"$ref": f"#/components/schemas/{key_schema}"},
+            },
+            "features": {
+                "type": "array",
+                "nullable": True,
+                "minItems": 1,
+                "items": {"type": "string", "enum": list(layout.feature_names)},
+            },
+        },
+    }
+    doc["paths"][f"/v1/features/{name}"] = {
+        "post": {
+            "operationId": f"getFeaturesBatch_{name}",
+            "summary": f"Features of up to {max_batch} entities of {name} ({shape})",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/BatchRequest_{name}"}
+                    }
+                },
+            },
+            "responses": {
+                "200": _json_response(
+                    "One lookup per requested entity, in request order, each with its key",
+                    {"$ref": "#/components/schemas/BatchResponse"},
+                ),
+                "400": _error_response("The body is not JSON"),
+                "413": _error_response(f"More than {max_batch} entities, or body > 1 MiB"),
+                **errors,
+            },
+        }
+    }
+
+
+def _features_param(feature_names: Sequence[str]) -> dict[str, Any]:
+    return {
+        "name": "features",
+        "in": "query",
+        "required": False,
+        "description": "Comma-separated subset of the view's features",
+        "style": "form",
+        "explode": False,
+        "schema": {
+            "type": "array",
+            "minItems": 1,
+            "items": {"type": "string", "enum": list(feature_names)},
+        },
+    }
+
+
+def _json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def _status_response(status: str) -> dict[str, Any]:
@@ -244,6 +466,14 @@ def _schemas(max_batch: int, feature_names: Sequence[str]) -> dict[str, Any]:
                         "type": "string",
                         "enum": ["present", "not_found", "expired"],
                     },
+                },
+                "key": {
+                    "type": "object",
+                    "description": (
+                        "Views keyed by several fields only: the key fields and values (long "
+                        "fields as integers); entity is then their encoding, e.g. c1|m2"
+                    ),
+                    "additionalProperties": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
                 },
             },
         },

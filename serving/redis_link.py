@@ -17,6 +17,11 @@ the connection and fails every waiting request with ``redis.exceptions.Connectio
 ``TimeoutError``; the next request reconnects. Cluster deployments use
 ``redis.asyncio.RedisCluster`` instead (its ``mget_nonatomic`` is what the feature reader
 calls).
+
+The hot-entity cache (:mod:`freshet.serving.cache`) uses a second link as its tracking
+connection: ``resp3=True`` speaks RESP3 (``HELLO 3``), ``setup`` commands (``CLIENT TRACKING
+ON``) run on every (re)connect, push messages (invalidations) go to ``on_push`` in stream order
+with the replies, and ``on_lost`` hears of the connection's loss at once.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -34,13 +40,22 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["RedisLink"]
 
+_PUSH = hiredis.PushNotification
+
 
 class _Protocol(asyncio.Protocol):
     """Replies resolve queued futures in order; a watchdog fails them all when Redis makes
     no progress for ``timeout`` seconds (cheaper than a timeout context per request)."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        on_push: Callable[[list[Any]], None] | None = None,
+        on_lost: Callable[[Exception], None] | None = None,
+    ) -> None:
         self.reader = hiredis.Reader()
+        self.on_push = on_push
+        self.on_lost = on_lost
         self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
@@ -92,6 +107,10 @@ class _Protocol(asyncio.Protocol):
         got = False
         while (reply := reader.gets()) is not False:
             got = True
+            if reply.__class__ is _PUSH:  # RESP3 out-of-band message (tracking invalidation)
+                if self.on_push is not None:
+                    self.on_push(reply)
+                continue
             waiter = waiters.popleft()
             if waiter.done():  # cancelled by its request
                 continue
@@ -108,6 +127,8 @@ class _Protocol(asyncio.Protocol):
     def fail(self, error: Exception) -> None:
         if self.lost is None:
             self.lost = error
+            if self.on_lost is not None:
+                self.on_lost(error)
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -126,6 +147,10 @@ class RedisLink:
         *,
         socket_connect_timeout: float = 1.0,
         socket_timeout: float = 2.0,
+        resp3: bool = False,
+        setup: Sequence[tuple[bytes, ...]] = (),
+        on_push: Callable[[list[Any]], None] | None = None,
+        on_lost: Callable[[Exception], None] | None = None,
     ) -> None:
         parts = urlsplit(url)
         query = parse_qs(parts.query)
@@ -152,6 +177,14 @@ class RedisLink:
         self._protocol: _Protocol | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
+        # For a tracking connection (freshet.serving.cache): RESP3 (``HELLO 3``), commands sent
+        # on every (re)connect after AUTH/SELECT, out-of-band push messages, and loss. Replies
+        # of ``setup`` on the last connect: ``setup_replies``.
+        self._resp3 = resp3
+        self._setup = tuple(setup)
+        self._on_push = on_push
+        self._on_lost = on_lost
+        self.setup_replies: list[Any] = []
 
     def __repr__(self) -> str:  # never shows the password
         where = self._path if self._scheme == "unix" else f"{self._host}:{self._port}"
@@ -207,7 +240,7 @@ class RedisLink:
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
         def make() -> _Protocol:
-            return _Protocol(self._timeout)
+            return _Protocol(self._timeout, self._on_push, self._on_lost)
 
         async with asyncio.timeout(self._connect_timeout):
             if self._scheme == "unix":
@@ -218,16 +251,24 @@ class RedisLink:
                     make, self._host, self._port, ssl=context
                 )
         setup: list[tuple[bytes, ...]] = []
+        auth: tuple[bytes, ...] = ()
         if self._password is not None:
-            user = (self._username or "default").encode()
-            setup.append((b"AUTH", user, self._password.encode()))
+            auth = (b"AUTH", (self._username or "default").encode(), self._password.encode())
+        if self._resp3:
+            setup.append((b"HELLO", b"3", *auth))
+        elif auth:
+            setup.append(auth)
         if self._db:
             setup.append((b"SELECT", str(self._db).encode()))
-        for command in setup:
+        replies = []
+        for command in (*setup, *self._setup):
             try:
-                await protocol.send(loop, hiredis.pack_command(command))  # type: ignore[arg-type]
+                replies.append(
+                    await protocol.send(loop, hiredis.pack_command(command))  # type: ignore[arg-type]
+                )
             except ResponseError:
                 assert protocol.transport is not None
                 protocol.transport.close()
                 raise
+        self.setup_replies = replies[len(setup) :]
         return protocol

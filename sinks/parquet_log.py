@@ -13,6 +13,12 @@ Columns: ``entity`` (string), ``as_of`` (timestamp ms, UTC), one column per feat
 the source event, ``written_at`` (timestamp ms, UTC: when the segment was committed). Rows
 within a segment are sorted by ``(entity, as_of, offset)``; zstd compression.
 
+A view keyed by several fields (DESIGN "Entities") also has one column per key field, named
+as the field, right after ``entity``: its value decoded from ``entity``
+(:func:`freshet.sinks.layout.decode_entity`) when the rows are written, int64 for a long key
+field, string otherwise. ``entity`` keeps the encoded key, so joins and the dedupe key work
+on one column whatever the key. A one-field view has no such column.
+
 Writing. :class:`ParquetLogWriter` buffers rows in memory and *commits* them — one segment per
 date present, written to the temporary name, fsynced, renamed — when ``max_rows`` rows are
 buffered (a segment never holds more), when the oldest buffered row is ``max_age_s`` old
@@ -73,7 +79,7 @@ import pyarrow.parquet as pq
 from freshet.sinks.clock import now_ms
 from freshet.sinks.durable import fsync_dir
 from freshet.sinks.faults import crash_point
-from freshet.sinks.layout import ViewLayout
+from freshet.sinks.layout import KEY_SEPARATOR, ViewLayout
 from freshet.sinks.rows import Row
 
 __all__ = [
@@ -88,6 +94,8 @@ __all__ = [
 ]
 
 DEDUPE_KEY = ("entity", "as_of", "partition", "offset")
+# Columns every segment has (and the hive partition ``date``): no key field may take a name.
+_RESERVED = ("entity", "as_of", "partition", "offset", "written_at", "date")
 _SORT_KEY = [("entity", "ascending"), ("as_of", "ascending"), ("offset", "ascending")]
 _DAY_MS = 86_400_000
 _TS = pa.timestamp("ms", tz="UTC")
@@ -112,7 +120,9 @@ class WriterState:
 
 def log_schema(layout: ViewLayout) -> pa.Schema:
     """The Arrow schema of ``layout``'s segments."""
-    fields = [pa.field("entity", pa.string(), nullable=False), pa.field("as_of", _TS, False)]
+    fields = [pa.field("entity", pa.string(), nullable=False)]
+    fields += [pa.field(name, arrow_type, False) for name, arrow_type in _key_columns(layout)]
+    fields.append(pa.field("as_of", _TS, False))
     fields += [pa.field(f.name, _ARROW_TYPES[f.type]) for f in layout.features]
     fields += [
         pa.field("partition", pa.int32(), nullable=False),
@@ -123,6 +133,58 @@ def log_schema(layout: ViewLayout) -> pa.Schema:
         fields,
         metadata={"freshet.view": layout.name, "freshet.view.version": str(layout.version)},
     )
+
+
+def _key_columns(layout: ViewLayout) -> list[tuple[str, pa.DataType]]:
+    """The key field columns of a composite view (none for a one-field key), checked not to
+    collide with the log's own columns nor with a feature."""
+    if not layout.is_composite:
+        return []
+    taken = dict.fromkeys(_RESERVED, "a column of the log")
+    taken.update((name, "a feature of the view") for name in layout.feature_names)
+    columns = []
+    for i, name in enumerate(layout.keys):
+        if name in taken:
+            raise ParquetLogError(
+                f"key field {name!r} of view {layout.name!r} has the name of {taken[name]} "
+                f"({', '.join(sorted(taken))} are taken); rename the key field"
+            )
+        taken[name] = "another key field"
+        key_type = layout.key_types[i] if i < len(layout.key_types) else "string"
+        columns.append((name, pa.int64() if key_type == "int64" else pa.string()))
+    return columns
+
+
+def _decode_keys(layout: ViewLayout, entity: pa.Array) -> list[pa.Array]:
+    """The key field columns of a composite view's ``entity`` column (vectorized
+    :func:`~freshet.sinks.layout.decode_entity`); raises ParquetLogError naming an entity
+    that does not decode, or whose long key field is not an integer."""
+    columns = _key_columns(layout)
+    if not columns:
+        return []
+    parts = pc.split_pattern(entity, KEY_SEPARATOR)
+    wrong = pc.not_equal(pc.list_value_length(parts), len(columns))
+    if pc.any(wrong).as_py():
+        bad = entity.filter(wrong)[0].as_py()
+        raise ParquetLogError(
+            f"entity {bad!r} of view {layout.name!r} is not a key of {len(columns)} fields "
+            f"({', '.join(layout.keys)}): the encoding of freshet.sinks.layout.encode_entity"
+        )
+    out = []
+    for i, (name, arrow_type) in enumerate(columns):
+        text = pc.list_element(parts, i)
+        text = pc.replace_substring(text, "%7C", "|")
+        text = pc.replace_substring(text, "%25", "%")
+        if arrow_type == pa.int64():
+            try:
+                text = text.cast(pa.int64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ParquetLogError(
+                    f"key field {name!r} of view {layout.name!r} is a long; an entity holds "
+                    f"a value that is not an integer: {exc}"
+                ) from exc
+        out.append(text)
+    return out
 
 
 class ParquetLogWriter:
@@ -411,8 +473,10 @@ class ParquetLogWriter:
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             self._explain_bad_rows(rows)
             raise
+        entity = struct.field("entity")
         columns = [
-            struct.field("entity"),
+            entity,
+            *_decode_keys(self._layout, entity),
             struct.field("as_of").cast(_TS),
             *features,
             struct.field("partition"),

@@ -65,7 +65,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, Literal, Protocol, TypedDict, cast
+from typing import Any, Literal, NotRequired, Protocol, TypedDict, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -422,6 +422,9 @@ class Lookup(TypedDict):
     age_ms: int | None
     features: dict[str, Any]
     status: dict[str, FeatureStatus]
+    # A composite view's key fields and values (long fields as int); added by the endpoint,
+    # absent for a one-field view.
+    key: NotRequired[dict[str, str | int]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,12 +16,15 @@ are record timestamps, which are assumed not to precede event times (a producer'
 ``CreateTime`` or ``LogAppendTime``). ``T`` is clamped to ``now - L - grace``: later expiry
 boundaries belong to the live flow, which may still receive events before them.
 
-Replay (:func:`run_replay`). A bounded source of its own (:class:`ReplaySource`: plain
-``assign``, no consumer group, no commits, no recovery store) reads each partition from its
-start offset to its end offset and then ends, so the engine's ``on_eof`` flushes every expiry
-boundary ``<= T`` (``FlowOptions.flush_until_ms``). The live flow's offsets and recovery state
-are never touched. Rows with ``as_of`` outside ``[F, T]`` are dropped before the sinks; dead
-letters are only counted (the live flow already sent them).
+Replay (:mod:`freshet.backfill.replay`). The live flow's code with the range as options:
+its Kafka source (plain ``assign``, no consumer group, no commits, no recovery store) reads
+each partition from the first record stamped at or after ``F - H - grace`` and ends before the
+first one at or after ``T + L + grace`` (the plan's offsets, resolved by the worker that reads
+the partition), so the engine's ``on_eof`` flushes every expiry boundary ``<= T``
+(``FlowOptions.flush_until_ms``). The live flow's offsets and recovery state are never
+touched. Rows with ``as_of`` outside ``[F, T]`` never leave the engine
+(``FlowOptions.rows_between``); the sinks are the live ones; dead letters are only counted
+(the live flow already sent them).
 
 Clock. Rows never depend on when expiry timers fire (the engine's determinism), so the only
 way the wall clock can change a replay is lateness: a timer that advances an idle entity's
@@ -53,10 +56,11 @@ Idempotence, online. Rows go through ``freshet.sinks.redis_store.RedisFeatureWri
 Lifetime aggregates other than ``last`` cannot be rebuilt from a range (they would count the
 replayed history only); the plan warns about them.
 
-Workers. ``workers`` Bytewax processes form one cluster (one worker each: threads share the
-GIL); engine shards are exchanged between them as in ``freshet run -p``. Each writes progress
-(next offset, records consumed) per partition into a work directory, read by the parent's
-progress display, and a tally at the end.
+Processes. ``processes`` Bytewax processes (``workers`` threads each; threads share the
+GIL) form one cluster, as ``freshet run -p`` / ``-i -a`` do: Bytewax spreads the partitions
+over the workers and exchanges engine shards between them. Each process reports progress
+(records read of its partitions' plan) as metrics and into a work directory, read by the
+parent's progress display, and a tally at the end.
 
 Errors: :class:`BackfillError` (a ``ValueError``) for unusable times and ranges,
 :class:`BackfillFailed` (a ``RuntimeError``) when Kafka cannot be planned or a worker fails.
@@ -71,7 +75,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -95,6 +99,7 @@ __all__ = [
     "parse_grace",
     "plan_backfill",
     "previous_segments",
+    "progress_line",
     "range_lock",
     "read_progress",
     "writer_prefix",
@@ -398,11 +403,20 @@ def range_lock(root: Path, plan: BackfillPlan) -> Iterator[None]:
 
 @dataclass(frozen=True, slots=True)
 class PartitionProgress:
-    """How far a partition's replay is: records consumed and whether it reached its end."""
+    """How far a partition's replay is: records read of ``planned``, and whether it ended."""
 
     partition: int
     consumed: int
     done: bool
+    planned: int = 0
+
+
+def progress_line(done: int, planned: int, rate: float, eta_s: float | None) -> str:
+    """``replayed 1,200 of 4,000 records (30%), 2,500 ev/s, ETA 0:00:01``: what a backfill
+    prints to the terminal (without a progress bar) and to its log."""
+    share = f"{done / planned:.0%}" if planned else "100%"
+    eta = "-" if eta_s is None else str(timedelta(seconds=round(max(0.0, eta_s))))
+    return f"replayed {done:,} of {planned:,} records ({share}), {rate:,.0f} ev/s, ETA {eta}"
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -416,11 +430,11 @@ def read_progress(workdir: Path) -> dict[int, PartitionProgress]:
     out = {}
     for path in workdir.glob("progress-*"):
         try:
-            consumed, done = path.read_text().split()
+            consumed, planned, done = path.read_text().split()
             partition = int(path.name.removeprefix("progress-"))
         except (OSError, ValueError):
             continue  # being replaced
-        out[partition] = PartitionProgress(partition, int(consumed), done == "1")
+        out[partition] = PartitionProgress(partition, int(consumed), done == "1", int(planned))
     return out
 
 
@@ -482,19 +496,30 @@ class Tally:
 
 @dataclass(frozen=True, kw_only=True)
 class ReplayJob:
-    """Everything a worker process needs besides the environment's settings."""
+    """Everything a replay process needs besides the environment's settings: the plan, the
+    cluster's shape (``processes`` of ``workers`` threads) and the flow's sizes."""
 
     plan: BackfillPlan
     workers: int = 1
+    processes: int = 1
     shards: int = 256
-    batch_size: int = 10_000  # records per poll, as `freshet run --batch-size` (default)
+    # Records per poll of a partition (at most: a poll takes what librdkafka has buffered). A
+    # replay always has a backlog, so it allows 5x freshet run's 10,000; no difference was
+    # measured on tests/bench/backfill's topic (tests/bench/README.md, "Backfill").
+    batch_size: int = 50_000
     segment_rows: int = 100_000
+    # Without recovery an epoch only paces the sinks' barriers (Redis drained, a Parquet roll).
     epoch_seconds: float = 60.0
+
+    @property
+    def total_workers(self) -> int:
+        return self.workers * self.processes
 
     def to_json(self) -> dict[str, Any]:
         return {
             "plan": self.plan.to_json(),
             "workers": self.workers,
+            "processes": self.processes,
             "shards": self.shards,
             "batch_size": self.batch_size,
             "segment_rows": self.segment_rows,
@@ -506,6 +531,7 @@ class ReplayJob:
         return cls(
             plan=BackfillPlan.from_json(data["plan"]),
             workers=data["workers"],
+            processes=data.get("processes", 1),
             shards=data["shards"],
             batch_size=data["batch_size"],
             segment_rows=data["segment_rows"],

@@ -1,16 +1,22 @@
-"""One process of a backfill: :func:`run_replay` (:func:`worker_main` when spawned by
-:mod:`freshet.backfill.runner`) runs the live flow over the plan's offsets with this IO
-(:class:`BackfillIO`, a ``freshet.stream.pipeline.FlowIO``):
+"""One process of a backfill: the live flow, bounded.
 
-* :class:`ReplaySource` — one partition per Kafka partition of the plan, read with ``assign``
-  (no consumer group, no commits) from its start offset up to, not including, its end offset;
-  then the partition ends, and once all have, the engine flushes (``on_eof``). Each partition
-  writes its progress to the run's work directory (``freshet.backfill.plan.read_progress``).
-* Online sink — per worker, the newest in-range row of each entity of a batch through
-  ``freshet.sinks.redis_store.RedisFeatureWriter`` (newer-wins, retried, never dropped).
-* Offline sink — ``freshet.stream.connectors.ParquetSink`` with the range's writer ids
-  (``freshet.backfill.plan.writer_prefix``), fed only the rows with ``as_of`` in the range.
-* Dead letters — counted, never produced: the live flow already sent them.
+:func:`run_replay` runs ``freshet run``'s dataflow (:func:`freshet.stream.pipeline.build_flow`)
+with ``freshet run``'s IO (:class:`freshet.stream.connectors.KafkaIO`) and three options that
+make it a replay of the plan (:func:`replay_io`, :func:`replay_options`):
+
+* the source reads each partition from the first record stamped at or after the plan's
+  ``replay_from`` and ends before the first one at or after ``replay_until`` (``start``/``end``;
+  no consumer group, no commits, no recovery store: the live flow's offsets are never touched);
+* the engine lets only rows with ``as_of`` in ``[from, to]`` out (``rows_between``) and, at the
+  end of the input, flushes every expiry boundary up to ``to`` (``flush_until_ms``);
+* the sinks are the live ones: Redis newer-wins through the threaded writer, Parquet segments
+  named ``bf<from>-<to>-p<i>`` (``parquet_prefix``); ``live`` off: dead letters only counted
+  (the live flow sent them) and no freshness observed (the rows are old by design).
+
+A :class:`_Progress` thread turns the source's ``freshet_replay_records_*`` gauges into the
+rate and ETA gauges, the work directory's progress files (read by the parent of ``-p N``) and,
+for a cluster member started on its own (``-i/-a``), a progress line on stderr.
+What the process did (:class:`freshet.backfill.plan.Tally`) is read from its metrics at the end.
 
 Kept apart from :mod:`freshet.backfill.plan` so that planning (``--dry-run``) does not import
 Bytewax.
@@ -19,293 +25,155 @@ Bytewax.
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
-from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.outputs import (
-    DynamicSink,
-    FixedPartitionedSink,
-    StatefulSinkPartition,
-    StatelessSinkPartition,
-)
-from confluent_kafka import KafkaError, TopicPartition
+from prometheus_client import REGISTRY, Gauge
 
-from freshet.backfill.plan import _CONSUMER_CONFIG, PartitionPlan, ReplayJob, Tally, writer_prefix
-from freshet.decode.messages import DeadLetter, RawMessage
-from freshet.dsl.definitions import FeatureView
+from freshet.backfill.plan import ReplayJob, Tally, progress_line, writer_prefix
 from freshet.ops.processes import die_with_parent
 from freshet.sinks.durable import write_durably
-from freshet.sinks.parquet_log import WriterState
-from freshet.sinks.redis_store import RedisFeatureWriter, connect
-from freshet.sinks.rows import Row
 from freshet.sinks.settings import Settings
-from freshet.stream import kafka_clients
-from freshet.stream.connectors import ParquetSink
-from freshet.stream.pipeline import Changes
+from freshet.stream import metrics
+from freshet.stream.connectors import KafkaIO
+from freshet.stream.pipeline import FlowOptions
+from freshet.stream.runtime import freeze_gc_survivors
 from freshet.stream.shutdown import STOP
 
-__all__ = ["BackfillIO", "ReplaySource", "run_replay", "worker_main"]
+__all__ = ["replay_io", "replay_options", "run_replay", "worker_main"]
 
-_PROGRESS_PERIOD_S = 0.25
+log = logging.getLogger("freshet.backfill")
+
+_POLL_S = 0.01  # until the first record: the replay's time starts there
+_PROGRESS_PERIOD_S = 0.5
+_RATE_WINDOW_S = 10.0
 
 
-class _ReplayPartition(StatefulSourcePartition[RawMessage, int]):
+def replay_io(job: ReplayJob, settings: Settings) -> KafkaIO:
+    """``freshet run``'s IO, reading the plan's records and writing the range's segments."""
+    plan = job.plan
+    return KafkaIO(
+        settings=settings,
+        start=plan.replay_from_ms,
+        end=plan.replay_until_ms,
+        tail=False,
+        kafka_batch_size=job.batch_size,
+        parquet_partitions=job.total_workers,
+        redis_partitions=job.total_workers,
+        parquet_max_rows=job.segment_rows,
+        # Segments roll by rows; a bulk job has no reason to cut them by age.
+        parquet_max_age_s=max(job.epoch_seconds, 1.0) * 10,
+        parquet_commit_at_snapshot=False,
+        parquet_prefix=writer_prefix(plan),
+        live=False,  # dead letters counted, never produced; no freshness
+    )
+
+
+def replay_options(job: ReplayJob, settings: Settings) -> FlowOptions:
+    """``freshet run``'s options for the plan's range."""
+    plan = job.plan
+    return FlowOptions(
+        shards=job.shards,
+        persist_state=False,
+        late_to_dead_letters=True,  # counted by the sink, never produced (replay_io)
+        flush_until_ms=plan.to_ms,
+        rows_between=(plan.from_ms, plan.to_ms),
+        # The engine only uses clock differences: a constant offset cannot change rows (see
+        # freshet.backfill.plan, "Clock").
+        clock_offset_ms=0,
+        schema_registry_url=settings.schema_registry_url,
+    )
+
+
+def _samples(metric: str, **labels: str) -> float:
+    """The sum of this process's samples of ``metric`` whose labels include ``labels``."""
+    return sum(
+        s.value
+        for family in REGISTRY.collect()
+        for s in family.samples
+        if s.name == metric and labels.items() <= s.labels.items()
+    )
+
+
+def _partitions(gauge: Gauge, topic: str) -> dict[int, float]:
+    return {
+        int(s.labels["partition"]): s.value
+        for family in gauge.collect()
+        for s in family.samples
+        if s.labels.get("topic") == topic
+    }
+
+
+class _Progress:
+    """Watches this process's bounded partitions (``freshet_replay_records_*``).
+
+    ``first_record_at`` is when the first record was read (``time.perf_counter``); every
+    ``_PROGRESS_PERIOD_S`` the rate and ETA gauges are set, ``progress-<partition>`` files are
+    written to ``workdir`` and, with ``echo``, a progress line goes to stderr every
+    ``echo_every_s``.
+    """
+
     def __init__(
-        self,
-        config: dict[str, str],
-        topic: str,
-        part: PartitionPlan,
-        resume: int | None,
-        *,
-        batch_size: int,
-        tally: Tally,
-        progress: Path | None,
-    ) -> None:
-        self._next = part.start if resume is None else resume
-        self._end = part.end
-        self._start = part.start
-        self._batch_size = batch_size
-        self._tally = tally
-        self._progress = progress
-        self._reported_at = 0.0
-        self._done = self._next >= self._end
-        self._consumer: Any = None
-        if not self._done:
-            self._consumer = kafka_clients.consumer(config)
-            self._consumer.assign([TopicPartition(topic, part.partition, self._next)])
-        self._report(force=True)
+        self, topic: str, *, workdir: Path | None, echo: Callable[[str], None] | None,
+        echo_every_s: float = 5.0,
+    ) -> None:  # fmt: skip
+        self._topic = topic
+        self._workdir = workdir
+        self._echo = echo
+        self._echo_every_s = echo_every_s
+        self._echoed_at = 0.0
+        self._history: deque[tuple[float, float]] = deque()
+        self.first_record_at: float | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="freshet-progress", daemon=True)
+        self._thread.start()
 
-    def next_batch(self) -> list[RawMessage]:
-        if self._done or STOP.requested:  # STOP: a graceful stop ends the replay here
-            self._report(force=True)
-            raise StopIteration
-        batch: list[RawMessage] = []
-        end = self._end
-        for msg in self._consumer.consume(self._batch_size, 0.001):
-            error = msg.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    # The end of the partition as it is now: nothing at or past our end exists.
-                    self._done = True
-                    break
-                if kafka_clients.is_transient(error):  # a lost broker: librdkafka reconnects
-                    kafka_clients.log_transient(f"reading {msg.topic()}[{msg.partition()}]", error)
-                    continue
-                raise RuntimeError(f"error consuming {msg.topic()}[{msg.partition()}]: {error}")
-            offset = msg.offset()
-            if offset >= end:
-                self._done = True
-                break
-            batch.append(RawMessage.from_confluent(msg))
-            self._next = offset + 1
-            if self._next >= end:
-                self._done = True
-                break
-        if batch:
-            self._tally.add(consumed=len(batch))
-        self._report(force=self._done)
-        return batch
+    def _run(self) -> None:
+        while self.first_record_at is None and not self._done.wait(_POLL_S):
+            if any(_partitions(metrics.REPLAY_DONE, self._topic).values()):
+                self.first_record_at = time.perf_counter()
+        while not self._done.wait(_PROGRESS_PERIOD_S):
+            self.report()
 
-    def _report(self, *, force: bool = False) -> None:
-        if self._progress is None:
-            return
+    def report(self, *, final: bool = False) -> None:
+        planned = _partitions(metrics.REPLAY_PLANNED, self._topic)
+        done = _partitions(metrics.REPLAY_DONE, self._topic)
         now = time.monotonic()
-        if not force and now - self._reported_at < _PROGRESS_PERIOD_S:
-            return
-        self._reported_at = now
-        tmp = self._progress.with_name(f".{self._progress.name}.tmp")
-        tmp.write_text(f"{self._next - self._start} {1 if self._done else 0}")
-        tmp.replace(self._progress)
+        total, of = sum(done.values()), sum(planned.values())
+        history = self._history
+        history.append((now, total))
+        while len(history) > 2 and now - history[0][0] > _RATE_WINDOW_S:
+            history.popleft()
+        elapsed = now - history[0][0]
+        rate = (total - history[0][1]) / elapsed if elapsed > 0 else 0.0
+        eta = (of - total) / rate if rate > 0 else None
+        if final:  # the whole run's rate; nothing left
+            began = self.first_record_at
+            spent = time.perf_counter() - began if began is not None else 0.0
+            rate, eta = (total / spent if spent > 0 else 0.0), 0.0
+        metrics.REPLAY_RATE.set(rate)
+        metrics.REPLAY_ETA_SECONDS.set(-1.0 if eta is None else eta)
+        if self._workdir is not None:
+            for partition, n in planned.items():
+                read = done.get(partition, 0)
+                path = self._workdir / f"progress-{partition}"
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_text(f"{int(read)} {int(n)} {1 if read >= n else 0}")
+                tmp.replace(path)
+        if self._echo is not None and (final or now - self._echoed_at >= self._echo_every_s):
+            self._echoed_at = now
+            self._echo(progress_line(int(total), int(of), rate, eta))
 
-    def snapshot(self) -> int:
-        return self._next
-
-    def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-
-
-@dataclass(frozen=True)
-class ReplaySource(FixedPartitionedSource[RawMessage, int]):
-    """The plan's partitions, each from its start offset to its end offset, then the end."""
-
-    config: dict[str, str]
-    topic: str
-    parts: tuple[PartitionPlan, ...]
-    batch_size: int
-    tally: Tally
-    workdir: Path | None = None
-
-    def list_parts(self) -> list[str]:
-        return [f"{p.partition}-{self.topic}" for p in self.parts]
-
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> Any:
-        idx = int(for_part.split("-", 1)[0])
-        part = next(p for p in self.parts if p.partition == idx)
-        progress = None if self.workdir is None else self.workdir / f"progress-{idx}"
-        return _ReplayPartition(
-            {**self.config, **_CONSUMER_CONFIG},
-            self.topic,
-            part,
-            resume_state,
-            batch_size=self.batch_size,
-            tally=self.tally,
-            progress=progress,
-        )
-
-
-def _in_range(rows: Iterable[Row], lo: int, hi: int) -> list[Row]:
-    return [r for r in rows if lo <= r.as_of <= hi]
-
-
-class _OnlinePartition(StatelessSinkPartition[tuple[str, Changes]]):
-    def __init__(self, writer: RedisFeatureWriter, client: Any, lo: int, hi: int, tally: Tally):
-        self._writer = writer
-        self._client = client
-        self._lo = lo
-        self._hi = hi
-        self._tally = tally
-
-    def write_batch(self, items: list[tuple[str, Changes]]) -> None:
-        latest: dict[str, Row] = {}
-        n = 0
-        lo, hi = self._lo, self._hi
-        for _, changes in items:
-            for row in changes.rows:
-                if lo <= row.as_of <= hi:
-                    latest[row.entity] = row  # an entity's rows come in as_of order
-                    n += 1
-        if latest:
-            won = self._writer.write(list(latest.values()))
-            self._tally.add(rows_online=n, records_online_won=won)
-
-    def close(self) -> None:
-        self._client.close()
-
-
-@dataclass(frozen=True)
-class _OnlineSink(DynamicSink[tuple[str, Changes]]):
-    url: str
-    view: FeatureView
-    lo: int
-    hi: int
-    tally: Tally
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _OnlinePartition:
-        client = connect(self.url)
-        client.ping()  # fail fast; later outages are retried by the writer
-        layout = self.view.layout()
-        writer = RedisFeatureWriter(client, {layout.name: layout})
-        return _OnlinePartition(writer, client, self.lo, self.hi, self.tally)
-
-
-class _OfflinePartition(StatefulSinkPartition[list[Row], WriterState | None]):
-    def __init__(
-        self,
-        inner: StatefulSinkPartition[list[Row], WriterState | None],
-        lo: int,
-        hi: int,
-        tally: Tally,
-    ) -> None:
-        self._inner = inner
-        self._lo = lo
-        self._hi = hi
-        self._tally = tally
-
-    def write_batch(self, values: list[list[Row]]) -> None:
-        rows = _in_range((r for batch in values for r in batch), self._lo, self._hi)
-        if rows:
-            self._inner.write_batch([rows])
-            self._tally.add(rows_offline=len(rows))
-
-    def snapshot(self) -> WriterState | None:
-        return self._inner.snapshot()
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-@dataclass(frozen=True)
-class _OfflineSink(FixedPartitionedSink[list[Row], WriterState | None]):
-    inner: ParquetSink
-    lo: int
-    hi: int
-    tally: Tally
-
-    def list_parts(self) -> list[str]:
-        return self.inner.list_parts()
-
-    def part_fn(self, item_key: str) -> int:
-        return self.inner.part_fn(item_key)
-
-    def build_part(
-        self, step_id: str, for_part: str, resume_state: WriterState | None
-    ) -> _OfflinePartition:
-        inner = self.inner.build_part(step_id, for_part, resume_state)
-        return _OfflinePartition(inner, self.lo, self.hi, self.tally)
-
-
-class _DeadLetterTally(StatelessSinkPartition[DeadLetter]):
-    def __init__(self, tally: Tally) -> None:
-        self._tally = tally
-
-    def write_batch(self, items: list[DeadLetter]) -> None:
-        for letter in items:
-            self._tally.dead(letter.reason)
-
-
-@dataclass(frozen=True)
-class _DeadLetterSink(DynamicSink[DeadLetter]):
-    tally: Tally
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadLetterTally:
-        return _DeadLetterTally(self.tally)
-
-
-@dataclass(frozen=True, kw_only=True)
-class BackfillIO:
-    """The ``FlowIO`` of a backfill: the plan's bounded source, in-range sinks."""
-
-    job: ReplayJob
-    settings: Settings
-    tally: Tally
-    workdir: Path | None = None
-
-    def source(self, view: FeatureView) -> ReplaySource:
-        plan = self.job.plan
-        return ReplaySource(
-            self.settings.kafka_client_config(),
-            plan.topic,
-            tuple(p for p in plan.partitions if p.messages > 0),
-            self.job.batch_size,
-            self.tally,
-            self.workdir,
-        )
-
-    def online_sink(self, view: FeatureView) -> _OnlineSink:
-        plan = self.job.plan
-        return _OnlineSink(self.settings.redis_url, view, plan.from_ms, plan.to_ms, self.tally)
-
-    def offline_sink(self, view: FeatureView) -> _OfflineSink:
-        plan = self.job.plan
-        inner = ParquetSink(
-            self.settings.offline_dir,
-            view,
-            partitions=self.job.workers,
-            max_rows=self.job.segment_rows,
-            max_age_s=max(self.job.epoch_seconds, 1.0) * 10,
-            prefix=writer_prefix(plan),
-        )
-        return _OfflineSink(inner, plan.from_ms, plan.to_ms, self.tally)
-
-    def dead_letter_sink(self, view: FeatureView) -> _DeadLetterSink:
-        return _DeadLetterSink(self.tally)
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+        self.report(final=True)
 
 
 def run_replay(
@@ -315,37 +183,41 @@ def run_replay(
     workdir: Path | None = None,
     process_id: int | None = None,
     addresses: Sequence[str] | None = None,
+    echo_progress: bool = False,
 ) -> Tally:
-    """Replay ``job`` in this process (one Bytewax worker; a cluster member with
-    ``process_id``/``addresses``); returns what it did. Progress goes to ``workdir``."""
+    """Replay ``job`` in this process (``job.workers`` Bytewax workers; a cluster member with
+    ``process_id``/``addresses``); returns what it did. Progress goes to ``workdir`` and, with
+    ``echo_progress``, to stderr."""
     from bytewax.run import cli_main
 
-    from freshet.stream.pipeline import FlowOptions, build_flow
+    from freshet.stream.pipeline import build_flow
 
     view = job.view()
-    tally = Tally()
-    io = BackfillIO(job=job, settings=settings, tally=tally, workdir=workdir)
-    options = FlowOptions(
-        shards=job.shards,
-        persist_state=False,
-        late_to_dead_letters=True,  # counted by the backfill's own sink, never produced
-        flush_until_ms=job.plan.to_ms,
-        clock_offset_ms=0,  # constant offsets cannot change rows; see the module docstring
-        schema_registry_url=settings.schema_registry_url,
+    freeze_gc_survivors()  # as freshet run: the engine's long-lived state, traversed once
+    flow = build_flow(
+        [view],
+        replay_io(job, settings),
+        replay_options(job, settings),
+        flow_id=f"freshet-backfill-{view.name}",
     )
-    flow = build_flow([view], io, options, flow_id=f"freshet-backfill-{view.name}")
-    cli_main(  # type: ignore[no-untyped-call]
-        flow,
-        workers_per_process=1,
-        process_id=process_id,
-        addresses=list(addresses) if addresses else None,
-        epoch_interval=timedelta(seconds=job.epoch_seconds),
-        recovery_config=None,
-    )
-    # From the first record read to every row written: the replay's own time, without the
-    # process and Bytewax start-up.
-    if tally.first_record_at is not None:
-        tally.seconds = time.perf_counter() - tally.first_record_at
+    echo = (lambda line: print(line, file=sys.stderr, flush=True)) if echo_progress else None
+    progress = _Progress(job.plan.topic, workdir=workdir, echo=echo)
+    try:
+        cli_main(  # type: ignore[no-untyped-call]
+            flow,
+            workers_per_process=job.workers,
+            process_id=process_id,
+            addresses=list(addresses) if addresses else None,
+            epoch_interval=timedelta(seconds=job.epoch_seconds),
+            recovery_config=None,
+        )
+    finally:
+        progress.stop()
+    tally = _tally(view.name)
+    # From the first record read to every row written (cli_main returns once the sinks
+    # closed): the replay's own time, without the process and Bytewax start-up.
+    if progress.first_record_at is not None:
+        tally.seconds = time.perf_counter() - progress.first_record_at
     if STOP.requested:
         tally.stopped_by = STOP.reason
     if workdir is not None:
@@ -353,11 +225,33 @@ def run_replay(
     return tally
 
 
+def _tally(view: str) -> Tally:
+    """What this process did, from its metrics (``freshet.stream.metrics``)."""
+    rows = int(_samples("freshet_rows_emitted_total", view=view))
+    tally = Tally(
+        consumed=int(_samples("freshet_events_in_total", view=view)),
+        rows_offline=rows,  # every emitted row goes to both sinks
+        rows_online=rows,
+        records_online_won=int(_samples("freshet_redis_records_updated_total", view=view)),
+    )
+    for family in REGISTRY.collect():
+        for s in family.samples:
+            if s.name == "freshet_dead_letters_total" and s.labels.get("view") == view:
+                tally.dead(s.labels["reason"], int(s.value))
+    return tally
+
+
 def worker_main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of a spawned worker: ``JOB_FILE WORKDIR PROCESS_ID ADDRESSES``."""
-    job_file, workdir, process_id, addresses = list(sys.argv[1:] if argv is None else argv)
+    """Entry point of a process spawned by ``freshet backfill -p``:
+    ``JOB_FILE WORKDIR PROCESS_ID ADDRESSES [METRICS_PORT]``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    job_file, workdir, process_id, addresses = args[:4]
     die_with_parent()
     STOP.install()  # the parent forwards its signals: stop reading, commit what was read
+    logging.basicConfig(level=logging.WARNING)
+    port = int(args[4]) if len(args) > 4 else 0
+    if port:
+        metrics.serve_metrics(port)
     job = ReplayJob.from_json(json.loads(Path(job_file).read_text()))
     run_replay(
         job,

@@ -86,8 +86,12 @@ def cli(debug: bool) -> None:
                                    for TLS, ?cluster=true for Redis Cluster
       FRESHET_OFFLINE_DIR          the Parquet feature log [./data/offline]
       FRESHET_SCHEMA_REGISTRY_URL  schema registry of Avro views [none]
-      FRESHET_API_KEYS             serve's keys, key:view_a,view_b;key2:*
-                                   [no auth]
+      FRESHET_API_KEYS             serve's keys, key:view_a,view_b=rw;key2:*
+                                   (=w/=rw: may ingest) [no auth]
+      FRESHET_CACHE                on: serve caches hot entities [off]
+      FRESHET_CACHE_MAX_ENTRIES    its bound in entries [100000]
+      FRESHET_CACHE_MAX_BYTES      its bound in bytes [64 MiB]
+      FRESHET_CACHE_MAX_STALENESS_MS  its staleness bound [100]
       FRESHET_DEBUG                1: print tracebacks, as --debug
       FRESHET_DEV_DIR              data dir of `freshet dev` [<repo>/.freshet]
       FRESHET_DEV_KAFKA_PORT       its Kafka port [9092]

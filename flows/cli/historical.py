@@ -10,6 +10,7 @@ import click
 from freshet.dsl.registry import UnknownViewError, get_view
 from freshet.offline.historical import (
     HistoricalError,
+    key_columns,
     parse_feature_specs,
     read_entities,
     write_historical,
@@ -25,7 +26,9 @@ __all__ = ["historical"]
     "entities_path",
     required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Parquet or CSV file of rows: entity, timestamp[, label…] (labels are kept).",
+    help="Parquet or CSV file of rows: entity, timestamp[, label…] (labels are kept); for a "
+    "view keyed by several fields, one column per key field (named as the field) instead of "
+    "entity.",
 )
 @click.option(
     "--features",
@@ -81,13 +84,19 @@ def historical(
     Each row gets, per view, the values of the entity's latest log row with as_of <= timestamp
     (never a later one); nulls when the entity has no such row or the value had expired (older
     than the view's TTL at that timestamp). Rows keep the input's order and columns.
+
+    A view keyed by several fields (e.g. card_id, merchant) takes its key from the input's
+    columns named as those fields; views keyed differently can be joined in one call.
     """
     root = offline_dir if offline_dir is not None else Settings.from_env().offline_dir
     started = time.perf_counter()
     try:
         requests = parse_feature_specs(feature_specs, get_view)
         entities = read_entities(
-            entities_path, entity_column=entity_column, timestamp_column=timestamp_column
+            entities_path,
+            entity_column=entity_column,
+            timestamp_column=timestamp_column,
+            key_columns=key_columns(requests),
         )
         rows = write_historical(
             root,

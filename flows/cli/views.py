@@ -34,25 +34,31 @@ def views(as_json: bool) -> None:
         source = view.source
         table = Table(
             title=(
-                f"[bold]{view.name}[/] v{view.version}  entity {view.entity.key}  "
+                f"[bold]{view.name}[/] v{view.version}  entity {', '.join(view.entity.keys)}  "
                 f"{source.topic} ({source.encoding}, {source.schema_path.name}, "
                 f"time {source.event_time_field})  lateness {view.allowed_lateness_seconds}s  "
                 f"ttl {_duration(view.ttl_seconds) if view.ttl_seconds else 'none'}"
             ),
             title_justify="left",
         )
-        for heading in ("feature", "aggregation", "field", "window", "hop", "type"):
+        if view.columns:
+            table.caption = "columns: " + "; ".join(f"{n} = {e}" for n, e in view.columns)
+            table.caption_justify = "left"
+        for heading in ("feature", "aggregation", "field", "window", "hop", "where", "type"):
             table.add_column(heading)
         for feature, column in zip(view.features, view.layout().features, strict=True):
             agg = feature.agg.value
             if feature.quantile is not None:
                 agg += f"(q={feature.quantile:g})"
+            if feature.k is not None:
+                agg += f"(k={feature.k})"
             table.add_row(
                 feature.name,
                 agg,
                 feature.field or "-",
                 _duration(feature.window_seconds),
                 "-" if feature.hop_seconds is None else _duration(feature.hop_seconds),
+                feature.where or "-",
                 column.type,
             )
         console.print(table)

@@ -71,7 +71,7 @@ from freshet.decode.messages import (
 )
 from freshet.decode.schema_registry import SchemaRegistry, SchemaRegistryUnavailable
 from freshet.sinks.events import Event
-from freshet.sinks.layout import ENTITY_FORBIDDEN_CHARS, MAX_ENTITY_LENGTH
+from freshet.sinks.layout import ENTITY_FORBIDDEN_CHARS, MAX_ENTITY_LENGTH, encode_entity
 
 if TYPE_CHECKING:
     from freshet.dsl.definitions import FeatureView
@@ -738,22 +738,86 @@ def _coerce(record: Mapping[str, Any], spec: _FieldSpec) -> Any:
     raise _Invalid("wrong_type", f"field {name!r} must be a boolean, got {_describe(value)}")
 
 
+class CompositeKeyDecoder:
+    """A view keyed by several fields: the inner decoder reads the first key field as the entity
+    and the others ahead of the input fields; this one joins them into the stored entity id
+    (:func:`freshet.sinks.layout.encode_entity`) and dead-letters records whose key values are
+    not usable ids (empty, control characters, too long once joined)."""
+
+    def __init__(self, inner: Decoder, *, view: str, keys: Sequence[str]) -> None:
+        self._inner = inner
+        self._view = view
+        self._keys = tuple(keys)
+
+    def decode(self, messages: Sequence[SourceMessage] | Sequence[Message]) -> Decoded:
+        events, dead = self._inner.decode(messages)
+        n = len(self._keys) - 1
+        out: list[Event] = []
+        bad: list[tuple[int, int, str]] = []
+        for entity, t, fields, partition, offset, ts in events:
+            parts = (entity, *[v if v.__class__ is str else str(v) for v in fields[:n]])
+            problem = _key_problem(parts, self._keys)
+            if problem is None:
+                encoded = encode_entity(parts)
+                if len(encoded) <= MAX_ENTITY_LENGTH:
+                    out.append((encoded, t, fields[n:], partition, offset, ts))
+                    continue
+                problem = (
+                    f"entity key {self._keys!r} is {len(encoded)} characters long once joined; "
+                    f"the maximum is {MAX_ENTITY_LENGTH}"
+                )
+            bad.append((partition, offset, problem))
+        if bad:
+            by_position = {(m.partition(), m.offset()): m for m in as_consumer_messages(messages)}
+            for partition, offset, problem in bad:
+                dead.append(
+                    _dead(by_position[partition, offset], self._view, "invalid_value", problem)
+                )
+        return Decoded(out, dead)
+
+
+def _key_problem(parts: Sequence[str], keys: Sequence[str]) -> str | None:
+    for name, value in zip(keys, parts, strict=True):
+        if not value:
+            return f"entity key field {name!r} is an empty string"
+        if _forbidden_char(value):
+            return f"entity key field {name!r} holds control characters: {value!r}"[:300]
+    return None
+
+
 def decoder_for(
     view: FeatureView,
     *,
     wire_format: WireFormat = "schemaless",
     schema_ids: frozenset[int] | None = None,
     registry: SchemaRegistry | None = None,
-) -> AvroDecoder | JsonDecoder:
+) -> Decoder:
     """The decoder for ``view``'s source (``wire_format`` and ``registry`` apply to Avro
     sources only; a registry implies the Confluent wire format)."""
+    keys = view.entity.keys
+    decoder = _decoder_for(
+        view, keys, wire_format=wire_format, schema_ids=schema_ids, registry=registry
+    )
+    if len(keys) == 1:
+        return decoder
+    return CompositeKeyDecoder(decoder, view=view.name, keys=keys)
+
+
+def _decoder_for(
+    view: FeatureView,
+    keys: tuple[str, ...],
+    *,
+    wire_format: WireFormat,
+    schema_ids: frozenset[int] | None,
+    registry: SchemaRegistry | None,
+) -> AvroDecoder | JsonDecoder:
     source = view.source
     schema = load_schema(source.schema_path) if source.schema_path is not None else None
     common: dict[str, Any] = {
         "view": view.name,
-        "entity_field": view.entity.key,
+        "entity_field": keys[0],
         "time_field": source.event_time_field,
-        "input_fields": view.input_fields,
+        "input_fields": (*keys[1:], *view.input_fields),
     }
     if source.encoding == "avro":
         if schema is None:

@@ -43,9 +43,22 @@ import sys
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from freshet.sinks.layout import FeatureColumn, ValueType, ViewLayout
+from freshet.dsl.expressions import (
+    Expression,
+    ExpressionError,
+    ExprType,
+    NameType,
+    compile_expression,
+)
+from freshet.sinks.layout import (
+    KEY_SEPARATOR,
+    MAX_KEY_FIELDS,
+    FeatureColumn,
+    ValueType,
+    ViewLayout,
+)
 
 __all__ = [
     "DEFAULT_HOP_CANDIDATES_SECONDS",
@@ -90,6 +103,11 @@ class Aggregation(StrEnum):
     LAST = "last"
     DISTINCT_COUNT = "distinct_count"  # exact for small sets, then a DataSketches HLL
     APPROX_PERCENTILE = "approx_percentile"  # deterministic sketch; needs ``quantile``
+    VARIANCE = "variance"  # population (divided by n), exact
+    STDDEV = "stddev"  # the square root of the population variance
+    FIRST = "first"  # the value of the earliest event (by event time, then offset)
+    LAST_K = "last_k"  # the k latest values, newest first; needs ``k``
+    TOP_K = "top_k"  # the k most frequent values as [value, count]; needs ``k``
 
 
 _NUMERIC_AGGS = frozenset(
@@ -99,8 +117,13 @@ _NUMERIC_AGGS = frozenset(
         Aggregation.MIN,
         Aggregation.MAX,
         Aggregation.APPROX_PERCENTILE,
+        Aggregation.VARIANCE,
+        Aggregation.STDDEV,
     }
 )
+# Aggregations that take ``k`` (1..MAX_K).
+_K_AGGS = frozenset({Aggregation.LAST_K, Aggregation.TOP_K})
+MAX_K = 100
 
 
 def parse_duration(value: str | int, *, what: str) -> int:
@@ -142,15 +165,39 @@ def _check_name(value: object, *, what: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Entity:
-    """What a view is keyed by: ``key`` is the event field holding the entity id."""
+    """What a view is keyed by: ``key`` names the event field holding the entity id, or a tuple
+    of 1 to 4 fields for a composite key (``key=("card_id", "merchant")``: one entity per card
+    and merchant). A composite key is stored as one string, the fields' values joined as
+    :func:`freshet.sinks.layout.encode_entity` documents (``c1|m2``)."""
 
     name: str
-    key: str
+    key: str | tuple[str, ...]
 
     def __post_init__(self) -> None:
         _check_name(self.name, what="Entity.name")
-        if not isinstance(self.key, str) or not self.key:
-            raise DefinitionError(f"Entity.key={self.key!r} must be the name of an event field")
+        key = self.key
+        if isinstance(key, list):
+            key = tuple(key)
+        if isinstance(key, tuple) and len(key) == 1:
+            key = key[0]
+        object.__setattr__(self, "key", key)
+        keys = key if isinstance(key, tuple) else (key,)
+        if not 1 <= len(keys) <= MAX_KEY_FIELDS:
+            raise DefinitionError(
+                f"Entity.key={self.key!r}: a key has 1 to {MAX_KEY_FIELDS} fields"
+            )
+        for field in keys:
+            if not isinstance(field, str) or not field:
+                raise DefinitionError(
+                    f"Entity.key={self.key!r}: {field!r} must be the name of an event field"
+                )
+        if len(set(keys)) != len(keys):
+            raise DefinitionError(f"Entity.key={self.key!r} names a field twice")
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The key fields, in key order (one for a simple key)."""
+        return self.key if isinstance(self.key, tuple) else (self.key,)
 
 
 # Avro primitive type -> the feature value type it maps to.
@@ -161,6 +208,19 @@ _AVRO_TYPES: dict[str, ValueType] = {
     "double": "float64",
     "float": "float64",
 }
+
+
+def _avro_boolean_fields(schema_path: Path) -> tuple[str, ...]:
+    """The (non-null) boolean fields of a schema: usable in expressions, not as features."""
+    schema = json.loads(schema_path.read_text(encoding="utf-8"))
+    names = []
+    for entry in schema.get("fields", []):
+        avro_type: Any = entry.get("type")
+        if isinstance(avro_type, dict):
+            avro_type = avro_type.get("type")
+        if avro_type == "boolean":
+            names.append(entry["name"])
+    return tuple(names)
 
 
 def _avro_field_types(schema_path: Path) -> dict[str, ValueType]:
@@ -186,6 +246,13 @@ def _avro_field_types(schema_path: Path) -> dict[str, ValueType]:
         if isinstance(avro_type, str) and avro_type in _AVRO_TYPES:
             types[entry["name"]] = _AVRO_TYPES[avro_type]
     return types
+
+
+def _compile(text: str, env: dict[str, NameType], *, what: str) -> Expression:
+    try:
+        return compile_expression(text, env, what=what)
+    except ExpressionError as exc:
+        raise DefinitionError(str(exc)) from None
 
 
 def _defining_dir() -> Path:
@@ -267,11 +334,14 @@ class Source:
 
 @dataclass(frozen=True, slots=True)
 class Feature:
-    """One aggregate of one event field over a window (or lifetime).
+    """One aggregate of one event field (or computed column) over a window (or lifetime).
 
     ``window`` and ``hop`` take ``"5m"``-style strings or seconds; ``window=None`` is lifetime.
     ``field`` is required except for ``count``. ``quantile`` (0..1) is required for, and only
-    allowed with, ``approx_percentile``. See the module docstring for the default hop.
+    allowed with, ``approx_percentile``; ``k`` (1..100) for, and only with, ``last_k`` and
+    ``top_k``. ``where`` is an expression (:mod:`freshet.dsl.expressions`) over the view's
+    fields and columns: only events for which it is true count (null counts as false).
+    See the module docstring for the default hop.
     """
 
     name: str
@@ -280,6 +350,8 @@ class Feature:
     window: str | int | None = None
     hop: str | int | None = None
     quantile: float | None = None
+    where: str | None = None
+    k: int | None = None
     window_seconds: int | None = dataclasses.field(init=False)
     hop_seconds: int | None = dataclasses.field(init=False)
 
@@ -314,8 +386,22 @@ class Feature:
                 f"feature {self.name!r}: quantile={self.quantile!r} is only allowed with "
                 "approx_percentile"
             )
+        if agg in _K_AGGS:
+            if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= MAX_K:
+                raise DefinitionError(
+                    f"feature {self.name!r}: {agg.value} needs k, an int from 1 to {MAX_K}; "
+                    f"got k={self.k!r}"
+                )
+        elif self.k is not None:
+            raise DefinitionError(
+                f"feature {self.name!r}: k={self.k!r} is only allowed with last_k and top_k"
+            )
+        if self.where is not None and (not isinstance(self.where, str) or not self.where.strip()):
+            raise DefinitionError(
+                f"feature {self.name!r}: where={self.where!r} must be an expression string"
+            )
         if self.window is None:
-            if agg is not Aggregation.LAST and self.hop is not None:
+            if self.hop is not None:
                 raise DefinitionError(
                     f"feature {self.name!r}: hop={self.hop!r} needs a window; lifetime features "
                     "have no tiles"
@@ -323,11 +409,6 @@ class Feature:
             object.__setattr__(self, "window_seconds", None)
             object.__setattr__(self, "hop_seconds", None)
         else:
-            if agg is Aggregation.LAST:
-                raise DefinitionError(
-                    f"feature {self.name!r}: last is a lifetime aggregation; remove "
-                    f"window={self.window!r}"
-                )
             window = parse_duration(self.window, what=f"feature {self.name!r}: window")
             if self.hop is None:
                 hop = default_hop_seconds(window)
@@ -347,9 +428,18 @@ class Feature:
         """The type of this feature's values, given its input field's type."""
         if self.agg in (Aggregation.COUNT, Aggregation.DISTINCT_COUNT):
             return "int64"
-        if self.agg in (Aggregation.MEAN, Aggregation.APPROX_PERCENTILE):
+        if self.agg in (
+            Aggregation.MEAN,
+            Aggregation.APPROX_PERCENTILE,
+            Aggregation.VARIANCE,
+            Aggregation.STDDEV,
+        ):
             return "float64"
         assert field_type is not None  # checked by FeatureView
+        if self.agg is Aggregation.LAST_K:
+            return f"list<{field_type}>"  # type: ignore[return-value]
+        if self.agg is Aggregation.TOP_K:
+            return f"top_k<{field_type}>"  # type: ignore[return-value]
         return field_type
 
 
@@ -360,7 +450,15 @@ class FeatureView:
     ``allowed_lateness_seconds`` is ``L`` of DESIGN "Clock and lateness"; ``ttl_seconds`` is how
     long Redis keeps an entity's values after their last change (0 = forever);
     ``dead_letter_topic`` receives undecodable and late events (None: ``<source topic>.dlq``,
-    see :func:`freshet.stream.deadletter.dead_letter_topic`).
+    see :func:`freshet.stream.deadletter.dead_letter_topic`). ``columns`` maps names to
+    expressions (:mod:`freshet.dsl.expressions`) computed per event, in order (a column may use
+    the fields and the columns before it); features read them like fields. It is kept as a
+    tuple of ``(name, expression)`` pairs.
+
+    Derived when defined: ``input_fields``, the source fields the decoder reads (besides the
+    key and the event time), and ``engine_fields``, what the engine sees per event: the input
+    fields, then the columns, then one hidden boolean column per distinct filter (a feature's
+    ``where``, and ``field is not None`` for a nullable input: aggregations skip nulls).
     """
 
     name: str
@@ -371,7 +469,21 @@ class FeatureView:
     allowed_lateness_seconds: int = 0
     ttl_seconds: int = 0
     dead_letter_topic: str | None = None
+    columns: Any = ()
     input_fields: tuple[str, ...] = dataclasses.field(init=False)
+    engine_fields: tuple[str, ...] = dataclasses.field(init=False)
+    # name -> (type, nullable) of every engine field ("bool" for filters and bool columns).
+    engine_types: dict[str, NameType] = dataclasses.field(
+        init=False, repr=False, compare=False, hash=False
+    )
+    # (engine field name, compiled expression) of the columns and filters, in evaluation order.
+    expressions: tuple[tuple[str, Expression], ...] = dataclasses.field(
+        init=False, repr=False, compare=False, hash=False
+    )
+    # Per feature, in order: the engine field of its filter, or None when it has none.
+    feature_filters: tuple[str | None, ...] = dataclasses.field(
+        init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         _check_name(self.name, what="FeatureView.name")
@@ -398,34 +510,114 @@ class FeatureView:
             )
 
         types = self.source.field_types
-        if types.get(self.entity.key) not in ("string", "int64"):
+        schema_name = self.source.schema_path.name
+        for key in self.entity.keys:
+            if types.get(key) not in ("string", "int64"):
+                raise DefinitionError(
+                    f"{where}: entity key {key!r} must be a string or long field of "
+                    f"{schema_name}; fields: {', '.join(types)}"
+                )
+
+        # Names usable in expressions: the schema's fields (booleans too), then the columns.
+        env: dict[str, NameType] = {n: NameType(cast(ExprType, t)) for n, t in types.items()}
+        env.update({n: NameType("bool") for n in _avro_boolean_fields(self.source.schema_path)})
+        raw_names = set(env)
+        columns = self.columns
+        if isinstance(columns, dict):
+            columns = tuple(columns.items())
+        try:
+            columns = tuple((name, text) for name, text in columns)
+        except (TypeError, ValueError):
             raise DefinitionError(
-                f"{where}: entity key {self.entity.key!r} must be a string or long field of "
-                f"{self.source.schema_path.name}; fields: {', '.join(types)}"
-            )
+                f"{where}: columns={self.columns!r} must be a dict of name -> expression"
+            ) from None
+        object.__setattr__(self, "columns", columns)
+        expressions: list[tuple[str, Expression]] = []
+        for name, text in columns:
+            _check_name(name, what=f"{where}: column name")
+            if name in env:
+                raise DefinitionError(
+                    f"{where}: column {name!r} is already a field of {schema_name} or an "
+                    "earlier column; pick another name"
+                )
+            if not isinstance(text, str):
+                raise DefinitionError(
+                    f"{where}: column {name!r} must be an expression string; got {text!r}"
+                )
+            compiled = _compile(text, env, what=f"{where}: column {name!r}")
+            env[name] = NameType(compiled.type, compiled.nullable)
+            expressions.append((name, compiled))
+
         seen: set[str] = set()
-        inputs: list[str] = []
+        filters: dict[str, str] = {}  # filter text -> hidden engine field
+        feature_filters: list[str | None] = []
         for feature in self.features:
             if feature.name in seen:
                 raise DefinitionError(f"{where}: feature name {feature.name!r} is used twice")
             seen.add(feature.name)
-            if feature.field is None:
+            parts = []
+            if feature.where is not None:
+                cond = _compile(
+                    feature.where, env, what=f"{where}: feature {feature.name!r}: where"
+                )
+                if cond.type != "bool":
+                    raise DefinitionError(
+                        f"{where}: feature {feature.name!r}: where={feature.where!r} is "
+                        f"{cond.type}, not a condition; compare it, e.g. {feature.where} > 0"
+                    )
+                parts.append(f"({feature.where})")
+            if feature.field is not None:
+                field_type = env.get(feature.field)
+                if field_type is None:
+                    raise DefinitionError(
+                        f"{where}: feature {feature.name!r} reads field {feature.field!r}, which "
+                        f"{schema_name} lacks{' and no column defines' if columns else ''}; "
+                        "usable fields: "
+                        f"{', '.join(n for n in env if env[n].type != 'bool')}"
+                    )
+                if field_type.type == "bool":
+                    raise DefinitionError(
+                        f"{where}: feature {feature.name!r}: {feature.field!r} is a boolean; "
+                        f"count it with where={feature.field!r}, or aggregate a number such as "
+                        f"a column '1 if {feature.field} else 0'"
+                    )
+                if feature.agg in _NUMERIC_AGGS and field_type.type == "string":
+                    numeric = [n for n, t in env.items() if t.type in ("int64", "float64")]
+                    raise DefinitionError(
+                        f"{where}: feature {feature.name!r}: {feature.agg.value} needs a numeric "
+                        f"field, {feature.field!r} is a string; numeric fields: "
+                        f"{', '.join(numeric)}"
+                    )
+                if field_type.nullable:
+                    parts.append(f"{feature.field} is not None")
+            if not parts:
+                feature_filters.append(None)
                 continue
-            field_type = types.get(feature.field)
-            if field_type is None:
-                raise DefinitionError(
-                    f"{where}: feature {feature.name!r} reads field {feature.field!r}, which "
-                    f"{self.source.schema_path.name} lacks; usable fields: {', '.join(types)}"
-                )
-            if feature.agg in _NUMERIC_AGGS and field_type == "string":
-                numeric = [n for n, t in types.items() if t != "string"]
-                raise DefinitionError(
-                    f"{where}: feature {feature.name!r}: {feature.agg.value} needs a numeric "
-                    f"field, {feature.field!r} is a string; numeric fields: {', '.join(numeric)}"
-                )
-            if feature.field not in inputs:
-                inputs.append(feature.field)
+            text = " and ".join(parts)
+            if text not in filters:
+                hidden = f"__filter{len(filters)}"
+                compiled = _compile(text, env, what=f"{where}: feature {feature.name!r}")
+                filters[text] = hidden
+                expressions.append((hidden, compiled))
+            feature_filters.append(filters[text])
+
+        # The raw fields read: by features directly and by expressions, in first-use order.
+        inputs: list[str] = []
+        used = [f.field for f in self.features if f.field is not None]
+        for _, compiled in expressions:
+            used += compiled.names
+        for name in used:
+            if name in raw_names and name not in inputs:
+                inputs.append(name)
+        engine_fields = (*inputs, *(name for name, _ in expressions))
+        engine_types = {name: env[name] for name in inputs}
+        for name, compiled in expressions:
+            engine_types[name] = NameType(compiled.type, compiled.nullable)
         object.__setattr__(self, "input_fields", tuple(inputs))
+        object.__setattr__(self, "engine_fields", engine_fields)
+        object.__setattr__(self, "engine_types", engine_types)
+        object.__setattr__(self, "expressions", tuple(expressions))
+        object.__setattr__(self, "feature_filters", tuple(feature_filters))
         windows = [f.window_seconds for f in self.features if f.window_seconds is not None]
         if windows and self.allowed_lateness_seconds > min(windows):
             raise DefinitionError(
@@ -433,19 +625,28 @@ class FeatureView:
                 f"shortest window ({min(windows)} s); lateness must fit in every window"
             )
 
+    def field_type(self, name: str) -> ValueType:
+        """The value type of an input field or column (what features over it hold)."""
+        return self.engine_types[name].type  # type: ignore[return-value]
+
     def layout(self) -> ViewLayout:
         """What the sinks need to know of this view (:class:`freshet.sinks.layout.ViewLayout`)."""
-        types = self.source.field_types
         columns = tuple(
-            FeatureColumn(f.name, f.value_type(None if f.field is None else types[f.field]))
+            FeatureColumn(
+                f.name, f.value_type(None if f.field is None else self.field_type(f.field))
+            )
             for f in self.features
         )
+        keys = self.entity.keys
+        types = self.source.field_types
         return ViewLayout(
             name=self.name,
             version=self.version,
-            entity=self.entity.key,
+            entity=KEY_SEPARATOR.join(keys),
             features=columns,
             ttl_seconds=self.ttl_seconds,
+            key_fields=keys,
+            key_types=tuple(types[k] for k in keys),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -458,8 +659,9 @@ class FeatureView:
         return {
             "name": self.name,
             "version": self.version,
-            "entity": self.entity.key,
+            "entity": KEY_SEPARATOR.join(self.entity.keys),
             "entity_name": self.entity.name,
+            "key": list(self.entity.keys),
             "source": {
                 "topic": self.source.topic,
                 "encoding": self.source.encoding,
@@ -469,6 +671,7 @@ class FeatureView:
             "allowed_lateness_seconds": self.allowed_lateness_seconds,
             "ttl_seconds": self.ttl_seconds,
             "dead_letter_topic": self.dead_letter_topic,
+            "columns": dict(self.columns),
             "features": [
                 {
                     "name": f.name,
@@ -477,6 +680,8 @@ class FeatureView:
                     "window_seconds": f.window_seconds,
                     "hop_seconds": f.hop_seconds,
                     "quantile": f.quantile,
+                    "k": f.k,
+                    "where": f.where,
                     "type": column.type,
                 }
                 for f, column in zip(self.features, layout.features, strict=True)

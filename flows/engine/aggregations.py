@@ -35,6 +35,7 @@ than calling these objects per event; it uses them for lifetime features and for
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 import struct
@@ -56,8 +57,12 @@ __all__ = [
     "EXACT_QUANTILE_LIMIT",
     "HLL_LG_K",
     "QUANTILE_RELATIVE_ERROR",
+    "STAMPED",
     "Aggregator",
+    "Counts",
     "Distinct",
+    "Moments",
+    "Ordered",
     "Quantiles",
     "aggregator_for",
     "exact_float",
@@ -551,6 +556,201 @@ class Quantiles:
         return f"Quantiles({kind}, n={self.n})"
 
 
+def _shifted(value: int) -> tuple[int, int]:
+    """``value`` as ``(mantissa, shift)`` with ``value == mantissa << shift`` (pickles small)."""
+    if not value:
+        return (0, 0)
+    shift = (value & -value).bit_length() - 1
+    return (value >> shift, shift)
+
+
+class Moments:
+    """A ``variance``/``stddev`` partial: count, sum and sum of squares, exact.
+
+    Values are integers, or doubles taken exactly as ``x * 2**1074`` (:func:`exact_float`), so
+    the sums and the squares' sum are exact integers and the partial is a function of the
+    multiset of values alone. The population variance ``(n * Σx² - (Σx)²) / n²`` is then one
+    correctly rounded division of two integers: the same double whatever order the values came,
+    were merged or were pickled in. ``stddev`` is its correctly rounded square root. An empty
+    partial reads ``None``, one value ``0.0``; a variance too large for a double reads ``None``.
+    """
+
+    __slots__ = ("float_values", "n", "q", "s")
+
+    def __init__(self, *, float_values: bool) -> None:
+        self.float_values = float_values
+        self.n = 0
+        self.s = 0
+        self.q = 0
+
+    def add(self, value: Any) -> None:
+        x = exact_float(float(value)) if self.float_values else value
+        self.n += 1
+        self.s += x
+        self.q += x * x
+
+    def merge(self, other: Moments) -> None:
+        self.n += other.n
+        self.s += other.s
+        self.q += other.q
+
+    def copy(self) -> Moments:
+        clone = Moments.__new__(Moments)
+        clone.float_values = self.float_values
+        clone.n, clone.s, clone.q = self.n, self.s, self.q
+        return clone
+
+    def variance(self) -> float | None:
+        n = self.n
+        if not n:
+            return None
+        numerator = n * self.q - self.s * self.s
+        denominator = n * n
+        if self.float_values:
+            denominator <<= 2 * 1074
+        try:
+            return numerator / denominator
+        except OverflowError:
+            return None
+
+    def stddev(self) -> float | None:
+        variance = self.variance()
+        return None if variance is None else math.sqrt(variance)
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.float_values, self.n, *_shifted(self.s), *_shifted(self.q))
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.float_values, self.n, sm, ss, qm, qs = state
+        self.s = sm << ss
+        self.q = qm << qs
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Moments):
+            return NotImplemented
+        return self.__getstate__() == other.__getstate__()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Moments(n={self.n}, variance={self.variance()})"
+
+
+class Ordered:
+    """A ``first``/``last``/``last_k`` partial: the ``k`` earliest or latest events.
+
+    Values are added as ``(event time, offset, value)``; the partial keeps the ``k`` greatest
+    (``newest``) or smallest such triples, sorted newest (or earliest) first, so the order of
+    events is by event time, then offset (then value, which only decides between two events at
+    the same time and offset, from different partitions), whatever order they are added or
+    merged in. ``values()`` reads the kept values in that order.
+    """
+
+    __slots__ = ("items", "k", "newest")
+
+    def __init__(self, k: int, *, newest: bool) -> None:
+        self.k = k
+        self.newest = newest
+        self.items: list[tuple[int, int, Any]] = []
+
+    def add(self, item: tuple[int, int, Any]) -> None:
+        items = self.items
+        if len(items) < self.k:
+            items.append(item)
+            items.sort(reverse=self.newest)
+        elif item > items[-1] if self.newest else item < items[-1]:
+            items[-1] = item
+            items.sort(reverse=self.newest)
+
+    def merge(self, other: Ordered) -> None:
+        merged = self.items + other.items
+        merged.sort(reverse=self.newest)
+        del merged[self.k :]
+        self.items = merged
+
+    def copy(self) -> Ordered:
+        clone = Ordered.__new__(Ordered)
+        clone.k, clone.newest, clone.items = self.k, self.newest, self.items[:]
+        return clone
+
+    def first_value(self) -> Any:
+        return self.items[0][2] if self.items else None
+
+    def values(self) -> list[Any]:
+        return [item[2] for item in self.items]
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.k, self.newest, self.items)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.k, self.newest, items = state
+        self.items = [tuple(item) for item in items]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Ordered):
+            return NotImplemented
+        return self.__getstate__() == other.__getstate__()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Ordered(k={self.k}, newest={self.newest}, items={self.items!r})"
+
+
+class Counts:
+    """A ``top_k`` partial: how many times each value occurred, exactly.
+
+    ``top(k)`` reads the ``k`` most frequent values as ``[value, count]`` pairs, by count
+    descending, then value ascending: a function of the multiset of values alone. Exact for any
+    number of distinct values; the state holds one entry per distinct value of each tile and the
+    read costs O(distinct values in the window) (see README, "Aggregations").
+    """
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: dict[Any, int] = {}
+
+    def add(self, value: Any) -> None:
+        counts = self.counts
+        counts[value] = counts.get(value, 0) + 1
+
+    def merge(self, other: Counts) -> None:
+        counts = self.counts
+        get = counts.get
+        for value, n in other.counts.items():
+            counts[value] = get(value, 0) + n
+
+    def copy(self) -> Counts:
+        clone = Counts.__new__(Counts)
+        clone.counts = self.counts.copy()
+        return clone
+
+    def top(self, k: int) -> list[list[Any]]:
+        best = heapq.nsmallest(k, self.counts.items(), key=_by_count_then_value)
+        return [[value, n] for value, n in best]
+
+    def __getstate__(self) -> dict[Any, int]:
+        return self.counts
+
+    def __setstate__(self, state: dict[Any, int]) -> None:
+        self.counts = dict(state)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Counts):
+            return NotImplemented
+        return self.counts == other.counts
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Counts({self.counts!r})"
+
+
+def _by_count_then_value(item: tuple[Any, int]) -> tuple[int, Any]:
+    return (-item[1], item[0])
+
+
 # Buckets of Quantiles, in value order: negative values, zero, positive values (see the class).
 _POSITIVE_INF = 1 << 20  # above every finite positive bucket (64 * 1024 + 127 at most)
 _ZERO = -(1 << 21)  # below every positive bucket (-64 * 1073 + 64 at least)
@@ -787,6 +987,64 @@ class _Percentile(Aggregator[Quantiles]):
         return p.quantile_with(self.q, None, [v for _, v in extra])
 
 
+class _PartialAggregator(Aggregator[Any]):
+    """The aggregator of a partial object with ``add``/``merge``/``copy`` (Moments, Ordered,
+    Counts); ``read`` turns a partial into the feature value."""
+
+    __slots__ = ("_new", "read")
+
+    def __init__(self, new: Callable[[], Any], read: Callable[[Any], Any]) -> None:
+        self._new = new
+        self.read = read
+
+    def empty(self) -> Any:
+        return self._new()
+
+    def add(self, p: Any, t: int, v: Any) -> Any:
+        p.add(v)
+        return p
+
+    def merge(self, p: Any, q: Any) -> Any:
+        p.merge(q)
+        return p
+
+    def result(self, p: Any) -> Any:
+        return self.read(p)
+
+    def peek(self, p: Any, extra: Extra) -> Any:
+        if not extra:
+            return self.read(p)
+        clone = p.copy()
+        for _, v in extra:
+            clone.add(v)
+        return self.read(clone)
+
+
+# Aggregations whose values are added as ``(event time, offset, value)`` (their order matters).
+STAMPED = frozenset({Aggregation.FIRST, Aggregation.LAST_K})
+
+
+def partial_aggregator(
+    agg: Aggregation, *, k: int | None = None, float_values: bool = False
+) -> _PartialAggregator:
+    """The aggregator of variance, stddev, first, last (over a window), last_k and top_k."""
+    if agg is Aggregation.VARIANCE:
+        return _PartialAggregator(lambda: Moments(float_values=float_values), Moments.variance)
+    if agg is Aggregation.STDDEV:
+        return _PartialAggregator(lambda: Moments(float_values=float_values), Moments.stddev)
+    if agg is Aggregation.FIRST:
+        return _PartialAggregator(lambda: Ordered(1, newest=False), Ordered.first_value)
+    if agg is Aggregation.LAST:
+        return _PartialAggregator(lambda: Ordered(1, newest=True), Ordered.first_value)
+    if agg is Aggregation.LAST_K:
+        assert k is not None
+        return _PartialAggregator(lambda: Ordered(k, newest=True), Ordered.values)
+    if agg is Aggregation.TOP_K:
+        assert k is not None
+        return _PartialAggregator(Counts, lambda p: p.top(k))
+    raise ValueError(f"{agg.value} has no partial aggregator")
+
+
 # The aggregators that need no parameter (sum and mean of int fields).
 AGGREGATORS: dict[Aggregation, Aggregator[Any]] = {
     Aggregation.COUNT: _Count(),
@@ -800,10 +1058,24 @@ AGGREGATORS: dict[Aggregation, Aggregator[Any]] = {
 
 
 def aggregator_for(
-    agg: Aggregation, quantile: float | None = None, *, float_sum: bool = False
+    agg: Aggregation,
+    quantile: float | None = None,
+    *,
+    float_sum: bool = False,
+    k: int | None = None,
 ) -> Aggregator[Any]:
-    """The aggregator of ``agg``: ``quantile`` is required for approx_percentile, and
-    ``float_sum`` makes sum/mean of a double field exact (see :func:`exact_float`)."""
+    """The aggregator of ``agg``: ``quantile`` is required for approx_percentile, ``k`` for
+    last_k and top_k, and ``float_sum`` makes sum/mean/variance of a double field exact (see
+    :func:`exact_float`). Lifetime ``first`` and ``last_k`` take ``(t, offset, value)``
+    (:data:`STAMPED`); lifetime ``last`` is the engine's own (three slots)."""
+    if agg in (
+        Aggregation.VARIANCE,
+        Aggregation.STDDEV,
+        Aggregation.FIRST,
+        Aggregation.LAST_K,
+        Aggregation.TOP_K,
+    ):
+        return partial_aggregator(agg, k=k, float_values=float_sum)
     if agg is Aggregation.APPROX_PERCENTILE:
         if quantile is None:
             raise ValueError("approx_percentile needs a quantile in [0, 1]; got None")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
+from freshet.dsl.expressions import RUNTIME, Expression
 from freshet.engine.aggregations import EXACT_DISTINCT_LIMIT
 from freshet.engine.tiles import (
     COARSE,
@@ -55,13 +56,18 @@ class HotPathPlan:
     generated code calls (the engine's clock and its slow path for pending events)."""
 
     name: str
-    input_fields: tuple[str, ...]  # the view's fields, in the events' order
+    input_fields: tuple[str, ...]  # the engine's fields (FeatureView.engine_fields)
     lateness: int  # ms
     width: int  # features per row
     groups: tuple[WindowGroup, ...]
     lifetime: LifetimeFeatures | None
     clock: Callable[[], int]
     fold_pending: Callable[..., None]
+    # How many of ``input_fields`` the decoder gives (the rest are computed by ``derive``), the
+    # ones that may be None, and the columns' and filters' expressions, in order.
+    raw_fields: int = -1
+    nullable: frozenset[int] = frozenset()
+    expressions: tuple[tuple[str, Expression], ...] = ()
 
 
 _new_row = tuple.__new__
@@ -78,6 +84,7 @@ def compile_hot_path(plan: HotPathPlan) -> dict[str, Any]:
         "LATENESS": plan.lateness, "WIDTH": plan.width, "to_coarse": to_coarse,
     }  # fmt: skip
     prelude, exprs = _value_exprs(plan, env)
+    derive = _compile_derive(plan, env)
     late = ["        return None"]
     batch_late = ["        late.append(event)", "        continue"]
     batch_emit = [
@@ -90,7 +97,9 @@ def compile_hot_path(plan: HotPathPlan) -> dict[str, Any]:
     ]
     emit = ["    if exp is None:", "        return [row]", "    exp.append(row)", "    return exp"]
     src = [
+        *derive,
         "def apply(st, entity, t, fields, partition, offset):",
+        *(["    fields = derive(fields)"] if derive else []),
         *_apply_body(plan, env, prelude, exprs, late, emit),
         "",
         "def apply_batch(states, events, missing, rows, kafka_ts, late, touched):",
@@ -99,6 +108,7 @@ def compile_hot_path(plan: HotPathPlan) -> dict[str, Any]:
         "    append_ts = kafka_ts.append",
         "    for event in events:",
         "        entity, t, fields, partition, offset, ts = event",
+        *(["        fields = derive(fields)"] if derive else []),
         "        st = get(entity)",
         "        if st is None:",
         "            st = missing(entity)",
@@ -198,6 +208,26 @@ def _compile_new_d(plan: HotPathPlan, env: dict[str, Any]) -> list[str]:
     return ["def new_d():", f"    return [{', '.join(items)}]", ""]
 
 
+def _compile_derive(plan: HotPathPlan, env: dict[str, Any]) -> list[str]:
+    """``derive(fields)``: the decoder's fields followed by the view's columns and filters, each
+    expression rendered inline (:meth:`Expression.render`); no lines when the view has none."""
+    if not plan.expressions:
+        return []
+    env.update(RUNTIME)
+    raw = plan.input_fields[: plan.raw_fields]
+    code_of = {name: f"f{i}" for i, name in enumerate(raw)}
+    src = ["def derive(fields):"]
+    if raw:
+        src.append(f"    {', '.join(code_of.values())}, = fields")
+    for j, (name, expression) in enumerate(plan.expressions):
+        src.append(f"    # {name} = {expression.text}")
+        src.append(f"    e{j} = {expression.render(code_of, temp=f'_t{j}_')}")
+        code_of[name] = f"e{j}"
+    src.append(f"    return ({', '.join(code_of.values())},)")
+    src.append("")
+    return src
+
+
 def _indent(lines: list[str]) -> list[str]:
     return ["    " + line if line else line for line in lines]
 
@@ -210,8 +240,7 @@ def _coarse_sums(plan: HotPathPlan, env: dict[str, Any]) -> list[str]:
     src = []
     for i in sorted({i for g in plan.groups for _, i in g.float_sums}):
         env["not_finite"] = _not_finite
-        src += [
-            f"    f{i} = fields[{i}]",
+        lines = [
             f"    x = f{i} * TWO_64",
             "    try:",
             f"        n{i} = int(x)",
@@ -222,6 +251,11 @@ def _coarse_sums(plan: HotPathPlan, env: dict[str, Any]) -> list[str]:
             f"            not_finite(VIEW, {names[i]!r}, f{i})",
             f"        n{i} = None  # finite, but too large for the coarse scale",
         ]
+        src.append(f"    f{i} = fields[{i}]")
+        if i in plan.nullable:  # a null is skipped: its group's filter is false
+            src += [f"    if f{i} is None:", f"        n{i} = None", "    else:", *_indent(lines)]
+        else:
+            src += lines
     return src
 
 
@@ -248,124 +282,10 @@ def _compile_fold(plan: HotPathPlan, env: dict[str, Any]) -> list[str]:
     ]
     src += [f"    f{i} = fields[{i}]" for i in fields if i not in float_fields]
     for g, group in enumerate(plan.groups):
-        env[f"G{g}"] = group
-        h, w, o, kix = group.h, group.w, group.o, group.kix
-        src += [f"    # window {w} ms, hop {h} ms: d[{o}:{o + group.size}], open tile at {kix}"]
-        # Sums first: a value off the coarse scale rewrites every tile at the fine scale.
-        for i, index in group.float_sums:
-            src += [
-                f"    x{i} = n{index} if n{index} is not None and d[{o + 1}] == COARSE"
-                f" else G{g}.scaled(d, f{index})"
-            ]
-        float_slots = {i for i, _ in group.float_sums}
-        sums = {
-            i: f"x{i}" if i in float_slots else f"f{dict(group.int_sums)[i]}"
-            for i in range(2, 2 + group.nsums)
-        }
-        # (1) The event falls into the open tile: its count and sums are the running totals
-        # minus their values when it opened, so only the totals change.
-        same = [f"        d[{o + 2}] += 1"]
-        same += [f"        d[{o + 1 + i}] += {v}" for i, v in sums.items()]
-        # (2) It opens a new newest tile (the open one, if any, is sealed into ``tiles``).
-        opened = ["k", *[f"d[{o + 1 + i}]" for i in range(1, 2 + group.nsums)]]
-        fresh = [
-            "        if kk is not None:",
-            f"            tile = d[{kix}:{kix + group.tlen}]  # seal the open tile",
-            *[
-                f"            tile[{i}] = d[{o + 1 + i}] - tile[{i}]"
-                for i in range(1, 2 + group.nsums)
-            ],
-            "            tiles.append(tile)",
-            "        elif not tiles:",
-            f"            b = (k + 1) * {h} + {w}",
-            "            if nb is None or b < nb:",
-            "                nb = b",
-        ]
-        for j, column in enumerate(group.columns):
-            env[f"C{g}_{j}"] = column
-            c, gc, v = kix + column.tcol, column.gcol, f"f{column.field}"
-            if type(column) in (MaxColumn, MinColumn):
-                better = ">" if type(column) is MaxColumn else "<"
-                worse = "<=" if type(column) is MaxColumn else ">="
-                same += [
-                    f"        m = d[{c}]",
-                    f"        if m is None or {v} {better} m:",
-                    f"            d[{c}] = {v}",
-                    f"            queue = d[{gc}]",
-                    f"            while queue and queue[-1][1] {worse} {v}:",
-                    "                queue.pop()",
-                    "            if not queue:",
-                    f"                d[{gc + 1}] = {v}",
-                    f"            queue.append((k, {v}))",
-                ]
-                opened.append(v)
-                fresh += [
-                    f"        queue = d[{gc}]",
-                    f"        while queue and queue[-1][1] {worse} {v}:",
-                    "            queue.pop()",
-                    "        if not queue:",
-                    f"            d[{gc + 1}] = {v}",
-                    f"        queue.append((k, {v}))",
-                ]
-            elif type(column) is DistinctColumn:
-                exact = [
-                    f"                m = counts.get({v}, 0)",
-                    f"                counts[{v}] = m + 1",
-                    "                if not m:",
-                    f"                    d[{gc + 1}] += 1",
-                    "                    if len(counts) > LIMIT:",
-                    f"                        G{g}.to_sketch(d, {j})",
-                ]
-                same += [
-                    f"        counts = d[{gc}]",
-                    "        if type(counts) is dict:",
-                    f"            seen = d[{c}]",
-                    f"            if {v} not in seen:",
-                    f"                seen.add({v})",
-                    *exact,
-                    "        else:",
-                    f"            d[{c}].add({v})",
-                ]
-                opened.append(f"p{j}")
-                fresh += [
-                    f"        counts = d[{gc}]",
-                    "        if type(counts) is dict:",
-                    f"            p{j} = {{{v}}}",
-                    *[line[4:] for line in exact[:2]],
-                    "            if not m:",
-                    f"                d[{gc + 1}] += 1",
-                    "        else:",
-                    f"            p{j} = C{g}_{j}.new_tile(d)",
-                    f"            p{j}.add({v})",
-                ]
-            else:  # a sketch per tile
-                same += [f"        d[{c}].add({v})"]
-                opened.append(f"p{j}")
-                fresh += [f"        p{j} = C{g}_{j}.new_tile(d)", f"        p{j}.add({v})"]
-        fresh += [f"        d[{kix}:{kix + group.tlen}] = ({', '.join(opened)},)"]
-        fresh += [f"        d[{o + 2}] += 1"]
-        fresh += [f"        d[{o + 1 + i}] += {v}" for i, v in sums.items()]
-        for j, column in enumerate(group.columns):  # the limit is checked once the tile is open
-            if type(column) is DistinctColumn:
-                fresh += [
-                    f"        counts = d[{column.gcol}]",
-                    "        if type(counts) is dict and len(counts) > LIMIT:",
-                    f"            G{g}.to_sketch(d, {j})",
-                ]
-        src += [
-            f"    k = t // {h}",
-            f"    kk = d[{kix}]",
-            "    if kk == k:",
-            *same,
-            "    else:",
-            f"        tiles = d[{o}]",
-            "        if kk < k if kk is not None else not tiles or tiles[-1][0] < k:",
-            *_indent(fresh),
-            "        else:  # an older tile: the general path",
-            f"            b = G{g}.fold(d, t, fields)",
-            "            if b is not None and (nb is None or b < nb):",
-            "                nb = b",
-        ]
+        group_src = _compile_fold_group(plan, env, g, group)
+        if group.pred is not None:
+            group_src = [f"    if fields[{group.pred}]:  # the group's filter", *_indent(group_src)]
+        src += group_src
     src += ["    st.nb = nb"]
     if plan.lifetime is not None:
         lifetime = plan.lifetime
@@ -374,7 +294,7 @@ def _compile_fold(plan: HotPathPlan, env: dict[str, Any]) -> list[str]:
         ):
             env[f"L{i}"] = agg
             if is_last:
-                src += [
+                lines = [
                     f"    if t > d[{x}] or (t == d[{x}] and offset >= d[{x + 1}]):",
                     f"        d[{x}] = t",
                     f"        d[{x + 1}] = offset",
@@ -382,7 +302,138 @@ def _compile_fold(plan: HotPathPlan, env: dict[str, Any]) -> list[str]:
                 ]
             else:
                 value = f"f{index}" if index >= 0 else "None"
-                src += [f"    d[{x}] = L{i}.add(d[{x}], t, {value})"]
+                if lifetime.stamped[i]:
+                    value = f"(t, offset, {value})"
+                lines = [f"    d[{x}] = L{i}.add(d[{x}], t, {value})"]
+            pred = lifetime.preds[i]
+            if pred is not None:
+                lines = [f"    if fields[{pred}]:", *_indent(lines)]
+            src += lines
+    return src
+
+
+def _compile_fold_group(
+    plan: HotPathPlan, env: dict[str, Any], g: int, group: WindowGroup
+) -> list[str]:
+    """The fold lines of window group ``g`` (see :func:`_compile_fold`)."""
+    src: list[str] = []
+    env[f"G{g}"] = group
+    h, w, o, kix = group.h, group.w, group.o, group.kix
+    src += [f"    # window {w} ms, hop {h} ms: d[{o}:{o + group.size}], open tile at {kix}"]
+    # Sums first: a value off the coarse scale rewrites every tile at the fine scale.
+    for i, index in group.float_sums:
+        src += [
+            f"    x{i} = n{index} if n{index} is not None and d[{o + 1}] == COARSE"
+            f" else G{g}.scaled(d, f{index})"
+        ]
+    float_slots = {i for i, _ in group.float_sums}
+    sums = {
+        i: f"x{i}" if i in float_slots else f"f{dict(group.int_sums)[i]}"
+        for i in range(2, 2 + group.nsums)
+    }
+    # (1) The event falls into the open tile: its count and sums are the running totals
+    # minus their values when it opened, so only the totals change.
+    same = [f"        d[{o + 2}] += 1"]
+    same += [f"        d[{o + 1 + i}] += {v}" for i, v in sums.items()]
+    # (2) It opens a new newest tile (the open one, if any, is sealed into ``tiles``).
+    opened = ["k", *[f"d[{o + 1 + i}]" for i in range(1, 2 + group.nsums)]]
+    fresh = [
+        "        if kk is not None:",
+        f"            tile = d[{kix}:{kix + group.tlen}]  # seal the open tile",
+        *[f"            tile[{i}] = d[{o + 1 + i}] - tile[{i}]" for i in range(1, 2 + group.nsums)],
+        "            tiles.append(tile)",
+        "        elif not tiles:",
+        f"            b = (k + 1) * {h} + {w}",
+        "            if nb is None or b < nb:",
+        "                nb = b",
+    ]
+    for j, column in enumerate(group.columns):
+        env[f"C{g}_{j}"] = column
+        c, gc, v = kix + column.tcol, column.gcol, f"f{column.field}"
+        if type(column) in (MaxColumn, MinColumn):
+            better = ">" if type(column) is MaxColumn else "<"
+            worse = "<=" if type(column) is MaxColumn else ">="
+            same += [
+                f"        m = d[{c}]",
+                f"        if m is None or {v} {better} m:",
+                f"            d[{c}] = {v}",
+                f"            queue = d[{gc}]",
+                f"            while queue and queue[-1][1] {worse} {v}:",
+                "                queue.pop()",
+                "            if not queue:",
+                f"                d[{gc + 1}] = {v}",
+                f"            queue.append((k, {v}))",
+            ]
+            opened.append(v)
+            fresh += [
+                f"        queue = d[{gc}]",
+                f"        while queue and queue[-1][1] {worse} {v}:",
+                "            queue.pop()",
+                "        if not queue:",
+                f"            d[{gc + 1}] = {v}",
+                f"        queue.append((k, {v}))",
+            ]
+        elif type(column) is DistinctColumn:
+            exact = [
+                f"                m = counts.get({v}, 0)",
+                f"                counts[{v}] = m + 1",
+                "                if not m:",
+                f"                    d[{gc + 1}] += 1",
+                "                    if len(counts) > LIMIT:",
+                f"                        G{g}.to_sketch(d, {j})",
+            ]
+            same += [
+                f"        counts = d[{gc}]",
+                "        if type(counts) is dict:",
+                f"            seen = d[{c}]",
+                f"            if {v} not in seen:",
+                f"                seen.add({v})",
+                *exact,
+                "        else:",
+                f"            d[{c}].add({v})",
+            ]
+            opened.append(f"p{j}")
+            fresh += [
+                f"        counts = d[{gc}]",
+                "        if type(counts) is dict:",
+                f"            p{j} = {{{v}}}",
+                *[line[4:] for line in exact[:2]],
+                "            if not m:",
+                f"                d[{gc + 1}] += 1",
+                "        else:",
+                f"            p{j} = C{g}_{j}.new_tile(d)",
+                f"            p{j}.add({v})",
+            ]
+        else:  # a sketch per tile
+            if column.stamped:
+                v = f"(t, offset, {v})"
+            same += [f"        d[{c}].add({v})"]
+            opened.append(f"p{j}")
+            fresh += [f"        p{j} = C{g}_{j}.new_tile(d)", f"        p{j}.add({v})"]
+    fresh += [f"        d[{kix}:{kix + group.tlen}] = ({', '.join(opened)},)"]
+    fresh += [f"        d[{o + 2}] += 1"]
+    fresh += [f"        d[{o + 1 + i}] += {v}" for i, v in sums.items()]
+    for j, column in enumerate(group.columns):  # the limit is checked once the tile is open
+        if type(column) is DistinctColumn:
+            fresh += [
+                f"        counts = d[{column.gcol}]",
+                "        if type(counts) is dict and len(counts) > LIMIT:",
+                f"            G{g}.to_sketch(d, {j})",
+            ]
+    src += [
+        f"    k = t // {h}",
+        f"    kk = d[{kix}]",
+        "    if kk == k:",
+        *same,
+        "    else:",
+        f"        tiles = d[{o}]",
+        "        if kk < k if kk is not None else not tiles or tiles[-1][0] < k:",
+        *_indent(fresh),
+        "        else:  # an older tile: the general path",
+        f"            b = G{g}.fold(d, t, fields, offset)",
+        "            if b is not None and (nb is None or b < nb):",
+        "                nb = b",
+    ]
     return src
 
 
@@ -446,6 +497,7 @@ def _compile_values_at(plan: HotPathPlan, env: dict[str, Any]) -> list[str]:
         "    out = [None] * WIDTH",
     ]
     for g, group in enumerate(plan.groups):
+        start = len(src)
         env[f"G{g}"] = group
         h, n, o = group.h, group.n, group.o
         rare = []
@@ -547,6 +599,11 @@ def _compile_values_at(plan: HotPathPlan, env: dict[str, Any]) -> list[str]:
                         f"            G{g}.unseal(d)",
                         f"        out[{position}] = distinct",
                     ]
+        if group.pred is not None:  # only the pending events that pass the group's filter
+            src[start:] = [
+                f"    pending{g} = [e for e in pending if e[1][{group.pred}]]",
+                *(line.replace("pending", f"pending{g}") for line in src[start:]),
+            ]
     if plan.lifetime is not None:
         lifetime = plan.lifetime
         for i, (agg, index, position, is_last, x) in enumerate(
@@ -556,11 +613,13 @@ def _compile_values_at(plan: HotPathPlan, env: dict[str, Any]) -> list[str]:
             )
         ):  # fmt: skip
             env[f"L{i}"] = agg
+            pred = lifetime.preds[i]
+            passing = "pending" if pred is None else f"pending if e[1][{pred}]"
             if is_last:
                 src += [
                     f"    best = (d[{x}], d[{x + 1}])",
                     f"    value = d[{x + 2}]",
-                    "    for e in pending:",
+                    f"    for e in {'pending' if pred is None else f'[e for e in {passing}]'}:",
                     "        if (e[0], e[3]) >= best:",
                     "            best = (e[0], e[3])",
                     f"            value = e[1][{index}]",
@@ -568,8 +627,10 @@ def _compile_values_at(plan: HotPathPlan, env: dict[str, Any]) -> list[str]:
                 ]
             else:
                 value = f"e[1][{index}]" if index >= 0 else "None"
+                if lifetime.stamped[i]:
+                    value = f"(e[0], e[3], {value})"
                 src += [
-                    f"    extra = [(e[0], {value}) for e in pending]",
+                    f"    extra = [(e[0], {value}) for e in {passing}]",
                     f"    out[{position}] = L{i}.peek(d[{x}], extra)",
                 ]
     src += ["    return tuple(out)", ""]

@@ -33,11 +33,13 @@ from typing import Any
 from freshet.dsl.definitions import Aggregation, Feature, FeatureView
 from freshet.engine.aggregations import (
     EXACT_DISTINCT_LIMIT,
+    STAMPED,
     Aggregator,
     Distinct,
     Quantiles,
     aggregator_for,
     exact_float,
+    partial_aggregator,
 )
 
 __all__ = [
@@ -81,9 +83,13 @@ Pending = tuple[int, tuple[Any, ...], int, int]
 
 
 class Column:
-    """A window column kept per tile (``tile[tcol]``) and per entity state (``d[gcol]``)."""
+    """A window column kept per tile (``tile[tcol]``) and per entity state (``d[gcol]``).
+
+    ``stamped`` columns take ``(event time, offset, value)`` rather than the value (first,
+    last and last_k: the order of events decides their values)."""
 
     __slots__ = ("field", "gcol", "tcol", "tix")
+    stamped = False
 
     def __init__(self, field: int, tcol: int, gcol: int, tix: int) -> None:
         self.field = field  # index into the event's fields tuple
@@ -295,6 +301,20 @@ class SketchColumn(Column):
         return arg(partial)
 
 
+class PartialColumn(SketchColumn):
+    """A :class:`SketchColumn` of partial objects (variance/stddev moments, first/last/last_k
+    events, top_k counts: :mod:`freshet.engine.aggregations`); ``arg`` reads the value."""
+
+    __slots__ = ()
+
+
+class StampedColumn(PartialColumn):
+    """A :class:`PartialColumn` fed ``(event time, offset, value)`` (first, last, last_k)."""
+
+    __slots__ = ()
+    stamped = True
+
+
 class QuantileColumn(SketchColumn):
     """A :class:`SketchColumn` of :class:`Quantiles` read without a merged copy per row: ``arg``
     gets the cached merge of the complete tiles, the newest tile and the pending values (see
@@ -472,7 +492,7 @@ class WindowGroup:
 
     __slots__ = (
         "closed", "columns", "float_sums", "h", "int_sums", "kix", "n", "nsums", "o", "outputs",
-        "size", "tlen", "w",
+        "pred", "size", "tlen", "w",
     )  # fmt: skip
 
     def __init__(
@@ -482,15 +502,18 @@ class WindowGroup:
         features: list[tuple[int, Feature]],
         view: FeatureView,
         offset: int = 0,
+        pred: int | None = None,
     ) -> None:
         self.w = window_ms
         self.h = hop_ms
         self.n = window_ms // hop_ms
         self.o = offset
-        inputs = view.input_fields
-        types = view.source.field_types
+        # The engine field holding this group's filter (its features' ``where`` and non-null
+        # inputs): the group folds only events for which it is true. None: every event.
+        self.pred = pred
+        inputs = view.engine_fields
         sum_fields: list[int] = []
-        column_keys: list[tuple[Aggregation, int]] = []
+        column_keys: list[tuple[Any, ...]] = []
         for _, feature in features:
             assert feature.agg is Aggregation.COUNT or feature.field is not None
             if feature.agg in (Aggregation.SUM, Aggregation.MEAN):
@@ -498,20 +521,25 @@ class WindowGroup:
                 if index not in sum_fields:
                     sum_fields.append(index)
             elif feature.agg is not Aggregation.COUNT:
-                key = (feature.agg, inputs.index(feature.field))
+                key = _column_key(feature, inputs.index(feature.field))
                 if key not in column_keys:
                     column_keys.append(key)
         self.nsums = len(sum_fields)
         # (tile slot, field index) of the sums, split by type.
-        is_float = [types[inputs[index]] == "float64" for index in sum_fields]
+        is_float = [view.field_type(inputs[index]) == "float64" for index in sum_fields]
         self.int_sums = tuple((2 + i, f) for i, f in enumerate(sum_fields) if not is_float[i])
         self.float_sums = tuple((2 + i, f) for i, f in enumerate(sum_fields) if is_float[i])
         first_column = 2 + len(sum_fields)
         first_gcol = offset + 3 + len(sum_fields)
         columns: list[Column] = []
-        for j, (agg, field) in enumerate(column_keys):
+        for j, (agg, field, k) in enumerate(column_keys):
             tcol, gcol = first_column + j, first_gcol + 2 * j
-            if agg is Aggregation.MAX:
+            if agg in _PARTIAL_AGGS:
+                cls = StampedColumn if agg in _STAMPED_COLUMNS else PartialColumn
+                float_values = view.field_type(inputs[field]) == "float64"
+                partial = partial_aggregator(agg, k=k, float_values=float_values)
+                columns.append(cls(field, tcol, gcol, offset, partial))
+            elif agg is Aggregation.MAX:
                 columns.append(MaxColumn(field, tcol, gcol, offset))
             elif agg is Aggregation.MIN:
                 columns.append(MinColumn(field, tcol, gcol, offset))
@@ -533,10 +561,12 @@ class WindowGroup:
                 index = sum_fields.index(inputs.index(feature.field))
                 outputs.append((position, kind, 2 + index, is_float[index]))
             else:
-                key = (feature.agg, inputs.index(feature.field))
-                arg = None
+                key = _column_key(feature, inputs.index(feature.field))
+                arg: Any = None
                 if feature.agg is Aggregation.APPROX_PERCENTILE:
                     arg = _quantile_of(feature.quantile)
+                elif feature.agg in _PARTIAL_AGGS:
+                    arg = partial_aggregator(feature.agg, k=feature.k, float_values=False).read
                 outputs.append((position, OUT_COLUMN, column_keys.index(key), arg))
         self.outputs = tuple(outputs)
 
@@ -592,19 +622,21 @@ class WindowGroup:
         """The expiry boundary of tile ``k``: ``tile_start + h + W``."""
         return (k + 1) * self.h + self.w
 
-    def fold(self, d: list[Any], t: int, fields: tuple[Any, ...]) -> int | None:
+    def fold(self, d: list[Any], t: int, fields: tuple[Any, ...], offset: int = -1) -> int | None:
         """Add one event to its tile, any tile (the general, slow path:
         :mod:`freshet.engine.hotpath` inlines the open-tile cases); returns the group's new oldest
-        boundary if it changed."""
+        boundary if it changed. The caller checks the group's filter."""
         # Convert the sums first: switching to the fine scale rewrites every tile.
         floats = [self.scaled(d, fields[index]) for _, index in self.float_sums]
         self.seal(d)
         try:
-            return self._fold(d, t, fields, floats)
+            return self._fold(d, t, fields, floats, offset)
         finally:
             self.unseal(d)
 
-    def _fold(self, d: list[Any], t: int, fields: tuple[Any, ...], floats: list[int]) -> int | None:
+    def _fold(
+        self, d: list[Any], t: int, fields: tuple[Any, ...], floats: list[int], offset: int
+    ) -> int | None:
         o = self.o
         k = t // self.h
         tiles = d[o]
@@ -630,7 +662,8 @@ class WindowGroup:
             tile[j] += n
             d[o + 1 + j] += n
         for column in self.columns:
-            column.add(d, tile, fields[column.field])
+            v = fields[column.field]
+            column.add(d, tile, (t, offset, v) if column.stamped else v)
         for column in self.columns:
             column.refresh(d)
         return result
@@ -704,7 +737,14 @@ class WindowGroup:
                 out[position] = count
             elif kind == OUT_COLUMN:
                 column = self.columns[index]
-                extra = [e[1][column.field] for e in pending] if pending else None
+                f = column.field
+                extra = (
+                    None
+                    if not pending
+                    else [(e[0], e[3], e[1][f]) for e in pending]
+                    if column.stamped
+                    else [e[1][f] for e in pending]
+                )
                 out[position] = column.value(d, c, shadow, extra, arg)
             else:
                 total = from_scaled(totals[index - 1], scale) if arg else totals[index - 1]
@@ -712,6 +752,29 @@ class WindowGroup:
                     out[position] = total
                 else:
                     out[position] = total / count if count else None
+
+
+# Aggregations kept as partial objects per tile, and those of them fed (t, offset, value).
+_PARTIAL_AGGS = frozenset(
+    {
+        Aggregation.VARIANCE,
+        Aggregation.STDDEV,
+        Aggregation.FIRST,
+        Aggregation.LAST,
+        Aggregation.LAST_K,
+        Aggregation.TOP_K,
+    }
+)
+_STAMPED_COLUMNS = frozenset({Aggregation.FIRST, Aggregation.LAST, Aggregation.LAST_K})
+
+
+def _column_key(feature: Feature, field: int) -> tuple[Any, ...]:
+    """Features with the same key share one column: variance and stddev of a field share
+    their moments; last_k and top_k columns are per k."""
+    agg = feature.agg
+    if agg is Aggregation.STDDEV:
+        agg = Aggregation.VARIANCE
+    return (agg, field, feature.k)
 
 
 def _quantile_of(
@@ -748,19 +811,29 @@ class LifetimeFeatures:
     the later one in its partition on equal times, whatever order events are folded in.
     """
 
-    __slots__ = ("aggs", "fields", "is_last", "positions", "slots")
+    __slots__ = ("aggs", "fields", "is_last", "positions", "preds", "slots", "stamped")
 
     def __init__(
-        self, features: list[tuple[int, Feature]], view: FeatureView, offset: int = 0
+        self,
+        features: list[tuple[int, Feature]],
+        view: FeatureView,
+        offset: int = 0,
+        preds: tuple[int | None, ...] | None = None,
     ) -> None:
-        inputs = view.input_fields
-        types = view.source.field_types
+        inputs = view.engine_fields
         self.positions = tuple(p for p, _ in features)
         self.fields = tuple(-1 if f.field is None else inputs.index(f.field) for _, f in features)
         self.is_last = tuple(f.agg is Aggregation.LAST for _, f in features)
+        # Per feature: the engine field of its filter (None: every event), and whether its
+        # aggregator takes (t, offset, value).
+        self.preds = preds if preds is not None else (None,) * len(features)
+        self.stamped = tuple(f.agg in STAMPED for _, f in features)
         self.aggs = tuple(
             aggregator_for(
-                f.agg, f.quantile, float_sum=f.field is not None and types[f.field] == "float64"
+                f.agg,
+                f.quantile,
+                float_sum=f.field is not None and view.field_type(f.field) == "float64",
+                k=f.k,
             )
             for _, f in features
         )

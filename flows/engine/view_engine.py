@@ -207,26 +207,40 @@ class ViewEngine:
         self._lateness = view.allowed_lateness_seconds * 1000
         self._clock = clock
         self._width = len(view.features)
-        by_window: dict[tuple[int, int], list[tuple[int, Feature]]] = {}
+        fields = view.engine_fields
+        filters = [None if f is None else fields.index(f) for f in view.feature_filters]
+        by_window: dict[tuple[int, int, int | None], list[tuple[int, Feature]]] = {}
         lifetime: list[tuple[int, Feature]] = []
         for position, feature in enumerate(view.features):
             if feature.window_seconds is None:
                 lifetime.append((position, feature))
             else:
                 assert feature.hop_seconds is not None
-                key = (feature.window_seconds * 1000, feature.hop_seconds * 1000)
+                # Features of one window and filter share tiles.
+                key = (feature.window_seconds * 1000, feature.hop_seconds * 1000, filters[position])
                 by_window.setdefault(key, []).append((position, feature))
         groups: list[WindowGroup] = []
         offset = 0
-        for (w, h), features in by_window.items():
-            groups.append(WindowGroup(w, h, features, view, offset))
+        for (w, h, pred), features in by_window.items():
+            groups.append(WindowGroup(w, h, features, view, offset, pred))
             offset += groups[-1].size
         self._groups = tuple(groups)
-        self._lifetime = LifetimeFeatures(lifetime, view, offset) if lifetime else None
+        self._lifetime = (
+            LifetimeFeatures(lifetime, view, offset, tuple(filters[p] for p, _ in lifetime))
+            if lifetime
+            else None
+        )
         compiled = compile_hot_path(
             HotPathPlan(
                 name=self._name,
-                input_fields=view.input_fields,
+                input_fields=view.engine_fields,
+                raw_fields=len(view.input_fields),
+                nullable=frozenset(
+                    i
+                    for i, name in enumerate(view.engine_fields)
+                    if view.engine_types[name].nullable
+                ),
+                expressions=view.expressions,
                 lateness=self._lateness,
                 width=self._width,
                 groups=self._groups,
@@ -340,8 +354,10 @@ class ViewEngine:
 
     def _next_boundary(self, st: EntityState) -> int | None:
         nb = st.nb
-        for t, *_ in st.pending or ():  # pending events will create tiles when folded
+        for t, fields, *_ in st.pending or ():  # pending events will create tiles when folded
             for group in self._groups:
+                if group.pred is not None and not fields[group.pred]:
+                    continue
                 boundary = group.boundary(t // group.h)
                 if nb is None or boundary < nb:
                     nb = boundary

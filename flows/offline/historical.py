@@ -23,6 +23,15 @@ Redis served at that event time — and never a value from the future:
   columns unchanged (labels included), then one column per requested feature, named as the
   feature (``<view>__<feature>`` with ``full_names``), then optionally ``<view>__as_of``.
 
+**Composite keys** (DESIGN "Entities"): a view keyed by several fields takes its entity from
+one input column per key field, named as the field; the join matches the log's ``entity``
+against the key values encoded as the sinks encode them
+(:func:`freshet.sinks.layout.encode_entity`; a long field as its decimal digits, so ``"007"``
+and ``7`` are the same key). A view keyed by one field takes ``entity_column``, or, when the
+input has no such column, the column named as its key field. So views keyed differently can
+be joined in one call when the input holds every column they need; a missing one is an
+error naming it. A null in any key column gives nulls.
+
 Timestamps may be epoch milliseconds (integers), Arrow timestamps (naive ones are UTC) or
 dates, or strings holding either epoch milliseconds or ISO-8601 (``2024-05-01T12:00:00Z``,
 ``…+02:00``; no offset means UTC). Entities are compared as strings (an int entity ``42``
@@ -51,7 +60,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from freshet.dsl.definitions import FeatureView
-from freshet.sinks.layout import ViewLayout
+from freshet.sinks.layout import KEY_SEPARATOR, ViewLayout
 from freshet.sinks.parquet_log import DEDUPE_KEY, segment_paths
 
 __all__ = [
@@ -59,6 +68,7 @@ __all__ = [
     "ViewRequest",
     "connect_duckdb",
     "historical_features",
+    "key_columns",
     "log_rows_sql",
     "parse_feature_specs",
     "read_entities",
@@ -306,6 +316,50 @@ class _Plan:
     input_table: pa.Table
 
 
+def key_columns(requests: Sequence[ViewRequest]) -> list[str]:
+    """The input columns the composite views among ``requests`` take their keys from."""
+    names: list[str] = []
+    for request in requests:
+        if request.layout.is_composite:
+            names += [k for k in request.layout.keys if k not in names]
+    return names
+
+
+def _entity_sql(
+    layout: ViewLayout, columns: Sequence[str], entity_column: str
+) -> tuple[str, list[str]]:
+    """SQL of the view's entity id from an input row (aliased ``q``), and the long key columns
+    it casts to integers (checked by the caller). Raises HistoricalError for a missing column."""
+    if not layout.is_composite:
+        if entity_column in columns:
+            return f"CAST(q.{_quote(entity_column)} AS VARCHAR)", []
+        if layout.keys[0] in columns:
+            return f"CAST(q.{_quote(layout.keys[0])} AS VARCHAR)", []
+        raise HistoricalError(
+            f"the entities input has no column {entity_column!r} (nor {layout.keys[0]!r}, the "
+            f"key field of view {layout.name!r}); its columns: {', '.join(columns) or '(none)'}"
+        )
+    missing = [k for k in layout.keys if k not in columns]
+    if missing:
+        raise HistoricalError(
+            f"view {layout.name!r} is keyed by {', '.join(layout.keys)}: the entities input "
+            f"has no column {', '.join(map(repr, missing))}; its columns: "
+            f"{', '.join(columns) or '(none)'}"
+        )
+    parts = []
+    longs = []
+    for i, key in enumerate(layout.keys):
+        col = f"q.{_quote(key)}"
+        if i < len(layout.key_types) and layout.key_types[i] == "int64":
+            parts.append(f"CAST(TRY_CAST({col} AS BIGINT) AS VARCHAR)")
+            longs.append(key)
+        else:
+            # encode_entity's escaping: '%' first, then the separator
+            parts.append(f"replace(replace(CAST({col} AS VARCHAR), '%', '%25'), '|', '%7C')")
+    # ``||`` is null when any part is: a null key value gives nulls, as a null entity does
+    return f" || '{KEY_SEPARATOR}' || ".join(parts), longs
+
+
 def _output_names(
     requests: Sequence[ViewRequest],
     input_names: Sequence[str],
@@ -344,12 +398,21 @@ def _plan(
 ) -> _Plan:
     if not requests:
         raise HistoricalError("no features requested")
-    for column in (entity_column, timestamp_column):
-        if column not in entities.column_names:
-            raise HistoricalError(
-                f"the entities input has no column {column!r}; its columns: "
-                f"{', '.join(entities.column_names) or '(none)'}"
-            )
+    if timestamp_column not in entities.column_names:
+        raise HistoricalError(
+            f"the entities input has no column {timestamp_column!r}; its columns: "
+            f"{', '.join(entities.column_names) or '(none)'}"
+        )
+    # One entity column per distinct key expression (views keyed alike share one).
+    entity_cols: dict[str, str] = {}
+    long_keys: list[str] = []
+    view_entity: list[str] = []
+    for request in requests:
+        expr, longs = _entity_sql(request.layout, entities.column_names, entity_column)
+        if expr not in entity_cols:
+            entity_cols[expr] = _ENTITY if not entity_cols else f"{_ENTITY}_{len(entity_cols)}"
+        view_entity.append(entity_cols[expr])
+        long_keys += [k for k in longs if k not in long_keys]
     internal = [c for c in entities.column_names if c.startswith("__freshet_")]
     if internal:
         raise HistoricalError(f"input column name(s) {internal} are reserved (prefix __freshet_)")
@@ -363,12 +426,24 @@ def _plan(
     # with as_of <= timestamp is visible (a null timestamp must give a null key: a struct
     # holding a null would compare as greater than every row).
     probe_key = _key_struct(_TS, rest_max=True)
+    entity_select = "".join(f"{expr} AS {col}, " for expr, col in entity_cols.items())
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE __freshet_q AS SELECT *, CASE WHEN {_TS} IS NULL "
         f"THEN NULL ELSE {probe_key} END AS {_KEY} FROM (SELECT q.*, "
-        f"CAST(q.{_quote(entity_column)} AS VARCHAR) AS {_ENTITY}, {ts_sql} AS {_TS} "
+        f"{entity_select}{ts_sql} AS {_TS} "
         f"FROM __freshet_input AS q)"
     )
+    for key in long_keys:
+        col = _quote(key)
+        bad = con.execute(
+            f"SELECT {_ROW}, CAST({col} AS VARCHAR) FROM __freshet_q WHERE {col} IS NOT NULL "
+            f"AND TRY_CAST({col} AS BIGINT) IS NULL ORDER BY {_ROW} LIMIT 1"
+        ).fetchall()
+        if bad:
+            raise HistoricalError(
+                f"row {bad[0][0]}: key {bad[0][1]!r} in column {key!r} is not an integer "
+                "(a long key field)"
+            )
     bad = con.execute(
         f"SELECT {_ROW}, CAST({_quote(timestamp_column)} AS VARCHAR) FROM __freshet_q "
         f"WHERE {_quote(timestamp_column)} IS NOT NULL AND {_TS} IS NULL ORDER BY {_ROW} LIMIT 1"
@@ -383,8 +458,10 @@ def _plan(
 
     ctes = ["q AS (SELECT * FROM __freshet_q)"]
     joins = []
-    selects = [f"q.* EXCLUDE ({_ROW}, {_ENTITY}, {_TS}, {_KEY})"]
-    for i, (request, view_names) in enumerate(zip(requests, names, strict=True)):
+    selects = [f"q.* EXCLUDE ({_ROW}, {', '.join(entity_cols.values())}, {_TS}, {_KEY})"]
+    for i, (request, view_names, entity) in enumerate(
+        zip(requests, names, view_entity, strict=True)
+    ):
         layout = request.layout
         ttl_ms = layout.ttl_seconds * 1000
         alias = f"v{i}"
@@ -406,7 +483,7 @@ def _plan(
             + ")"
         )
         joins.append(
-            f"ASOF LEFT JOIN {alias} ON q.{_ENTITY} = {alias}.{_ENTITY} "
+            f"ASOF LEFT JOIN {alias} ON q.{entity} = {alias}.{_ENTITY} "
             f"AND q.{_KEY} >= {alias}.{_KEY}"
         )
         expired = f"{alias}.{_AS_OF} + {ttl_ms} < q.{_TS}" if ttl_ms else None
@@ -462,12 +539,17 @@ def historical_features(
 
 
 def read_entities(
-    path: Path | str, *, entity_column: str = "entity", timestamp_column: str = "timestamp"
+    path: Path | str,
+    *,
+    entity_column: str = "entity",
+    timestamp_column: str = "timestamp",
+    key_columns: Sequence[str] = (),
 ) -> pa.Table:
     """The entity/timestamp rows of a ``.parquet`` or ``.csv`` file.
 
-    In CSV the entity and timestamp columns are read as text (``007`` stays ``"007"``; the
-    timestamp is parsed as epoch ms or ISO-8601 by the join); label columns are inferred.
+    In CSV the entity, timestamp and ``key_columns`` (the key fields of composite views:
+    :func:`key_columns`) are read as text (``007`` stays ``"007"``; the timestamp is parsed as
+    epoch ms or ISO-8601 by the join); label columns are inferred.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -478,7 +560,11 @@ def read_entities(
             return pacsv.read_csv(
                 path,
                 convert_options=pacsv.ConvertOptions(
-                    column_types={entity_column: pa.string(), timestamp_column: pa.string()}
+                    column_types={
+                        entity_column: pa.string(),
+                        timestamp_column: pa.string(),
+                        **dict.fromkeys(key_columns, pa.string()),
+                    }
                 ),
             )
     except (OSError, pa.ArrowInvalid) as exc:

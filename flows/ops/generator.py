@@ -154,9 +154,11 @@ class TransactionStream:
             raise GeneratorError(f"view {view.name!r} has no schema to generate records from")
         schema = load_schema(source.schema_path)
         fields = {f["name"] for f in schema["fields"]}
-        self._entity = view.entity.key
+        self._entity = view.entity.keys[0]
         self._time = source.event_time_field
-        needed = [self._entity, self._time, _AMOUNT_FIELD, _MERCHANT_FIELD]
+        needed = list(
+            dict.fromkeys([*view.entity.keys, self._time, _AMOUNT_FIELD, _MERCHANT_FIELD])
+        )
         if set(needed) != fields:
             raise GeneratorError(
                 f"the generator writes {', '.join(needed)}; view {view.name!r}'s schema "

@@ -3,7 +3,10 @@
 * :class:`StartingKafkaSource` — Bytewax's ``KafkaSource`` whose *first* start position is
   ``earliest``, ``latest`` or a time (``offsets_for_times``), resolved per partition to an
   absolute offset so a recovery snapshot taken before any record arrived still means "here";
-  a resumed partition always continues from its snapshot. Its partitions emit the consumer's
+  a resumed partition always continues from its snapshot. With ``end`` (epoch ms) it is a
+  bounded replay: each partition stops before its first record stamped at or after ``end``
+  (``freshet backfill``), and reports its progress (``freshet_replay_records_*``). Its
+  partitions emit the consumer's
   ``confluent_kafka.Message`` objects as they are (Bytewax's own partition copies each into a
   frozen ``KafkaSourceMessage``, which costs more than decoding it; ``tests/bench/README.md``).
 * :class:`RedisSink` — a ``FixedPartitionedSink`` (one partition per worker in ``freshet
@@ -29,6 +32,7 @@ Connections are made in ``build``/``build_part`` (on the worker) and fail fast.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import threading
@@ -105,6 +109,7 @@ class StartingKafkaSource(KafkaSource):
         tail: bool = True,
         batch_size: int = 10_000,
         positions_dir: Path | None = None,
+        end: int | None = None,
     ) -> None:
         config = dict(config)
         brokers = config.pop("bootstrap.servers").split(",")
@@ -120,6 +125,7 @@ class StartingKafkaSource(KafkaSource):
         self._client_config = {"bootstrap.servers": ",".join(brokers), **config}
         self._start = start
         self._positions = positions_dir
+        self._end = end
 
     def list_parts(self) -> list[str]:
         """``<partition>-<topic>`` of every topic. Bytewax's own listing waits for the broker
@@ -169,6 +175,7 @@ class StartingKafkaSource(KafkaSource):
             int(idx),
             OFFSET_BEGINNING if resume_state is None else resume_state,
             batch_size=self._batch_size,
+            end=None if self._end is None else self._offset_at(for_part, self._end),
         )
 
     def _recorded_first_offset(self, for_part: str) -> int:
@@ -189,6 +196,11 @@ class StartingKafkaSource(KafkaSource):
         return offset
 
     def _first_offset(self, for_part: str) -> int:
+        return self._offset_at(for_part, self._start)
+
+    def _offset_at(self, for_part: str, at: StartAt) -> int:
+        """The offset of ``for_part``'s first record stamped at or after ``at`` (epoch ms; the
+        end of the partition when there is none yet), or its end for ``latest``."""
         idx, topic = for_part.split("-", 1)
         tp = TopicPartition(topic, int(idx))
         consumer = kafka_clients.consumer(
@@ -200,15 +212,15 @@ class StartingKafkaSource(KafkaSource):
         )
         try:
             _, high = consumer.get_watermark_offsets(tp, timeout=_METADATA_TIMEOUT_S)
-            if self._start == "latest":
+            if at == "latest":
                 return int(high)
-            tp.offset = int(self._start)
+            tp.offset = int(at)
             (found,) = consumer.offsets_for_times([tp], timeout=_METADATA_TIMEOUT_S)
             # -1: no record at or after the time yet -> start at the end.
             return int(found.offset) if found.offset >= 0 else int(high)
         except KafkaException as exc:
             raise SourceError(
-                f"cannot resolve the start offset of {topic}[{idx}] ({self._start!r}): {exc}"
+                f"cannot resolve the offset of {topic}[{idx}] at {at!r}: {exc}"
             ) from exc
         finally:
             consumer.close()
@@ -219,19 +231,27 @@ class _KafkaPartition(StatefulSourcePartition[Message, int]):
 
     The same contract as Bytewax's Kafka partition (snapshot = the next offset to read; with
     ``enable.partition.eof`` the partition ends at the end of the topic; a consumer error
-    stops the flow), without a per-record copy.
+    stops the flow), without a per-record copy. With ``end`` it also ends before that offset,
+    and counts its progress towards it in ``freshet_replay_records_done``.
     """
 
     def __init__(
         self, step_id: str, config: dict[str, Any], topic: str, idx: int, offset: int, *,
-        batch_size: int,
+        batch_size: int, end: int | None = None,
     ) -> None:  # fmt: skip
         self._offset = offset
         self._topic = topic
         self._idx = idx
         self._batch_size = batch_size
-        self._eof = False
+        self._end = end
+        self._eof = end is not None and offset >= end
         self._lag = BYTEWAX_CONSUMER_LAG_GAUGE.labels(step_id=step_id, topic=topic, partition=idx)
+        self._done: Any = None
+        if end is not None:
+            self._start = offset
+            metrics.REPLAY_PLANNED.labels(topic=topic, partition=idx).set(max(0, end - offset))
+            self._done = metrics.REPLAY_DONE.labels(topic=topic, partition=idx)
+            self._done.set(0)
         consumer = kafka_clients.consumer({**config, "stats_cb": self._stats})
         consumer.assign([TopicPartition(topic, idx, offset)])
         self._consumer = consumer
@@ -251,10 +271,22 @@ class _KafkaPartition(StatefulSourcePartition[Message, int]):
             return batch
         if any(m.error() is not None for m in batch):
             batch = self._without_errors(batch)
+        if self._end is not None and batch:
+            batch = self._before_end(batch, self._end)
         if batch:
             self._offset = cast(int, batch[-1].offset()) + 1  # set on consumed records
             RECENT.remember(self._topic, self._idx, batch)  # late letters' original bytes
+        if self._done is not None:
+            self._done.set(self._offset - self._start)
         return batch
+
+    def _before_end(self, batch: list[Message], end: int) -> list[Message]:
+        """The records of ``batch`` before offset ``end``; at ``end`` the partition ends."""
+        if cast(int, batch[-1].offset()) + 1 < end:
+            return batch
+        self._eof = True
+        # Offsets ascend within a partition.
+        return batch[: bisect.bisect_left(batch, end, key=lambda m: cast(int, m.offset()))]
 
     def _without_errors(self, batch: list[Message]) -> list[Message]:
         """The records before the end of the partition, without transient errors (a lost
@@ -302,12 +334,20 @@ class _RedisPartition(StatefulSinkPartition[Changes, None]):
     """
 
     def __init__(
-        self, view: str, writer: RedisFeatureWriter, client: Any, *, max_queued: int = 200_000
+        self,
+        view: str,
+        writer: RedisFeatureWriter,
+        client: Any,
+        *,
+        max_queued: int = 200_000,
+        freshness: bool = True,
     ) -> None:
         self._view = view
+        self._freshness = freshness
         self._writer = writer
         self._client = client
         self._max_queued = max_queued
+        self._updated = metrics.REDIS_RECORDS_UPDATED.labels(view=view)
         self._cond = threading.Condition()
         self._queue: list[Changes] = []
         self._queued_rows = 0
@@ -358,9 +398,11 @@ class _RedisPartition(StatefulSinkPartition[Changes, None]):
         # Each entity's last row (its newest): later rows replace earlier ones in the dict.
         latest = dict(zip(map(_ENTITY_OF, rows), rows, strict=True))
         started = time.perf_counter()
-        self._writer.write(list(latest.values()))
+        self._updated.inc(self._writer.write(list(latest.values())))
         done = time.perf_counter()
         metrics.REDIS_WRITE_SECONDS.observe(self._view, done - started)
+        if not self._freshness:
+            return
         now_ms = time.time_ns() / 1e6
         metrics.FRESHNESS_SECONDS.observe_ages(
             self._view, now_ms, list(chain.from_iterable(changes.kafka_ts for changes in batch))
@@ -406,6 +448,8 @@ class RedisSink(FixedPartitionedSink[Changes, None]):
     url: str
     view: FeatureView
     partitions: int = 1
+    # Off in a replay: its rows' Kafka timestamps are hours old, not a freshness.
+    freshness: bool = True
 
     def list_parts(self) -> list[str]:
         width = len(str(self.partitions - 1))
@@ -419,7 +463,7 @@ class RedisSink(FixedPartitionedSink[Changes, None]):
         writer = RedisFeatureWriter(
             client, {layout.name: layout}, on_retry=lambda _exc: retries.inc()
         )
-        return _RedisPartition(self.view.name, writer, client)
+        return _RedisPartition(self.view.name, writer, client, freshness=self.freshness)
 
 
 class _ParquetPartition(StatefulSinkPartition[list[Row], WriterState | None]):
@@ -578,6 +622,9 @@ class KafkaIO:
 
     Reads ``view.source.topic``, sends dead letters to ``dead_letter_topic(view)``.
     ``tail=False`` stops at the end of every partition (tests, benchmarks, catch-up jobs).
+    A bounded replay (``freshet backfill``) reads from ``start`` (a time) to ``end`` and names
+    its Parquet writers ``<parquet_prefix>p<i>``; with ``live`` off it only counts dead letters
+    (the live flow sent them) and observes no freshness (its rows are old by design).
     """
 
     settings: Settings
@@ -596,6 +643,10 @@ class KafkaIO:
     parquet_commit_at_snapshot: bool = True
     # With recovery: where first-start offsets are recorded (see StartingKafkaSource).
     start_positions_dir: Path | None = None
+    # A bounded replay: each partition ends before its first record stamped at or after this.
+    end: int | None = None
+    parquet_prefix: str = ""
+    live: bool = True
 
     def source(self, view: FeatureView) -> StartingKafkaSource:
         return StartingKafkaSource(
@@ -605,10 +656,13 @@ class KafkaIO:
             tail=self.tail,
             batch_size=self.kafka_batch_size,
             positions_dir=self.start_positions_dir,
+            end=self.end,
         )
 
     def online_sink(self, view: FeatureView) -> RedisSink:
-        return RedisSink(self.settings.redis_url, view, partitions=self.redis_partitions)
+        return RedisSink(
+            self.settings.redis_url, view, partitions=self.redis_partitions, freshness=self.live
+        )
 
     def offline_sink(self, view: FeatureView) -> ParquetSink:
         return ParquetSink(
@@ -617,8 +671,10 @@ class KafkaIO:
             partitions=self.parquet_partitions,
             max_rows=self.parquet_max_rows,
             max_age_s=self.parquet_max_age_s,
+            prefix=self.parquet_prefix,
             commit_at_snapshot=self.parquet_commit_at_snapshot,
         )
 
     def dead_letter_sink(self, view: FeatureView) -> DeadLetterSink:
-        return DeadLetterSink(self.settings.kafka_client_config(), dead_letter_topic(view))
+        topic = dead_letter_topic(view) if self.live else None
+        return DeadLetterSink(self.settings.kafka_client_config(), topic)

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from freshet.decode.messages import DeadLetter, Headers, field
+from freshet.sinks.layout import decode_entity
 
 if TYPE_CHECKING:
     from confluent_kafka import Producer
@@ -94,7 +95,9 @@ def late_letter(
     entity, event_time_ms, fields, partition, offset, _ = event
     headers: Headers | None = None
     if value is None:
-        record = {view.entity.key: entity, view.source.event_time_field: event_time_ms}
+        keys = view.entity.keys
+        record: dict[str, Any] = dict(zip(keys, decode_entity(entity, len(keys)), strict=True))
+        record[view.source.event_time_field] = event_time_ms
         record.update(zip(view.input_fields, fields, strict=True))
         value = orjson.dumps(record)
         headers = list(_DECODED_JSON)

@@ -14,12 +14,17 @@ Exposed (``/metrics`` on ``--metrics-port``, default 9108)::
     freshet_rows_emitted_total{view}              feature rows (value changes) emitted
     freshet_redis_write_seconds{view}             histogram: one pipelined Redis batch write
     freshet_redis_write_retries_total{view}       Redis batch writes re-sent (Redis restarting/down)
+    freshet_redis_records_updated_total{view}     Redis records a write changed (newer-wins won)
     freshet_parquet_write_seconds{view}           histogram: one Parquet sink batch (incl. rolls)
     freshet_segments_written_total{view}          Parquet segments committed
     freshet_freshness_seconds{view}               histogram: Kafka timestamp -> Redis write done
     freshet_consumer_lag{topic,partition}         broker's last stable offset - next offset to read
     freshet_state_snapshot_seconds{view}          histogram: one engine shard's snapshot (recovery)
     freshet_state_entities_pickled_total{view}    entity states pickled for recovery snapshots
+    freshet_replay_records_planned{topic,partition}  a bounded replay's records (end - start)
+    freshet_replay_records_done{topic,partition}     of those, read so far
+    freshet_replay_events_per_second              a replay process's read rate (last seconds)
+    freshet_replay_eta_seconds                    its estimated time to the end of its records
 
 Consumer lag comes from librdkafka's statistics (once a second), which Bytewax's Kafka source
 already records in its own gauge; :class:`_ConsumerLagCollector` re-exports it under the
@@ -32,7 +37,7 @@ import bisect
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from prometheus_client import REGISTRY, Counter, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -43,7 +48,12 @@ __all__ = [
     "EVENTS_LATE",
     "FRESHNESS_SECONDS",
     "PARQUET_WRITE_SECONDS",
+    "REDIS_RECORDS_UPDATED",
     "REDIS_WRITE_SECONDS",
+    "REPLAY_DONE",
+    "REPLAY_ETA_SECONDS",
+    "REPLAY_PLANNED",
+    "REPLAY_RATE",
     "ROWS_EMITTED",
     "SEGMENTS_WRITTEN",
     "STATE_ENTITIES_PICKLED",
@@ -223,6 +233,11 @@ REDIS_WRITE_RETRIES = Counter(
     "Redis batch writes re-sent after a transient failure (Redis restarting or unreachable).",
     ["view"],
 )
+REDIS_RECORDS_UPDATED = Counter(
+    "freshet_redis_records_updated",
+    "Redis records a write changed (rows older than the stored one are refused: newer-wins).",
+    ["view"],
+)
 REDIS_WRITE_SECONDS = BatchHistogram(
     "freshet_redis_write_seconds", "Duration of one pipelined Redis batch write."
 )
@@ -243,6 +258,23 @@ STATE_ENTITIES_PICKLED = Counter(
     "Entity states pickled for recovery snapshots (a changed entity once per epoch, again "
     "if it changes after being pickled ahead of the snapshot).",
     ["view"],
+)
+REPLAY_PLANNED = Gauge(
+    "freshet_replay_records_planned",
+    "Records a bounded replay (freshet backfill) reads from a partition: end - start offset.",
+    ["topic", "partition"],
+)
+REPLAY_DONE = Gauge(
+    "freshet_replay_records_done",
+    "Records of its plan a bounded replay has read from a partition (offsets past the start).",
+    ["topic", "partition"],
+)
+REPLAY_RATE = Gauge(
+    "freshet_replay_events_per_second", "Records a replay process read per second, lately."
+)
+REPLAY_ETA_SECONDS = Gauge(
+    "freshet_replay_eta_seconds",
+    "Seconds a replay process needs for the rest of its records at its recent rate.",
 )
 REGISTRY.register(_ConsumerLagCollector())
 

@@ -76,6 +76,7 @@ __all__ = [
     "ShardLogic",
     "build_flow",
     "flow_clock",
+    "rows_between",
     "shard_keys",
     "shard_of",
 ]
@@ -94,14 +95,17 @@ class FlowOptions:
     ``persist_state``: snapshots are kept (recovery on); when off, shards skip pickling.
     ``late_to_dead_letters``: late events go to the dead-letter topic too (they are always
     counted). ``flush_until_ms``: a bounded replay's end — at end of input every boundary up
-    to it is emitted (``ViewEngine.flush``); None for live runs. ``clock_offset_ms``: the
-    engine's wall clock is ``now - clock_offset_ms`` (see :func:`flow_clock`).
+    to it is emitted (``ViewEngine.flush``); None for live runs. ``rows_between``: a replay's
+    ``(from, to)`` — only rows with ``as_of`` in ``[from, to]`` leave the engine (the ones
+    before are its window history). ``clock_offset_ms``: the engine's wall clock is ``now -
+    clock_offset_ms`` (see :func:`flow_clock`).
     """
 
     shards: int = DEFAULT_SHARDS
     persist_state: bool = False
     late_to_dead_letters: bool = True
     flush_until_ms: int | None = None
+    rows_between: tuple[int, int] | None = None
     clock_offset_ms: int = 0
     # Avro views read the Confluent wire format with writer schemas from this registry.
     schema_registry_url: str | None = None
@@ -196,6 +200,16 @@ def _rows(changes: Changes) -> list[Row] | None:
 
 def _late(keyed: tuple[str, Changes]) -> list[DeadLetter]:
     return keyed[1].late
+
+
+def rows_between(
+    rows: list[Row], kafka_ts: list[int], lo: int, hi: int
+) -> tuple[list[Row], list[int]]:
+    """The rows with ``as_of`` in ``[lo, hi]``, with their Kafka timestamps."""
+    keep = [i for i, row in enumerate(rows) if lo <= row[2] <= hi]  # row[2]: Row.as_of
+    if len(keep) == len(rows):
+        return rows, kafka_ts
+    return [rows[i] for i in keep], [kafka_ts[i] for i in keep]
 
 
 def flow_clock(offset_ms: int) -> Callable[[], int]:
@@ -351,6 +365,8 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
         return late_letter(self._view, event, watermark_ms=state.wm)
 
     def _emit(self, rows: list[Row], kafka_ts: list[int], late: list[DeadLetter]) -> list[Changes]:
+        if rows and self._options.rows_between is not None:
+            rows, kafka_ts = rows_between(rows, kafka_ts, *self._options.rows_between)
         if rows:
             self._rows_counter.inc(len(rows))
         if not self._options.late_to_dead_letters:

@@ -11,6 +11,7 @@ the range, so the live flow has emitted every row of the range and the compariso
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from pipeline_harness import FlowProcess, Reference, read_topic, redis_records
 from freshet.dsl.definitions import Aggregation, Feature, FeatureView
 from freshet.dsl.views import CARD_TXN
 from freshet.ops.generator import GeneratorConfig, TransactionStream
+from freshet.ops.processes import cluster_addresses
 from freshet.sinks.parquet_log import read_log, segment_paths
 from freshet.sinks.redis_store import record_key
 
@@ -348,3 +350,104 @@ def test_a_signalled_backfill_commits_what_it_replayed_and_the_same_command_comp
     done = backfill(CARD_TXN.name, topic, lo, hi, env)
     assert done["complete"]
     assert set(backfill_rows(offline_dir, CARD_TXN)) == expected
+
+
+def test_two_processes_write_exactly_the_rows_of_one_and_show_their_progress(
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    topic_factory: Callable[..., str],
+    tmp_path: Path,
+) -> None:
+    topic, _, lo, hi = history(kafka_bootstrap, topic_factory, count=12_000, seed=5)
+    ref = Reference.of(CARD_TXN, read_topic(kafka_bootstrap, topic))
+    expected = reference_rows(ref, lo, hi)
+    cards = sorted(ref.applied)
+    args = ["backfill", CARD_TXN.name, "--topic", topic, "--from", str(lo), "--to", str(hi)]
+    runs = {}
+    for processes in (1, 2):
+        redis_client.flushdb()
+        offline = tmp_path / f"offline-p{processes}"
+        env = env_of(kafka_bootstrap, redis_url, offline)
+        plan = orjson.loads(freshet([*args, "--dry-run", "--json"], env))
+        proc = subprocess.run(
+            [*_FRESHET, *args, "-p", str(processes), "--json"],
+            env=env, capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        summary = orjson.loads(proc.stdout)
+        writers = {
+            p.name.split("-")[-2] for p in segment_paths(offline, CARD_TXN.name, CARD_TXN.version)
+        }
+        runs[processes] = (
+            backfill_rows(offline, CARD_TXN),
+            redis_records(redis_client, CARD_TXN, cards),
+            summary,
+            writers,
+        )
+        # The progress on the terminal (stderr, no progress bar without a tty): its last line
+        # has every planned record read.
+        n = plan["messages"]
+        assert f"replayed {n:,} of {n:,} records (100%)" in proc.stderr.splitlines()[-1]
+        assert summary["consumed"] == n
+
+    (rows_1, redis_1, summary_1, writers_1), (rows_2, redis_2, summary_2, writers_2) = (
+        runs[1],
+        runs[2],
+    )
+    assert len(rows_1) == len(set(rows_1))  # every row once, without the reader's dedupe
+    assert set(rows_1) == expected  # the brute-force reference's rows of the range
+    assert rows_2 == rows_1
+    assert redis_2 == redis_1
+    assert set(redis_1) == {r[0] for r in expected}
+    assert (summary_1["workers"], summary_2["workers"]) == (1, 2)
+    assert summary_2["rows_offline"] == summary_1["rows_offline"] == len(rows_1)
+    # Both processes of -p 2 wrote their share of the log (one writer each).
+    assert (writers_1, writers_2) == ({"p0"}, {"p0", "p1"})
+
+
+def test_a_cluster_started_process_by_process_replaces_the_ranges_earlier_segments(
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_client: redis.Redis,
+    topic_factory: Callable[..., str],
+    offline_dir: Path,
+) -> None:
+    """``-i/-a``, as the pods of deploy/k8s/jobs/backfill.yaml run it: no parent process."""
+    topic, _, lo, hi = history(kafka_bootstrap, topic_factory, count=6_000, seed=7)
+    ref = Reference.of(CARD_TXN, read_topic(kafka_bootstrap, topic))
+    expected = reference_rows(ref, lo, hi)
+    env = env_of(kafka_bootstrap, redis_url, offline_dir)
+    backfill(CARD_TXN.name, topic, lo, hi, env)
+    earlier = set(segment_paths(offline_dir, CARD_TXN.name))
+    redis_once = redis_records(redis_client, CARD_TXN, sorted(ref.applied))
+    addresses = cluster_addresses(2)
+    args = ["backfill", CARD_TXN.name, "--topic", topic, "--from", str(lo), "--to", str(hi)]
+
+    members = [
+        subprocess.Popen(
+            [*_FRESHET, *args, "-i", str(i), "-a", addresses, "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [m.communicate(timeout=180) for m in members]
+
+    for member, (out, err) in zip(members, outputs, strict=True):
+        assert member.returncode == 0, err
+        assert out.startswith("{"), (out, err)
+        assert re.search(r"replayed [\d,]+ of [\d,]+ records \(100%\), .* ETA 0:00:00", err), err
+    tallies = [orjson.loads(out) for out, _ in outputs]
+    assert sum(t["consumed"] for t in tallies) == sum(
+        p["messages"]
+        for p in orjson.loads(freshet([*args, "--dry-run", "--json"], env))["partitions"]
+    )
+    rows = backfill_rows(offline_dir, CARD_TXN)
+    assert len(rows) == len(set(rows))  # the earlier run's segments are gone
+    assert set(rows) == expected
+    assert not set(segment_paths(offline_dir, CARD_TXN.name)) & earlier
+    assert redis_records(redis_client, CARD_TXN, sorted(ref.applied)) == redis_once
+    assert not list(offline_dir.rglob(".bf*done-*"))  # the markers are cleaned up

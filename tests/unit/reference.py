@@ -18,7 +18,10 @@ time: slow and obviously right. The engine's rows are checked against it.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from freshet.dsl.definitions import Aggregation, FeatureView
@@ -62,8 +65,41 @@ def assert_rows_close(view: FeatureView, got: list[Row], want: list[Row]) -> Non
                 assert abs(a - b) <= abs(b) * QUANTILE_RELATIVE_ERROR, (name, a, b, g, w)
 
 
-def feature_values(view: FeatureView, events: list[Event], as_of: int) -> tuple[Any, ...]:
+# Hand-written stand-ins for a view's expressions (never the engine's compiled code): ``columns``
+# maps an event's input fields by name to its computed columns; ``where`` maps a feature name to
+# its filter over fields and columns (None counts as false).
+Columns = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+Where = Mapping[str, Callable[[Mapping[str, Any]], Any]]
+
+
+@dataclass(frozen=True)
+class Expressions:
+    columns: Columns = lambda record: {}
+    where: Where = field(default_factory=dict)
+
+
+def _record(view: FeatureView, event: Event, expressions: Expressions) -> dict[str, Any]:
+    record = dict(zip(view.input_fields, event.fields, strict=True))
+    record.update(expressions.columns(record))
+    return record
+
+
+def _population_variance(values: list[Any]) -> float | None:
+    if not values:
+        return None
+    exact = [Fraction(v) for v in values]
+    mean = sum(exact) / len(exact)
+    return float(sum((x - mean) ** 2 for x in exact) / len(exact))
+
+
+def feature_values(
+    view: FeatureView,
+    events: list[Event],
+    as_of: int,
+    expressions: Expressions | None = None,
+) -> tuple[Any, ...]:
     """Every feature of ``view`` as of ``as_of`` over ``events``, by brute force."""
+    expressions = expressions or Expressions()
     out: list[Any] = []
     for feature in view.features:
         if feature.window_seconds is None:
@@ -73,10 +109,23 @@ def feature_values(view: FeatureView, events: list[Event], as_of: int) -> tuple[
             w, h = feature.window_seconds * 1000, feature.hop_seconds * 1000
             start = ((as_of - w) // h) * h
             chosen = [e for e in events if start <= e.t <= as_of]
-        if feature.field is not None:
-            index = view.input_fields.index(feature.field)
-            values = [e.fields[index] for e in chosen]
-        is_float = feature.field is not None and view.source.field_types[feature.field] == "float64"
+        records = [_record(view, e, expressions) for e in chosen]
+        where = expressions.where.get(feature.name)
+        if where is not None:
+            kept = [(e, r) for e, r in zip(chosen, records, strict=True) if where(r) is True]
+            chosen = [e for e, _ in kept]
+            records = [r for _, r in kept]
+        if feature.field is not None:  # aggregations skip null inputs
+            kept = [(e, r) for e, r in zip(chosen, records, strict=True)
+                    if r[feature.field] is not None]  # fmt: skip
+            chosen = [e for e, _ in kept]
+            records = [r for _, r in kept]
+            values = [r[feature.field] for r in records]
+            stamped = sorted(
+                ((e.t, e.offset, v) for e, v in zip(chosen, values, strict=True)),
+                reverse=True,
+            )
+        is_float = feature.field is not None and view.field_type(feature.field) == "float64"
         agg = feature.agg
         if agg is Aggregation.COUNT:
             out.append(len(chosen))
@@ -90,8 +139,21 @@ def feature_values(view: FeatureView, events: list[Event], as_of: int) -> tuple[
         elif agg is Aggregation.MAX:
             out.append(max(values) if values else None)
         elif agg is Aggregation.LAST:
-            latest = max(chosen, key=lambda e: (e.t, e.offset), default=None)
-            out.append(None if latest is None else latest.fields[index])
+            out.append(stamped[0][2] if stamped else None)
+        elif agg is Aggregation.FIRST:
+            out.append(stamped[-1][2] if stamped else None)
+        elif agg is Aggregation.LAST_K:
+            assert feature.k is not None
+            out.append([v for _, _, v in stamped[: feature.k]])
+        elif agg is Aggregation.TOP_K:
+            assert feature.k is not None
+            ranked = sorted(Counter(values).items(), key=lambda vc: (-vc[1], vc[0]))
+            out.append([[v, c] for v, c in ranked[: feature.k]])
+        elif agg is Aggregation.VARIANCE:
+            out.append(_population_variance(values))
+        elif agg is Aggregation.STDDEV:
+            variance = _population_variance(values)
+            out.append(None if variance is None else math.sqrt(variance))
         elif agg is Aggregation.DISTINCT_COUNT:
             out.append(len(set(values)))
         else:
@@ -112,8 +174,9 @@ class _Entity:
 class Reference:
     """Feeds events per entity and returns the rows DESIGN.md prescribes (None for late events)."""
 
-    def __init__(self, view: FeatureView) -> None:
+    def __init__(self, view: FeatureView, expressions: Expressions | None = None) -> None:
         self.view = view
+        self.expressions = expressions
         self.lateness = view.allowed_lateness_seconds * 1000
         self.windows = sorted(
             {
@@ -127,15 +190,29 @@ class Reference:
         self._seq = 0
 
     def _due(self, name: str, entity: _Entity) -> list[Row]:
-        boundaries = {
-            (e.t // h + 1) * h + w for e in entity.accepted for w, h in self.windows
-        } - entity.emitted
+        # A tile of a feature holds the events that pass its filter (``where``, and a non-null
+        # input): its boundary is due only if it holds one.
+        boundaries: set[int] = set()
+        expressions = self.expressions or Expressions()
+        for feature in self.view.features:
+            if feature.window_seconds is None or feature.hop_seconds is None:
+                continue
+            w, h = feature.window_seconds * 1000, feature.hop_seconds * 1000
+            where = expressions.where.get(feature.name)
+            for e in entity.accepted:
+                record = _record(self.view, e, expressions)
+                if where is not None and where(record) is not True:
+                    continue
+                if feature.field is not None and record[feature.field] is None:
+                    continue
+                boundaries.add((e.t // h + 1) * h + w)
+        boundaries -= entity.emitted
         rows = []
         for b in sorted(x for x in boundaries if x < entity.watermark):
             entity.emitted.add(b)
             before = [e for e in entity.accepted if e.t <= b]
             last = max(before, key=lambda e: e.offset)
-            values = feature_values(self.view, entity.accepted, b)
+            values = feature_values(self.view, entity.accepted, b, self.expressions)
             rows.append(Row(self.view.name, name, b, values, last.partition, last.offset))
         return rows
 
@@ -159,7 +236,7 @@ class Reference:
         rows = self._due(name, entity)
         self._seq += 1
         entity.accepted.append(Event(t, fields, partition, offset, self._seq))
-        values = feature_values(self.view, entity.accepted, entity.max_t)
+        values = feature_values(self.view, entity.accepted, entity.max_t, self.expressions)
         rows.append(Row(self.view.name, name, entity.max_t, values, partition, offset))
         return rows
 

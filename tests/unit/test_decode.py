@@ -413,7 +413,7 @@ def test_avro_and_json_decoders_agree_on_any_valid_record(
 def _view(encoding: str, schema_path: Path | None) -> Any:
     return SimpleNamespace(
         name="card_txn",
-        entity=SimpleNamespace(key="card_id"),
+        entity=SimpleNamespace(key="card_id", keys=("card_id",)),
         input_fields=INPUT_FIELDS,
         source=SimpleNamespace(
             topic="transactions",

@@ -123,8 +123,12 @@ def test_a_hop_override_replaces_the_default() -> None:
          r"needs quantile in \[0, 1\]; got 1.5"),
         (lambda: Feature("m", Aggregation.MAX, "amount", quantile=0.5),
          r"quantile=0.5 is only allowed with approx_percentile"),
-        (lambda: Feature("l", Aggregation.LAST, "merchant", window="1h"),
-         r"last is a lifetime aggregation; remove window='1h'"),
+        (lambda: Feature("l", Aggregation.LAST_K, "merchant", window="1h"),
+         r"last_k needs k, an int from 1 to 100; got k=None"),
+        (lambda: Feature("l", Aggregation.TOP_K, "merchant", window="1h", k=101),
+         r"top_k needs k, an int from 1 to 100; got k=101"),
+        (lambda: Feature("l", Aggregation.LAST, "merchant", k=3),
+         r"k=3 is only allowed with last_k and top_k"),
         (lambda: Feature("n", Aggregation.COUNT, hop="10s"), r"hop='10s' needs a window"),
         (lambda: Feature("Bad-Name", Aggregation.COUNT), r"Feature.name='Bad-Name'"),
         (lambda: Source(topic="t", encoding="xml", schema="transaction.avsc",  # type: ignore[arg-type]
@@ -199,6 +203,8 @@ def test_views_json_describes_source_lateness_ttl_and_every_feature() -> None:
         "window_seconds": 86_400,
         "hop_seconds": 900,
         "quantile": None,
+        "k": None,
+        "where": None,
         "type": "float64",
     }
     orjson.dumps(views_json())  # JSON-able as is

@@ -39,6 +39,7 @@ import yaml
 from freshet.cli import cli
 from freshet.dsl.registry import get_view
 from freshet.serving.auth import ApiKeys
+from freshet.sinks.clock import parse_time
 from freshet.sinks.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,6 +137,10 @@ def registered_metrics() -> dict[str, frozenset[str]]:
     from freshet.serving.metrics import ServingMetrics
 
     serving = ServingMetrics(["card_txn"])
+    from freshet.serving.cache import CachedRedis, CacheSettings
+
+    # The cache's metrics join the endpoint's registry when it is on (FRESHET_CACHE=on).
+    CachedRedis("redis://127.0.0.1:1/0", settings=CacheSettings(enabled=True)).bind_metrics(serving)
     # prometheus_client has no public accessor for label names; each metric keeps them here.
     labels: dict[str, tuple[str, ...]] = {}
     for obj in [*vars(flow_metrics).values(), *vars(serving).values()]:
@@ -612,8 +617,88 @@ def job_problems(job: Mapping[str, Any], docs: Mapping[str, Mapping[str, Any]]) 
     return problems
 
 
+def job_files() -> dict[str, dict[str, dict[str, Any]]]:
+    """File name -> ``"Kind/name"`` -> manifest, for each file in deploy/k8s/jobs."""
+    return {
+        p.name: {
+            f"{d['kind']}/{d['metadata']['name']}": d for d in yaml.safe_load_all(p.read_text())
+        }
+        for p in sorted((K8S / "jobs").glob("*.yaml"))
+    }
+
+
 def jobs() -> dict[str, dict[str, Any]]:
-    return {p.name: load_yaml(p) for p in sorted((K8S / "jobs").glob("*.yaml"))}
+    """File name -> the Job it holds (one per file, beside what it needs, e.g. a Service)."""
+    found = {}
+    for name, docs in job_files().items():
+        (job,) = [doc for key, doc in docs.items() if key.startswith("Job/")]
+        found[name] = job
+    return found
+
+
+def backfill_cluster_problems(docs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The backfill Job is one Bytewax cluster: an Indexed Job whose pod i is process i
+    (completion index), addresses = the pods' names under a headless Service, one per pod."""
+    (job,) = [doc for key, doc in docs.items() if key.startswith("Job/")]
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    container = _container(job)
+    ports = _ports(container)
+    env = {item["name"]: item for item in container.get("env", [])}
+    id_var, addr_var = (
+        option_envvar("backfill", "process_id"),
+        option_envvar("backfill", "addresses"),
+    )
+    if id_var not in env or addr_var not in env:
+        return [f"backfill container sets neither {id_var} nor {addr_var} (-i/-a)"]
+    problems = []
+    if spec.get("completionMode") != "Indexed":
+        problems.append("the backfill Job is not Indexed: its pods have no process ids")
+    field = env[id_var].get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+    if field != "metadata.annotations['batch.kubernetes.io/job-completion-index']":
+        problems.append(f"{id_var} comes from {field!r}, not the completion index")
+    addresses = env[addr_var]["value"].split(";")
+    if not len(addresses) == spec.get("completions") == spec.get("parallelism"):
+        problems.append(
+            f"{len(addresses)} addresses, {spec.get('completions')} completions, "
+            f"{spec.get('parallelism')} parallelism: one cluster process per pod, all at once"
+        )
+    service = docs.get(f"Service/{pod.get('subdomain')}")
+    if service is None or service["spec"].get("clusterIP") != "None":
+        return [*problems, f"subdomain {pod.get('subdomain')!r} is not a headless Service"]
+    if not service["spec"].get("publishNotReadyAddresses"):
+        problems.append("the headless service must publish not-ready pods (cluster formation)")
+    selector = service["spec"]["selector"].items()
+    if not selector <= job["spec"]["template"]["metadata"]["labels"].items():
+        problems.append(f"Service/{pod['subdomain']} does not select the backfill pods")
+    service_ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    for i, address in enumerate(addresses):
+        host, _, port = address.rpartition(":")
+        expected = f"{job['metadata']['name']}-{i}.{pod['subdomain']}"
+        if host != expected:
+            problems.append(f"address {i} is {host!r}, pod {i} is {expected!r}")
+        if int(port) != ports.get("cluster") or int(port) != service_ports.get("cluster"):
+            problems.append(
+                f"address port {port}, container port {ports.get('cluster')}, "
+                f"service port {service_ports.get('cluster')} differ"
+            )
+    env_values = {id_var: "1", addr_var: env[addr_var]["value"]}
+    try:
+        params = cli_params(container["args"], env_values)
+    except click.ClickException as exc:
+        return [*problems, f"backfill args: {exc.format_message()}"]
+    for what in ("from_text", "to_text"):
+        text = params.get(what)
+        if text is None or parse_time(text, now_ms=0) != parse_time(text, now_ms=86_400_000):
+            problems.append(f"--{what[:-5]} {text!r}: every pod must plan the same range")
+    annotations = spec["template"]["metadata"].get("annotations", {})
+    metrics = {params["metrics_port"], ports.get("metrics"), service_ports.get("metrics"),
+               int(annotations.get("prometheus.io/port", -1))}  # fmt: skip
+    if len(metrics) != 1:
+        problems.append(f"backfill metrics ports disagree: {sorted(map(str, metrics))}")
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    if not grace > 30:  # STOP's drain bound in a cluster member (freshet.cli.backfill)
+        problems.append(f"terminationGracePeriodSeconds {grace} <= the backfill's 30 s drain")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------
@@ -727,8 +812,35 @@ def test_one_off_jobs_run_real_commands_on_the_shared_volume() -> None:
     assert jobs()
     docs = k8s_docs()
     for name, job in jobs().items():
-        assert schema_problems({name: job}) == []
+        assert schema_problems(job_files()[name]) == []
         assert job_problems(job, docs) == []
+
+
+def test_the_backfill_job_forms_one_bytewax_cluster_of_indexed_pods() -> None:
+    assert backfill_cluster_problems(job_files()["backfill.yaml"]) == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda docs: docs["Job/freshet-backfill-card-txn"]["spec"].pop("completionMode"),
+        lambda docs: docs["Job/freshet-backfill-card-txn"]["spec"].update(completions=3),
+        lambda docs: docs["Service/freshet-backfill"]["spec"].update(clusterIP="10.0.0.1"),
+        lambda docs: _container(docs["Job/freshet-backfill-card-txn"])["args"].__setitem__(
+            3, "-2h"
+        ),
+        lambda docs: _container(docs["Job/freshet-backfill-card-txn"])["env"][1].update(
+            value="freshet-backfill-card-txn-0.freshet-backfill:2101;x-1.freshet-backfill:2101"
+        ),
+    ],
+    ids=["not-indexed", "pods-vs-addresses", "not-headless", "relative-from", "wrong-address"],
+)
+def test_backfill_cluster_check_catches_a_job_that_cannot_form_one_cluster(
+    change: Callable[[Any], None],
+) -> None:
+    docs = copy.deepcopy(job_files()["backfill.yaml"])
+    change(docs)
+    assert backfill_cluster_problems(docs)
 
 
 def test_job_check_catches_a_wrong_backfill_option() -> None:

@@ -19,7 +19,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference import Reference  # tests/unit/reference.py (pytest puts tests/unit on sys.path)
+from reference import (  # tests/unit/reference.py (pytest puts tests/unit on sys.path)
+    Expressions,
+    Reference,
+)
 
 from freshet.dsl.definitions import Aggregation, Entity, Feature, FeatureView, Source
 from freshet.dsl.views import CARD_TXN
@@ -74,6 +77,58 @@ WINDOWS_ONLY = FeatureView(
     ),
     allowed_lateness_seconds=1,
 )
+
+# Computed columns, filters, a nullable column, and the aggregations of variance/stddev,
+# first/last over windows, last_k and top_k, windowed and lifetime.
+EXPRESSIVE = FeatureView(
+    name="expressive",
+    version=1,
+    entity=Entity(name="card", key="card_id"),
+    source=ALL_AGGS.source,
+    columns={
+        "big": "amount >= 1.0",
+        "cents": "round(amount * 100)",
+        "ratio": "amount / (ts % 7000)",  # null when ts is a multiple of 7 s
+    },
+    features=(
+        Feature("big_n_4s", Aggregation.COUNT, window="4s", hop="1s", where="big"),
+        Feature("small_cents_6s", Aggregation.SUM, "cents", window="6s", hop="2s",
+                where="not big"),
+        Feature("std_6s", Aggregation.STDDEV, "amount", window="6s", hop="2s"),
+        Feature("var_6s", Aggregation.VARIANCE, "amount", window="6s", hop="2s"),
+        Feature("first_6s", Aggregation.FIRST, "amount", window="6s", hop="3s"),
+        Feature("last_4s", Aggregation.LAST, "merchant", window="4s", hop="1s"),
+        Feature("last3_6s", Aggregation.LAST_K, "amount", window="6s", hop="2s", k=3),
+        Feature("top2_6s", Aggregation.TOP_K, "merchant", window="6s", hop="2s", k=2),
+        Feature("ratio_max_4s", Aggregation.MAX, "ratio", window="4s", hop="1s"),
+        Feature("ratio_mean_life", Aggregation.MEAN, "ratio"),
+        Feature("var_life", Aggregation.VARIANCE, "cents"),
+        Feature("first_life", Aggregation.FIRST, "merchant"),
+        Feature("last2_life", Aggregation.LAST_K, "merchant", k=2),
+        Feature("top1_life", Aggregation.TOP_K, "amount", k=1),
+        Feature("big_last", Aggregation.LAST, "merchant", where="big"),
+        Feature("big_first_4s", Aggregation.FIRST, "merchant", window="4s", hop="1s",
+                where="big and merchant != 'm4'"),
+    ),
+    allowed_lateness_seconds=2,
+)  # fmt: skip
+
+# The same expressions written by hand, for the reference (never the engine's compiled code).
+EXPRESSIONS = {
+    "expressive": Expressions(
+        columns=lambda r: {
+            "big": r["amount"] >= 1.0,
+            "cents": round(r["amount"] * 100),
+            "ratio": None if r["ts"] % 7000 == 0 else r["amount"] / (r["ts"] % 7000),
+        },
+        where={
+            "big_n_4s": lambda r: r["big"],
+            "small_cents_6s": lambda r: not r["big"],
+            "big_last": lambda r: r["big"],
+            "big_first_4s": lambda r: r["big"] and r["merchant"] != "m4",
+        },
+    )
+}
 
 # Amounts include values whose float sums depend on the order of additions.
 AMOUNTS = (0.1, 0.2, 0.3, 1.5, -2.25, 7.0, 1e16, -1e16, 3.0e-5)
@@ -155,8 +210,12 @@ def _run_engine(view: FeatureView, ops: list[Op]) -> tuple[list[Any], dict[str, 
     return results, states
 
 
+def _reference(view: FeatureView) -> Reference:
+    return Reference(view, EXPRESSIONS.get(view.name))
+
+
 def _run_reference(view: FeatureView, ops: list[Op]) -> list[Any]:
-    reference = Reference(view)
+    reference = _reference(view)
     results: list[Any] = []
     for op in ops:
         if op[0] == "event":
@@ -197,7 +256,7 @@ def _sprinkle_advances(
 ) -> list[Op]:
     """Insert ``advance`` calls at random points. ``safe``: never so far that a later event of
     the entity would become late (so the set of accepted events stays the same)."""
-    reference = Reference(view)
+    reference = _reference(view)
     out: list[Op] = []
     next_t: dict[int, int | None] = {}
     for i, op in enumerate(ops):
@@ -221,7 +280,9 @@ def _sprinkle_advances(
     return out
 
 
-@pytest.mark.parametrize("view", [ALL_AGGS, CARD_TXN, WINDOWS_ONLY], ids=lambda v: v.name)
+@pytest.mark.parametrize(
+    "view", [ALL_AGGS, CARD_TXN, WINDOWS_ONLY, EXPRESSIVE], ids=lambda v: v.name
+)
 def test_every_row_equals_the_reference_and_late_events_are_refused(
     view: FeatureView, request: pytest.FixtureRequest
 ) -> None:
@@ -239,7 +300,7 @@ def _rows_equal_reference(view: FeatureView, data: st.DataObject) -> None:
         assert rows == want, f"after {op}"
 
 
-@pytest.mark.parametrize("view", [ALL_AGGS, CARD_TXN], ids=lambda v: v.name)
+@pytest.mark.parametrize("view", [ALL_AGGS, CARD_TXN, EXPRESSIVE], ids=lambda v: v.name)
 def test_rows_do_not_depend_on_interleaving_or_advance_timing(
     view: FeatureView, request: pytest.FixtureRequest
 ) -> None:
@@ -280,7 +341,7 @@ def _same_rows_any_timing(view: FeatureView, data: st.DataObject) -> None:
     assert run(plain) == run(timed)
 
 
-@pytest.mark.parametrize("view", [ALL_AGGS, CARD_TXN], ids=lambda v: v.name)
+@pytest.mark.parametrize("view", [ALL_AGGS, CARD_TXN, EXPRESSIVE], ids=lambda v: v.name)
 def test_apply_batch_gives_the_rows_of_apply_event_by_event(
     view: FeatureView, request: pytest.FixtureRequest
 ) -> None:
@@ -331,12 +392,14 @@ def _batch_equals_single(view: FeatureView, data: st.DataObject) -> None:
     assert set(touched) == {e[0] for e in events if e not in late}
 
 
-def test_a_pickled_state_resumes_with_identical_rows(request: pytest.FixtureRequest) -> None:
-    _check(request, 40, _a_pickled_state_resumes_with_identical_rows)
+@pytest.mark.parametrize("view", [ALL_AGGS, EXPRESSIVE], ids=lambda v: v.name)
+def test_a_pickled_state_resumes_with_identical_rows(
+    view: FeatureView, request: pytest.FixtureRequest
+) -> None:
+    _check(request, 40, lambda data: _a_pickled_state_resumes_with_identical_rows(view, data))
 
 
-def _a_pickled_state_resumes_with_identical_rows(data: st.DataObject) -> None:
-    view = ALL_AGGS
+def _a_pickled_state_resumes_with_identical_rows(view: FeatureView, data: st.DataObject) -> None:
     streams = data.draw(entity_streams(view))
     ops = _with_ends(_interleave(streams, random.Random(0)), streams)
     cut = data.draw(st.integers(0, len(ops)))

@@ -31,6 +31,16 @@ ALLOWED: dict[str, set[str]] = {
     "cli": {"dsl", "engine", "decode", "stream", "backfill", "offline", "ops", "sinks"},
     "freshet": {"dsl", "sinks", "serving", "offline"},
 }
+# Single modules a part may import beyond ALLOWED, each for a stated reason.
+ALLOWED_MODULES: dict[str, dict[str, str]] = {
+    "serving": {
+        # POST /v1/ingest produces with the one Kafka client factory (which imports no other
+        # freshet module), and refuses what the flow would dead-letter by the decoder's rules.
+        "freshet.stream.kafka_clients": "ingest: the Kafka client factory",
+        "freshet.decode.decoder": "ingest: validate events as the flow's decoder does",
+        "freshet.decode.messages": "ingest: the decoder's input record (RawMessage)",
+    },
+}
 
 
 def module_name(path: Path) -> str:
@@ -82,7 +92,11 @@ def test_each_part_imports_only_what_the_architecture_allows() -> None:
         mine = part_of(module)
         for target in imports(path, top_level_only=False):
             theirs = part_of(target)
-            if theirs != mine and theirs not in ALLOWED[mine]:
+            if (
+                theirs != mine
+                and theirs not in ALLOWED[mine]
+                and target not in ALLOWED_MODULES.get(mine, {})
+            ):
                 wrong.append(f"{module} ({mine}) imports {target} ({theirs})")
     assert not wrong, "imports against the layering:\n" + "\n".join(sorted(set(wrong)))
 

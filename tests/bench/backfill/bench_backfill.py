@@ -7,9 +7,10 @@ history) to 29:00 + lateness + grace: most of the topic. Per repeat:
 
 (a) **raw**: a plain confluent-kafka consumer reads exactly the plan's offsets with
     ``consume(1000)`` and decodes them with the view's decoder — the limit;
-(b) **backfill**: ``freshet backfill card_txn --workers N`` for each ``--workers`` value, into
-    a private Redis and a tmp offline dir; its rate is the workers' replay time as the summary
-    reports it (Bytewax start to the last row written, both stores), per worker;
+(b) **backfill**: ``freshet backfill card_txn -p N`` (N processes of one worker each) for each
+    ``--processes`` value, into a private Redis and a tmp offline dir; its rate is the records
+    over the replay time the summary reports (first record read to the last row written, both
+    stores, slowest process), per worker;
 (c) **live** (unless ``--skip-live``): ``freshet run --stop-at-end -w 1`` over the whole topic,
     timed as ``tests/bench/pipeline/bench_pipeline.py`` does (first record read -> exit).
 
@@ -19,7 +20,7 @@ the ratio to the raw rate of the same repeat.
 Usage::
 
     .venv/bin/python tests/bench/backfill/bench_backfill.py [--events 200000] [--cards 50000]
-        [--repeats 3] [--workers 1 2] [--skip-live]
+        [--repeats 3] [--processes 1 2] [--skip-live]
 
 Needs the dev stack's Kafka (``freshet dev up``); starts its own redis-server.
 """
@@ -104,7 +105,7 @@ def raw_consume_decode(topic: str, ranges: dict[int, tuple[int, int]]) -> tuple[
     return seen, seen / elapsed
 
 
-def run_backfill(topic: str, lo: int, hi: int, workers: int, redis_url: str) -> dict[str, float]:
+def run_backfill(topic: str, lo: int, hi: int, processes: int, redis_url: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as offline:
         env = {
             **os.environ,
@@ -114,7 +115,7 @@ def run_backfill(topic: str, lo: int, hi: int, workers: int, redis_url: str) -> 
         }
         proc = subprocess.run(
             [*_FRESHET, "backfill", VIEW.name, "--topic", topic, "--from", str(lo),
-             "--to", str(hi), "--workers", str(workers), "--json"],
+             "--to", str(hi), "--processes", str(processes), "--json"],
             env=env, capture_output=True, text=True, timeout=_MAX_RUN_S, check=False,
         )  # fmt: skip
     if proc.returncode != 0:
@@ -143,7 +144,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--cards", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    # --workers: this option's name before backfills had -p (one worker per process then too)
+    parser.add_argument("--processes", "--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-live", action="store_true")
     args = parser.parse_args()
 
@@ -162,19 +164,19 @@ def main() -> None:
             f"({plan.messages / args.events:.0%})"
         )
         raws: list[float] = []
-        backfills: dict[int, list[float]] = {w: [] for w in args.workers}
+        backfills: dict[int, list[float]] = {w: [] for w in args.processes}
         lives: list[float] = []
         for i in range(args.repeats):
             n, raw = raw_consume_decode(topic, ranges)
             assert n == plan.messages, (n, plan.messages)
             raws.append(raw)
             line = f"  run {i + 1}: raw consume+decode {raw:>9,.0f} ev/s"
-            for w in args.workers:
+            for w in args.processes:
                 summary = run_backfill(topic, lo, hi, w, redis_url)
                 assert summary["consumed"] == plan.messages, summary
                 per_worker = summary["events_per_second_per_worker"]
                 backfills[w].append(per_worker)
-                line += f" | backfill -w {w} {per_worker:>8,.0f} ev/s/worker"
+                line += f" | backfill -p {w} {per_worker:>8,.0f} ev/s/worker"
             if not args.skip_live:
                 lives.append(run_flow_to_end(topic, dlq, args.events, redis_url, ["-w", "1"]))
                 line += f" | live run -w 1 {lives[-1]:>8,.0f} ev/s"
@@ -182,7 +184,7 @@ def main() -> None:
         print(f"summary over {args.repeats} repeats (p99: the slow tail; of few, the slowest):")
         report("raw consume+decode", raws, raws)
         for w, rates in backfills.items():
-            report(f"backfill per worker -w{w}", rates, raws)
+            report(f"backfill per worker -p{w}", rates, raws)
         if lives:
             report("live run -w 1", lives, raws)
 
