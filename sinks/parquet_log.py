@@ -99,7 +99,17 @@ _RESERVED = ("entity", "as_of", "partition", "offset", "written_at", "date")
 _SORT_KEY = [("entity", "ascending"), ("as_of", "ascending"), ("offset", "ascending")]
 _DAY_MS = 86_400_000
 _TS = pa.timestamp("ms", tz="UTC")
-_ARROW_TYPES = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string()}
+_SCALAR_TYPES = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string()}
+# Every feature value type (ViewLayout's ValueType) as stored: last_k values as lists (newest
+# first), top_k values as lists of {value, count} structs (most frequent first).
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    **_SCALAR_TYPES,
+    **{f"list<{name}>": pa.list_(t) for name, t in _SCALAR_TYPES.items()},
+    **{
+        f"top_k<{name}>": pa.list_(pa.struct([("value", t), ("count", pa.int64())]))
+        for name, t in _SCALAR_TYPES.items()
+    },
+}
 _WRITER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _SEGMENT = re.compile(r"^(?P<writer>.+)-(?P<seq>\d{10})\.parquet$")
 _PARTITIONING = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")

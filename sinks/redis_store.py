@@ -183,9 +183,11 @@ class UnknownFeatureError(ValueError):
 
 def _check_layouts(layouts: Mapping[str, ViewLayout]) -> dict[str, ViewLayout]:
     for name, layout in layouts.items():
-        if name != layout.name:
+        # A view is known by its name, and a pinned version also as NAME@VERSION (the
+        # endpoint serves an older version beside the newest one that way).
+        if name != layout.name and name != f"{layout.name}@{layout.version}":
             raise ValueError(f"layout registered as {name!r} is named {layout.name!r}")
-        if not name or any(c in name for c in ":{}") or not name.isprintable():
+        if not name or any(c in layout.name for c in ":{}@") or not name.isprintable():
             raise ValueError(
                 f"view name {name!r} cannot be used in a Redis key: it must be non-empty, "
                 "printable and hold no ':', '{' or '}'"
@@ -429,6 +431,7 @@ class Lookup(TypedDict):
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
+    view: str  # as the lookup named it (NAME, or NAME@VERSION)
     layout: ViewLayout
     entities: tuple[str, ...]
     keys: list[bytes]
@@ -464,17 +467,19 @@ class _ReaderBase:
             keys = [prefix + _entity_bytes(e) + b"}" for e in entities]  # names the bad one
         all_names = self._names[view]
         if features is None:
-            return _Plan(layout, tuple(entities), keys, all_names, None)
+            return _Plan(view, layout, tuple(entities), keys, all_names, None)
         position = {name: i for i, name in enumerate(all_names)}
         unknown = [f for f in features if f not in position]
         if unknown:
             raise UnknownFeatureError(view, unknown, all_names)
         names = tuple(features)
-        return _Plan(layout, tuple(entities), keys, names, tuple(position[f] for f in names))
+        return _Plan(
+            view, layout, tuple(entities), keys, names, tuple(position[f] for f in names)
+        )
 
     def _decode(self, plan: _Plan, raws: Sequence[bytes | None]) -> list[Lookup]:
         now = self._clock_ms()
-        view = plan.layout.name
+        view = plan.view
         ttl_ms = plan.layout.ttl_seconds * 1000
         names = plan.names
         width = len(plan.layout.features)

@@ -255,12 +255,24 @@ def _compile(text: str, env: dict[str, NameType], *, what: str) -> Expression:
         raise DefinitionError(str(exc)) from None
 
 
-def _defining_dir() -> Path:
-    """The directory of the module whose code is constructing a definition: the first frame
-    outside this module and ``dataclasses`` (``replace`` calls ``__init__`` from there)."""
+def _defining_frame() -> Any:
+    """The frame of the code constructing a definition: the first frame outside this module and
+    ``dataclasses`` (``replace`` calls ``__init__`` from there)."""
     frame = sys._getframe(1)
     while frame is not None and frame.f_globals.get("__name__") in (__name__, "dataclasses"):
         frame = frame.f_back  # type: ignore[assignment]
+    return frame
+
+
+# Every view defined by a module's top-level code, with the module's name: a views module may define its
+# views as bare expressions (``FeatureView(...)`` without a name), and the registry still finds
+# them (freshet.dsl.registry).
+DEFINED: list[tuple[str, FeatureView]] = []
+
+
+def _defining_dir() -> Path:
+    """The directory of the module whose code is constructing a definition."""
+    frame = _defining_frame()
     file = frame.f_globals.get("__file__") if frame is not None else None
     if not file:  # REPL, notebook, ``python -c``
         return Path.cwd()
@@ -618,6 +630,9 @@ class FeatureView:
         object.__setattr__(self, "engine_types", engine_types)
         object.__setattr__(self, "expressions", tuple(expressions))
         object.__setattr__(self, "feature_filters", tuple(feature_filters))
+        frame = _defining_frame()
+        if frame is not None and frame.f_code.co_name == "<module>":  # a module's own statement
+            DEFINED.append((frame.f_globals.get("__name__", ""), self))
         windows = [f.window_seconds for f in self.features if f.window_seconds is not None]
         if windows and self.allowed_lateness_seconds > min(windows):
             raise DefinitionError(

@@ -13,8 +13,8 @@ the newest version, as :func:`get_view` does.
 Where views come from: the modules named in ``FRESHET_VIEWS`` (comma-separated; a dotted
 module name such as ``my_views`` or ``myteam.features``, importable from the installed packages
 or from the current directory, or a path to a ``.py`` file). Such a module lists its views in
-``VIEWS`` (a sequence of :class:`FeatureView`) or, without it, every module-level
-``FeatureView`` is taken. With ``FRESHET_VIEWS`` unset (or empty) the shipped demo views
+``VIEWS`` (a sequence of :class:`FeatureView`) or, without it, every ``FeatureView`` the module
+defines is taken (module-level names first, then those defined as bare statements). With ``FRESHET_VIEWS`` unset (or empty) the shipped demo views
 (:mod:`freshet.dsl.views`) are registered instead; to have both, name them:
 ``FRESHET_VIEWS=freshet.dsl.views,my_views``. So an endpoint or a ``freshet doctor`` of a
 deployment knows its own views only. They are loaded once, on first use; :func:`register` adds
@@ -39,7 +39,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from freshet.dsl.definitions import FeatureView
+from freshet.dsl.definitions import DEFINED, FeatureView
 
 __all__ = [
     "VIEWS_ENV",
@@ -193,7 +193,10 @@ def _module_views(module: ModuleType) -> list[FeatureView]:
                 f"{module.__name__}.VIEWS must be a sequence of FeatureView, got {listed!r}"
             )
         return list(listed)
-    return [v for v in vars(module).values() if isinstance(v, FeatureView)]
+    named = [v for v in vars(module).values() if isinstance(v, FeatureView)]
+    # Views defined in the module without a name (a bare ``FeatureView(...)`` statement).
+    bare = [v for m, v in DEFINED if m == module.__name__ and all(v is not n for n in named)]
+    return named + bare
 
 
 def _import(spec: str) -> ModuleType:

@@ -700,7 +700,7 @@ class Ordered:
 class Counts:
     """A ``top_k`` partial: how many times each value occurred, exactly.
 
-    ``top(k)`` reads the ``k`` most frequent values as ``[value, count]`` pairs, by count
+    ``top(k)`` reads the ``k`` most frequent values as ``(value, count)`` pairs, by count
     descending, then value ascending: a function of the multiset of values alone. Exact for any
     number of distinct values; the state holds one entry per distinct value of each tile and the
     read costs O(distinct values in the window) (see README, "Aggregations").
@@ -726,9 +726,9 @@ class Counts:
         clone.counts = self.counts.copy()
         return clone
 
-    def top(self, k: int) -> list[list[Any]]:
-        best = heapq.nsmallest(k, self.counts.items(), key=_by_count_then_value)
-        return [[value, n] for value, n in best]
+    def top(self, k: int) -> list[tuple[Any, int]]:
+        """The ``k`` most frequent ``(value, count)`` pairs (JSON: ``[value, count]``)."""
+        return heapq.nsmallest(k, self.counts.items(), key=_by_count_then_value)
 
     def __getstate__(self) -> dict[Any, int]:
         return self.counts

@@ -76,7 +76,16 @@ __all__ = [
 ]
 
 _DAY_MS = 86_400_000
-_SQL_TYPES = {"int64": "BIGINT", "float64": "DOUBLE", "string": "VARCHAR"}
+_SCALAR_SQL = {"int64": "BIGINT", "float64": "DOUBLE", "string": "VARCHAR"}
+# Every feature value type as DuckDB reads the log (last_k lists, top_k lists of structs).
+_SQL_TYPES = {
+    **_SCALAR_SQL,
+    **{f"list<{name}>": f"{sql}[]" for name, sql in _SCALAR_SQL.items()},
+    **{
+        f"top_k<{name}>": f'STRUCT("value" {sql}, "count" BIGINT)[]'
+        for name, sql in _SCALAR_SQL.items()
+    },
+}
 # Internal column names; an input column with one of these names is refused.
 _ROW = "__freshet_row"
 _ENTITY = "__freshet_entity"
