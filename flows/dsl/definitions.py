@@ -264,9 +264,9 @@ def _defining_frame() -> Any:
     return frame
 
 
-# Every view defined by a module's top-level code, with the module's name: a views module may define its
-# views as bare expressions (``FeatureView(...)`` without a name), and the registry still finds
-# them (freshet.dsl.registry).
+# Every view defined by a module's top-level code, with the module's name: a views module may
+# define its views as bare expressions (``FeatureView(...)`` without a name), and the registry
+# still finds them (freshet.dsl.registry).
 DEFINED: list[tuple[str, FeatureView]] = []
 
 

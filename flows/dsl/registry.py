@@ -14,8 +14,9 @@ Where views come from: the modules named in ``FRESHET_VIEWS`` (comma-separated; 
 module name such as ``my_views`` or ``myteam.features``, importable from the installed packages
 or from the current directory, or a path to a ``.py`` file). Such a module lists its views in
 ``VIEWS`` (a sequence of :class:`FeatureView`) or, without it, every ``FeatureView`` the module
-defines is taken (module-level names first, then those defined as bare statements). With ``FRESHET_VIEWS`` unset (or empty) the shipped demo views
-(:mod:`freshet.dsl.views`) are registered instead; to have both, name them:
+defines is taken (module-level names first, then those defined as bare statements). With
+``FRESHET_VIEWS`` unset (or empty) the shipped demo views (:mod:`freshet.dsl.views`) are
+registered instead; to have both, name them:
 ``FRESHET_VIEWS=freshet.dsl.views,my_views``. So an endpoint or a ``freshet doctor`` of a
 deployment knows its own views only. They are loaded once, on first use; :func:`register` adds
 one more in-process (tests, notebooks).

@@ -158,7 +158,16 @@ class Example:
 
 
 def _normal(value: Any) -> Any:
-    return None if isinstance(value, float) and math.isnan(value) else value
+    """One form for a value from Redis (JSON) and from the log (Parquet/DuckDB): NaN as null,
+    last_k lists and top_k pairs (JSON ``[value, count]``, Parquet ``{value, count}``) as
+    lists."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, list | tuple):
+        return [_normal(v) for v in value]
+    if isinstance(value, dict) and set(value) == {"value", "count"}:
+        return [_normal(value["value"]), value["count"]]
+    return value
 
 
 def _same_values(a: Record, b: Record) -> bool:

@@ -148,7 +148,7 @@ def feature_values(
         elif agg is Aggregation.TOP_K:
             assert feature.k is not None
             ranked = sorted(Counter(values).items(), key=lambda vc: (-vc[1], vc[0]))
-            out.append([[v, c] for v, c in ranked[: feature.k]])
+            out.append(ranked[: feature.k])
         elif agg is Aggregation.VARIANCE:
             out.append(_population_variance(values))
         elif agg is Aggregation.STDDEV:

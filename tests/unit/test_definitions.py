@@ -322,3 +322,73 @@ def test_an_absolute_schema_path_and_an_explicit_base_dir_are_used_as_given(
                    base_dir=tmp_path)  # fmt: skip
 
     assert absolute.schema_path == based.schema_path == tmp_path / "payment.avsc"
+
+
+# --- computed columns, filters, composite keys (expressions are checked when defined) -----------
+
+
+@pytest.mark.parametrize(
+    ("columns", "where", "message"),
+    [
+        ({"x": "price * 2"}, None,
+         r"column 'x': .price \* 2.: unknown name 'price'.*amount"),
+        ({"x": "amount > 'x'"}, None,
+         r"column 'x': .amount > 'x'.: cannot compare float64 with string"),
+        ({"x": "exp(amount)"}, None, r"column 'x': .exp\(amount\).: .*exp"),
+        ({"x": "__import__('os')"}, None, r"column 'x': .*__import__"),
+        ({"x": "amount.real"}, None, r"column 'x': .amount.real.: attribute access"),
+        ({}, "amount + 1", r"where='amount \+ 1' is float64, not a condition"),
+        ({}, "merchant == 3", r"where: .merchant == 3.: cannot compare string with int64"),
+        ({"amount": "1.0"}, None, r"column 'amount' is already a field"),
+    ],
+)  # fmt: skip
+def test_bad_expressions_are_refused_when_the_view_is_defined_naming_them(
+    columns: dict[str, str], where: str | None, message: str
+) -> None:
+    with pytest.raises(DefinitionError, match=message):
+        _view(Feature("n", Aggregation.COUNT, window="5m", where=where), columns=columns)
+
+
+def test_a_feature_may_read_a_column_and_filters_are_shared_per_text() -> None:
+    view = _view(
+        Feature("big_n", Aggregation.COUNT, window="1h", where="big"),
+        Feature("big_sum", Aggregation.SUM, "cents", window="1h", where="big"),
+        Feature("ratio_mean", Aggregation.MEAN, "ratio", window="1h"),
+        columns={"big": "amount >= 100.0", "cents": "round(amount * 100)",
+                 "ratio": "amount / cents"},
+    )  # fmt: skip
+    assert view.columns == (
+        ("big", "amount >= 100.0"),
+        ("cents", "round(amount * 100)"),
+        ("ratio", "amount / cents"),
+    )
+    assert view.input_fields == ("amount",)  # what the decoder reads
+    assert view.layout().features[1].type == "int64"
+    # cents and ratio can be null (round of a huge float, division by zero): their features
+    # skip nulls through a filter; big_n's filter is just `big`.
+    filters = dict(zip((f.name for f in view.features), view.feature_filters, strict=True))
+    texts = {name: e.text for name, e in view.expressions}
+    assert texts[filters["big_n"]] == "(big)"
+    assert texts[filters["big_sum"]] == "(big) and cents is not None"
+    assert texts[filters["ratio_mean"]] == "ratio is not None"
+
+
+def test_a_boolean_column_is_for_filters_not_for_aggregating() -> None:
+    with pytest.raises(DefinitionError, match="'big' is a boolean; count it with where='big'"):
+        _view(Feature("s", Aggregation.MAX, "big", window="1h"), columns={"big": "amount > 1"})
+
+
+def test_composite_keys_have_one_to_four_distinct_fields_of_the_schema() -> None:
+    view = _view(entity=Entity("card_merchant", key=("card_id", "merchant")))
+    layout = view.layout()
+    assert (layout.keys, layout.key_types, layout.entity) == (
+        ("card_id", "merchant"), ("string", "string"), "card_id|merchant"
+    )  # fmt: skip
+    assert view.to_json()["key"] == ["card_id", "merchant"]
+    assert Entity("card", key=("card_id",)).key == "card_id"  # one field: as key="card_id"
+    with pytest.raises(DefinitionError, match="1 to 4 fields"):
+        Entity("e", key=("a", "b", "c", "d", "e"))
+    with pytest.raises(DefinitionError, match="names a field twice"):
+        Entity("e", key=("card_id", "card_id"))
+    with pytest.raises(DefinitionError, match="entity key 'amount' must be a string or long"):
+        _view(entity=Entity("e", key=("card_id", "amount")))
