@@ -286,6 +286,9 @@ def main() -> None:
     parser.add_argument("--hot-cards", type=int, default=1_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only-demo", action="store_true", help="skip the window-length study")
+    parser.add_argument(
+        "--workloads", default="live,backfill,hot", help="comma-separated subset to run"
+    )
     args = parser.parse_args()
 
     header = ("view", "events/CPU-s", "x limit", "µs/ev p50", "µs/ev p99", "rows/ev", "state B")
@@ -304,7 +307,10 @@ def main() -> None:
         ("backfill", args.cards, 3_600_000),
         ("hot", args.hot_cards, 3_600_000),
     ]
+    chosen = set(args.workloads.split(","))
     for workload, cards, span_ms in workloads:
+        if workload not in chosen:
+            continue
         first = make_events(args.events, cards, span_ms)
         events = _shifted(first, span_ms)  # timed: the stream continuing after `first`
         limit_s = statistics.median(_run_limit(events, first) for _ in range(args.repeat))
