@@ -34,7 +34,7 @@ its keys. Two gaps remain, closed here:
 **Staleness bound:** a value served from the cache was replaced in Redis at most
 ``max_staleness_ms`` (default 100 ms) before the lookup; typically far less, the time for an
 invalidation to cross loopback and be read by the event loop (well under a millisecond on an
-idle loop). ``tests/integration/test_serving_cache.py`` races writers against lookups and holds
+idle loop). ``tests/integration/test_cache_coherence.py`` races writers against lookups and holds
 the cache to this bound.
 
 Loss of tracking

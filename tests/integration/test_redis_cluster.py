@@ -230,6 +230,42 @@ def test_the_endpoint_serves_from_the_cluster_url_of_its_settings(cluster_url: s
         assert results[-1]["found"] is False
 
 
+def test_a_feature_service_lookup_reads_views_on_several_nodes(cluster_url: str) -> None:
+    """A service's views hash their records by different entities (card, card|merchant), so
+    one request's keys span slots and nodes: the endpoint's mget_nonatomic reads them all."""
+    import time
+
+    from freshet.dsl.registry import Registry
+    from freshet.sinks.layout import encode_entity
+
+    registry = Registry()
+    registry.load({"FRESHET_VIEWS": str(Path(__file__).with_name("service_views.py"))})
+    pairs = registry.get("card_merchant").layout()
+    now = time.time_ns() // 1_000_000
+    cards = [f"card-{i}" for i in range(30)]
+    client = connect(cluster_url)
+    writer = RedisFeatureWriter(client, {LAYOUT.name: LAYOUT, pairs.name: pairs})
+    writer.write([_row(c, now - 1000, i, i) for i, c in enumerate(cards)])
+    writer.write(
+        [Row(pairs.name, encode_entity((c, "m1")), now - 1000, (i, 2.0 * i), 0, i)
+         for i, c in enumerate(cards)]
+    )  # fmt: skip
+    client.close()
+    assert len({key_slot(f"{{{c}|m1}}".encode()) for c in cards} | {
+        key_slot(f"{{{c}}}".encode()) for c in cards
+    }) > 3  # fmt: skip
+    app = create_app(Settings(redis_url=cluster_url), registry=registry)
+    rows = [{"card_id": c, "merchant": "m1", "amount": 1.0} for c in cards]
+    with running_server(app) as base:
+        status, body = _http(f"{base}/v1/services/fraud_v1", {"rows": rows})
+    assert status == 200
+    got = [
+        (r["features"]["card_txn__txn_count_5m"], r["features"]["card_merchant__amount_sum_1h"])
+        for r in body["results"]
+    ]
+    assert got == [(i, 2.0 * i) for i in range(30)]
+
+
 def test_the_endpoint_answers_503_while_the_whole_cluster_is_down(tmp_path: Path) -> None:
     nodes = start_cluster(tmp_path / "doomed")
     try:
