@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from freshet.dsl.definitions import Aggregation, Entity, Feature, FeatureView, Source
+    from freshet.dsl.services import FeatureService
     from freshet.offline.historical import historical_features, write_historical
     from freshet.serving.client import Client, ServingError
     from freshet.sinks.parquet_log import read_log
@@ -45,6 +46,7 @@ __all__ = [
     "Client",
     "Entity",
     "Feature",
+    "FeatureService",
     "FeatureView",
     "ServingError",
     "Source",
@@ -58,6 +60,7 @@ _HOMES = {
     "Entity": "freshet.dsl.definitions",
     "Feature": "freshet.dsl.definitions",
     "FeatureView": "freshet.dsl.definitions",
+    "FeatureService": "freshet.dsl.services",
     "Source": "freshet.dsl.definitions",
     "Client": "freshet.serving.client",
     "ServingError": "freshet.serving.client",

@@ -9,7 +9,14 @@ Paths (DESIGN.md, "Interfaces")::
                                -> {"view": ..., "results": [Lookup, ...]} in request order
     POST /v1/ingest/{view}     {"events": [...], "wait_ms": N?} -> 200 served / 202 pending
                                (freshet.serving.ingest; needs a write-scoped key with auth)
-    GET  /v1/views   GET /healthz   GET /readyz   GET /metrics   GET /openapi.json
+    POST /v1/services/{name}   {"rows": [{key fields, request fields}, ...]} -> a feature
+                               service's features per row (freshet.serving.services)
+    GET  /v1/views   GET /v1/services   GET /healthz   GET /readyz   GET /metrics
+    GET  /openapi.json
+
+``{view}`` may be ``VIEW@N`` (``%40`` for ``@``): that registered version, served beside the
+newest one (each version has its own Redis key space), so a new version can be checked over
+the endpoint while the old one serves.
 
 A Lookup is ``{"view", "entity", "found", "as_of", "age_ms", "features": {name: value},
 "status": {name: "present" | "not_found" | "expired"}}``; a composite view's Lookup also has
@@ -43,7 +50,15 @@ from urllib.parse import parse_qs, unquote, unquote_to_bytes
 import orjson
 import redis.exceptions
 
-from freshet.dsl.registry import all_views, views_json
+from freshet.dsl.registry import (
+    Registry,
+    RegistryError,
+    all_services,
+    all_views,
+    parse_view_ref,
+    views_json,
+)
+from freshet.dsl.services import ServicePlan
 from freshet.serving.auth import ApiKeys, AuthError, presented_key
 from freshet.serving.cache import CachedRedis, CacheSettings
 from freshet.serving.errors import HttpError
@@ -53,6 +68,7 @@ from freshet.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from freshet.serving.metrics import ServingMetrics
 from freshet.serving.openapi import build_openapi
 from freshet.serving.redis_link import RedisLink
+from freshet.serving.services import ServiceRows
 from freshet.sinks.layout import MAX_KEY_FIELDS, ViewLayout
 from freshet.sinks.redis_store import (
     AsyncRedisFeatureReader,
@@ -88,6 +104,7 @@ _JSON = b"application/json"
 _ROUTE_ONE = "/v1/features/{view}/{entity}"
 _ROUTE_BATCH = "/v1/features/{view}"
 _ROUTE_INGEST = "/v1/ingest/{view}"
+_ROUTE_SERVICE = "/v1/services/{name}"
 _UNAVAILABLE_HEADERS: Headers = ((b"retry-after", str(RETRY_AFTER_S).encode()),)
 # Redis unreachable: a cluster client raises RedisClusterException (not a RedisError) when no
 # node answers its slot-map request.
@@ -107,27 +124,43 @@ class FeatureApp:
         max_batch: int = MAX_BATCH,
         multiprocess_dir: str | None = None,
         ingest: Ingestor | None = None,
+        services: Sequence[ServicePlan] = (),
+        services_doc: list[dict[str, Any]] | None = None,
     ) -> None:
-        self._layouts = dict(layouts)
+        # Each view also by NAME@VERSION (``layouts`` may hold older versions that way), and
+        # the view versions the services read.
+        self._views = sorted(name for name in layouts if "@" not in name)
+        all_layouts = dict(layouts)
+        for layout in layouts.values():
+            all_layouts.setdefault(f"{layout.name}@{layout.version}", layout)
+        for plan in services:
+            for view in plan.views:
+                all_layouts.setdefault(view.ref, view.layout)
+        self._layouts = all_layouts
+        self._services = {plan.name: ServiceRows(plan, max_batch=max_batch) for plan in services}
         self._ingest = ingest  # POST /v1/ingest/{view}; None: the route answers 404
         # Views keyed by several fields: only their lookups take the composite-key path.
-        self._composite = frozenset(name for name, lay in layouts.items() if lay.is_composite)
+        self._composite = frozenset(name for name, lay in all_layouts.items() if lay.is_composite)
         self._redis = redis_client
-        self._reader = AsyncRedisFeatureReader(redis_client, layouts)
+        self._reader = AsyncRedisFeatureReader(redis_client, all_layouts)
         self._keys = api_keys
         self._max_batch = max_batch
-        self.metrics = ServingMetrics(layouts, multiprocess_dir=multiprocess_dir)
+        self.metrics = ServingMetrics(all_layouts, multiprocess_dir=multiprocess_dir)
         bind_metrics = getattr(redis_client, "bind_metrics", None)  # the cache's metrics
         if bind_metrics is not None:
             bind_metrics(self.metrics)
         self._views_body = orjson.dumps(views_doc)
+        self._services_body = orjson.dumps(
+            services_doc if services_doc is not None else [p.to_json() for p in services]
+        )
         self._openapi_body = orjson.dumps(
             build_openapi(
-                layouts,
+                {name: layouts[name] for name in self._views},
                 max_batch=max_batch,
                 auth=api_keys.enabled,
                 version=_version(),
                 ingest=ingest is not None,
+                services=services,
             )
         )
 
@@ -212,6 +245,8 @@ class FeatureApp:
         receive: Receive,
     ) -> tuple[int, bytes, bytes, Headers]:
         method: str = scope["method"]
+        if view is not None and view not in self._layouts and route != _ROUTE_SERVICE:
+            view = self._canonical(view)
         if route == _ROUTE_ONE and view is not None and entity is not None:
             _allow(method, "GET")
             self._authorize(scope, view)
@@ -232,10 +267,17 @@ class FeatureApp:
         if route == _ROUTE_INGEST and view is not None:
             _allow(method, "POST")
             return await self._ingest_events(view, scope, receive)
+        if route == _ROUTE_SERVICE and view is not None:
+            _allow(method, "POST")
+            return await self._service(view, scope, receive)
         if route == "/v1/views":
             _allow(method, "GET")
             self._keys.check(presented_key(scope["headers"]), None)
             return 200, self._views_body, _JSON, ()
+        if route == "/v1/services":
+            _allow(method, "GET")
+            self._keys.check(presented_key(scope["headers"]), None)
+            return 200, self._services_body, _JSON, ()
         if route == "/healthz":
             _allow(method, "GET")
             return 200, b'{"status":"ok"}', _JSON, ()
@@ -257,6 +299,43 @@ class FeatureApp:
             return 200, self._openapi_body, _JSON, ()
         path = _path_text(scope)
         raise HttpError(404, "not_found", f"no such path {path!r}; see /openapi.json")
+
+    def _canonical(self, view: str) -> str:
+        """``card_txn@v1`` (or ``card_txn@01``) as the endpoint knows it: ``card_txn@1``."""
+        if "@" not in view:
+            return view
+        try:
+            name, version = parse_view_ref(view)
+        except RegistryError:
+            return view
+        return view if version is None else f"{name}@{version}"
+
+    async def _service(
+        self, name: str, scope: Scope, receive: Receive
+    ) -> tuple[int, bytes, bytes, Headers]:
+        """401, then 404 for an unknown service, then 403 unless the key reads every view."""
+        presented = presented_key(scope["headers"]) if self._keys.enabled else None
+        self._keys.check(presented, None)
+        rows = self._services.get(name)
+        if rows is None:
+            raise HttpError(
+                404,
+                "unknown_service",
+                f"unknown service {name!r}; known: {', '.join(self._services) or '(none)'}",
+            )
+        for view in rows.plan.views:
+            self._keys.check(presented, view.name)
+        entities, request_values = rows.parse(await _read_body(scope, receive))
+        if not request_values:
+            return 200, _dumps(rows.answer([], entities, [[] for _ in entities], 0)), _JSON, ()
+        raws = await self._reader.mget(rows.keys(self._reader, entities))  # one round trip
+        now = self._reader.now_ms()
+        records = rows.records(self._reader, raws, now)
+        for view, (hits, misses, expired, ages) in zip(
+            rows.plan.views, rows.counts(records, now), strict=True
+        ):
+            self.metrics.lookups_done(view.name, hits, misses, expired, ages)
+        return 200, _dumps(rows.answer(request_values, entities, records, now)), _JSON, ()
 
     async def _ingest_events(
         self, view: str, scope: Scope, receive: Receive
@@ -282,13 +361,13 @@ class FeatureApp:
         """401 for a missing/invalid key, then 404 for an unknown view, then 403 for scope."""
         if not self._keys.enabled:
             if view not in self._layouts:
-                raise _unknown_view(view, self._layouts)
+                raise _unknown_view(view, self._views)
             return
         presented = presented_key(scope["headers"])
         self._keys.check(presented, None)
         if view not in self._layouts:
-            raise _unknown_view(view, self._layouts)
-        self._keys.check(presented, view)
+            raise _unknown_view(view, self._views)
+        self._keys.check(presented, self._layouts[view].name)  # scopes name views, not versions
 
     def _path_key(
         self, view: str, segments: str | tuple[str, ...]
@@ -401,6 +480,13 @@ class FeatureApp:
             raise HttpError(422, "unknown_features", str(exc)) from None
         except InvalidEntityError as exc:
             raise HttpError(422, "invalid_request", str(exc)) from None
+        self._count(view, lookups)
+        if keys is not None:
+            for lookup, key in zip(lookups, keys, strict=True):
+                lookup["key"] = key
+        return lookups
+
+    def _count(self, view: str, lookups: Sequence[Lookup]) -> None:
         hits = misses = expired = 0
         ages: list[float] = []
         names = list(lookups[0]["features"]) if lookups else []
@@ -413,13 +499,11 @@ class FeatureApp:
                 hits += 1
                 ages.append((lookup["age_ms"] or 0) / 1000)
         self.metrics.lookups_done(view, hits, misses, expired, ages)
-        if keys is not None:
-            for lookup, key in zip(lookups, keys, strict=True):
-                lookup["key"] = key
-        return lookups
 
 
-_FIXED_ROUTES = frozenset({"/v1/views", "/healthz", "/readyz", "/metrics", "/openapi.json"})
+_FIXED_ROUTES = frozenset(
+    {"/v1/views", "/v1/services", "/healthz", "/readyz", "/metrics", "/openapi.json"}
+)
 
 
 def _match(raw_path: bytes) -> tuple[str, str | None, str | tuple[str, ...] | None]:
@@ -444,6 +528,8 @@ def _match(raw_path: bytes) -> tuple[str, str | None, str | tuple[str, ...] | No
         return _ROUTE_ONE, view, tuple(_segment(p) for p in parts[4:])
     if len(parts) == 4 and parts[0] == b"" and parts[1] == b"v1" and parts[2] == b"ingest":
         return _ROUTE_INGEST, unquote(parts[3].decode("latin-1")), None
+    if len(parts) == 4 and parts[0] == b"" and parts[1] == b"v1" and parts[2] == b"services":
+        return _ROUTE_SERVICE, unquote(parts[3].decode("latin-1")), None
     path = raw_path.decode("latin-1")
     return (path if path in _FIXED_ROUTES else "-"), None, None
 
@@ -469,9 +555,11 @@ def _allow(method: str, allowed: str) -> None:
         )
 
 
-def _unknown_view(view: str, layouts: Mapping[str, ViewLayout]) -> HttpError:
+def _unknown_view(view: str, names: Sequence[str]) -> HttpError:
     return HttpError(
-        404, "unknown_view", f"unknown view {view!r}; known: {', '.join(sorted(layouts))}"
+        404,
+        "unknown_view",
+        f"unknown view {view!r}; known: {', '.join(names)}",
     )
 
 
@@ -544,17 +632,23 @@ def create_app(
     api_keys: ApiKeys | None = None,
     multiprocess_dir: str | None = None,
     cache: CacheSettings | None = None,
+    registry: Registry | None = None,
 ) -> FeatureApp:
-    """The endpoint for the registered views, the Redis and Kafka of ``settings``, ``api_keys``
+    """The endpoint for the registered views and services (of ``registry``; default: the
+    process's, from ``FRESHET_VIEWS``), the Redis and Kafka of ``settings``, ``api_keys``
     and the hot-entity ``cache`` (default: all read from the environment; the cache is off
     unless ``FRESHET_CACHE=on``)."""
     settings = settings or Settings.from_env()
     cache = cache if cache is not None else CacheSettings.from_env()
-    views = {view.name: view for view in all_views()}
+    versions = all_views() if registry is None else registry.all()
+    views = {view.name: view for view in versions}
     layouts = {name: view.layout() for name, view in views.items()}
+    # Every version also by NAME@VERSION: GET /v1/features/card_txn@1/... while v2 serves.
+    layouts.update({f"{v.name}@{v.version}": v.layout() for v in versions})
     return FeatureApp(
         layouts=layouts,
-        views_doc=views_json(),
+        views_doc=views_json() if registry is None else [v.to_json() for v in versions],
+        services=all_services() if registry is None else registry.services(),
         redis_client=_redis_client(settings.redis_url, cache),
         api_keys=api_keys if api_keys is not None else ApiKeys.from_env(),
         multiprocess_dir=multiprocess_dir,

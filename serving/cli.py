@@ -50,9 +50,10 @@ def serve(
 
     GET /v1/features/VIEW/ENTITY[?features=a,b] (VIEW/K1/K2 for a view keyed by several
     fields), POST /v1/features/VIEW with {"entities": [...], "features": [...]} (at most
-    1,000 entities; objects of key fields for such views), GET /v1/views, /healthz,
-    /readyz, /metrics, /openapi.json. Reads FRESHET_REDIS_URL and FRESHET_API_KEYS
-    ("key1:view_a,view_b;key2:*"; unset: no auth).
+    1,000 entities; objects of key fields for such views), POST /v1/services/NAME with
+    {"rows": [...]} (feature services), GET /v1/views, /v1/services, /healthz, /readyz,
+    /metrics, /openapi.json. VIEW may be VIEW@N (a registered older version). Reads
+    FRESHET_REDIS_URL and FRESHET_API_KEYS ("key1:view_a,view_b;key2:*"; unset: no auth).
     """
     from freshet.serving.auth import ApiKeys
     from freshet.serving.redis_link import RedisLink
@@ -119,16 +120,23 @@ def _run_uvicorn(host: str, port: int, workers: int, access_log: bool, log_level
 
 
 @click.command()
-@click.argument("view")
-@click.argument("entity", nargs=-1, required=True)
+@click.argument("view", required=False)
+@click.argument("entity", nargs=-1)
 @click.option("--features", "-f", help="Comma-separated subset of the view's features.")
+@click.option(
+    "--service",
+    "-s",
+    help="Look up a feature service instead of a view; the arguments are then FIELD=VALUE "
+    "pairs: every key field of its views and every request field.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the lookup as JSON.")
 @click.option("--url", help="Ask a running endpoint (e.g. http://127.0.0.1:8000), not Redis.")
 @click.option("--api-key", help="API key for --url.")
 def get(
-    view: str,
+    view: str | None,
     entity: tuple[str, ...],
     features: str | None,
+    service: str | None,
     as_json: bool,
     url: str | None,
     api_key: str | None,
@@ -136,9 +144,29 @@ def get(
     """Show one entity's current features in VIEW (read from Redis, or from --url).
 
     ENTITY is the entity's id; for a view keyed by several fields, give one value per key
-    field, in the order the view declares its key: freshet get card_merchant c1 m2.
+    field, in the order the view declares its key: freshet get card_merchant c1 m2. VIEW may
+    be VIEW@N (version N while a newer one is registered).
+
+    With --service NAME, one row of a feature service, given as FIELD=VALUE pairs (request
+    fields are parsed as their declared types; null is null):
+
+    \b
+        freshet get --service fraud_v1 card_id=c1 merchant=m2 amount=12.5
     """
     from freshet.serving.keys import entity_problem
+
+    if service is not None:
+        if features:
+            raise click.UsageError("--features applies to views; a service names its features")
+        pairs = (view, *entity) if view is not None else entity
+        answer = _service_lookup(service, pairs, url, api_key)
+        if as_json:
+            click.echo(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
+        else:
+            _print_service(service, answer)
+        return
+    if view is None or not entity:
+        raise click.UsageError("give VIEW and ENTITY (or --service NAME FIELD=VALUE ...)")
 
     # The endpoint's rule: an id it answers with a 422 is refused here with the same message,
     # not looked up (such ids are never stored, so Redis would only say "not found").
@@ -212,6 +240,134 @@ def _via_http(
             return client.get(view, entity[0] if len(entity) == 1 else entity, names)
         except ServingError as exc:
             raise click.ClickException(str(exc)) from exc
+
+
+def _service_lookup(
+    name: str, pairs: tuple[str, ...], url: str | None, api_key: str | None
+) -> dict[str, Any]:
+    """One service row's result, through ``url`` or straight from Redis."""
+    from freshet.dsl.registry import UnknownServiceError, get_service
+
+    if not pairs:
+        raise click.UsageError("give the row as FIELD=VALUE pairs, e.g. card_id=c1 amount=9.5")
+
+    def parse(types: dict[str, str]) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        for pair in pairs:
+            field, sep, text = pair.partition("=")
+            if not sep or not field:
+                raise click.BadParameter(f"{pair!r} is not FIELD=VALUE", param_hint="FIELD=VALUE")
+            row[field] = _typed(field, text, types.get(field))
+        return row
+
+    if url is not None:
+        from freshet.serving.client import Client, ServingError
+
+        with Client(url, api_key=api_key) as client:
+            try:
+                # the endpoint's listing gives the request fields' types
+                listed = {s["name"]: s for s in client.services()}
+                if name not in listed:
+                    known = ", ".join(listed) or "(none)"
+                    raise click.BadParameter(
+                        f"unknown service {name!r}; known: {known}", param_hint="--service"
+                    )
+                return client.get_service(name, [parse(listed[name]["request"])])[0]
+            except ServingError as exc:
+                raise click.ClickException(str(exc)) from exc
+    try:
+        plan = get_service(name)
+    except UnknownServiceError as exc:
+        raise click.BadParameter(str(exc), param_hint="--service") from None
+    return _service_via_redis(plan, parse(dict(plan.request)))
+
+
+def _typed(field: str, text: str, kind: str | None) -> Any:
+    """A FIELD=VALUE value as its request field's type (``null`` is null); key fields (no
+    ``kind``) and string fields stay text (a long key field takes its digits)."""
+    if kind is None or kind == "string":
+        return text
+    if text.lower() == "null":
+        return None
+    try:
+        if kind == "float64":
+            return float(text)
+        if kind == "int64":
+            return int(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{field}={text!r}: {field} is a {kind} request field", param_hint="FIELD=VALUE"
+        ) from None
+    if text.lower() not in ("true", "false"):
+        raise click.BadParameter(
+            f"{field}={text!r}: {field} is a bool request field (true or false)",
+            param_hint="FIELD=VALUE",
+        )
+    return text.lower() == "true"
+
+
+def _service_via_redis(plan: Any, row: dict[str, Any]) -> dict[str, Any]:
+    import redis
+
+    from freshet.serving.errors import HttpError
+    from freshet.serving.services import ServiceRows
+    from freshet.sinks.redis_store import RedisFeatureReader, connect
+
+    rows = ServiceRows(plan, max_batch=1)
+    try:
+        entities, values = rows.parse(orjson.dumps({"rows": [row]}))
+    except HttpError as exc:
+        raise click.BadParameter(exc.message, param_hint="FIELD=VALUE") from None
+    unavailable = (redis.RedisError, redis.exceptions.RedisClusterException)
+    try:
+        client = connect(Settings.from_env().redis_url)
+    except unavailable as exc:
+        raise click.ClickException(f"Redis at FRESHET_REDIS_URL is unavailable: {exc}") from exc
+    try:
+        reader = RedisFeatureReader(client, {v.ref: v.layout for v in plan.views})
+        raws = reader.mget(rows.keys(reader, entities))  # one round trip, as the endpoint
+        now = reader.now_ms()
+        records = rows.records(reader, raws, now)
+    except unavailable as exc:
+        raise click.ClickException(f"Redis at FRESHET_REDIS_URL is unavailable: {exc}") from exc
+    except HttpError as exc:
+        raise click.BadParameter(exc.message, param_hint="FIELD=VALUE") from None
+    finally:
+        client.close()
+    result: dict[str, Any] = rows.answer(values, entities, records, now)["results"][0]
+    return result
+
+
+def _print_service(name: str, result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    ages = []
+    for view, info in result["views"].items():
+        seen = "not found" if not info["found"] else f"age {info['age_ms'] / 1000:.1f} s"
+        ages.append(f"{view}@{info['version']} {info['entity']}: {seen}")
+    table = Table(
+        title=f"[bold]service {name}[/]",
+        caption="; ".join(ages),
+        title_justify="left",
+        caption_justify="left",
+    )
+    table.add_column("feature")
+    table.add_column("value", justify="right")
+    table.add_column("status")
+    colors = {"present": "green", "not_found": "yellow", "expired": "red"}
+    for feature, value in result["features"].items():
+        status = result["status"][feature]
+        table.add_row(feature, _shown(value), f"[{colors.get(status, 'white')}]{status}[/]")
+    Console().print(table)
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6f}".rstrip("0").rstrip(".")
+    return str(value)
 
 
 def _print_table(lookup: dict[str, Any]) -> None:

@@ -11,6 +11,10 @@
         client.get("card_merchant", {"card_id": "card_42", "merchant": "m_7"})
         client.get("card_merchant", ("card_42", "m_7"))
         client.get_many("card_merchant", [{"card_id": "card_42", "merchant": "m_7"}])
+        # a feature service: one feature vector per row (key fields and request fields)
+        client.get_service("fraud_v1", [{"card_id": "card_42", "merchant": "m_7", "amount": 9.5}])
+        # version 1 of a view while a newer one is registered
+        client.get("card_txn@1", "card_42")
 
 Results are the endpoint's JSON (DESIGN.md "Interfaces"): dicts with ``view``, ``entity``,
 ``found``, ``as_of``, ``age_ms``, ``features`` and ``status`` (and ``key``, the key fields and
@@ -165,6 +169,23 @@ class Client:
             content=orjson.dumps(body),
             timeout=timeout + (wait_ms or 0) / 1000,
         )
+        return result
+
+    def get_service(self, name: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Feature service ``name``'s result for each row (an object of the key fields of its
+        views and its request fields), in order: ``features`` (``<view>__<feature>`` and the
+        derived features), ``status`` and ``views`` (per view: ``version``, ``entity``,
+        ``found``, ``as_of``, ``age_ms``). One request per 1,000 rows."""
+        results: list[dict[str, Any]] = []
+        path = f"/v1/services/{quote(name, safe='')}"
+        for start in range(0, len(rows), _MAX_BATCH):
+            body = {"rows": [dict(row) for row in rows[start : start + _MAX_BATCH]]}
+            results.extend(self._request("POST", path, content=orjson.dumps(body))["results"])
+        return results
+
+    def services(self) -> list[dict[str, Any]]:
+        """The registered feature services (as ``freshet views --services --json``)."""
+        result: list[dict[str, Any]] = self._request("GET", "/v1/services")
         return result
 
     def views(self) -> list[dict[str, Any]]:

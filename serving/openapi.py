@@ -4,6 +4,9 @@ Hand-written (not generated from handlers) because the app is a plain ASGI calla
 schemas are the real ones: ``tests/integration/test_serving_schemathesis.py`` drives the
 running endpoint from this document and validates every response against it.
 
+Each feature service gets ``POST /v1/services/<name>`` with its row schema (key fields and
+request fields, typed and required) and its result's feature names.
+
 Views keyed by several fields (DESIGN "Entities") get paths of their own, with their key
 fields as typed parameters: ``GET /v1/features/<view>/{k1}/{k2}`` and ``POST
 /v1/features/<view>`` taking objects of key fields; the templated paths describe one-field
@@ -15,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from freshet.dsl.services import ServicePlan
 from freshet.sinks.layout import ENTITY_JSON_PATTERN, MAX_ENTITY_LENGTH, ViewLayout
 
 __all__ = ["build_openapi"]
@@ -44,9 +48,10 @@ def build_openapi(
     auth: bool,
     version: str,
     ingest: bool = False,
+    services: Sequence[ServicePlan] = (),
 ) -> dict[str, Any]:
-    """The document for these views; ``auth`` adds the API-key security requirement,
-    ``ingest`` the ``POST /v1/ingest/{view}`` route."""
+    """The document for these views and ``services``; ``auth`` adds the API-key security
+    requirement, ``ingest`` the ``POST /v1/ingest/{view}`` route."""
     view_names = sorted(name for name, lay in layouts.items() if not lay.is_composite)
     composite = sorted(name for name, lay in layouts.items() if lay.is_composite)
     feature_names = sorted({f for lay in layouts.values() for f in lay.feature_names})
@@ -63,7 +68,10 @@ def build_openapi(
         "name": "view",
         "in": "path",
         "required": True,
-        "description": f"Feature view name (a view keyed by one field): {', '.join(view_names)}",
+        "description": (
+            f"Feature view name (a view keyed by one field): {', '.join(view_names)}; "
+            "VIEW@N (@ as %40 also) names registered version N"
+        ),
         "schema": {"type": "string", "example": view_names[0] if view_names else "card_txn"},
     }
     doc: dict[str, Any] = {
@@ -205,6 +213,7 @@ def build_openapi(
         _add_composite_view(doc, layouts[name], max_batch=max_batch, errors=errors)
     if ingest:
         _add_ingest(doc, sorted(layouts), auth=auth)
+    _add_services(doc, services, max_batch=max_batch, errors=errors)
     if auth:
         doc["components"]["securitySchemes"] = {
             "bearer": {"type": "http", "scheme": "bearer"},
@@ -212,6 +221,134 @@ def build_openapi(
         }
         doc["security"] = [{"bearer": []}, {"apiKey": []}]
     return doc
+
+
+_REQUEST_SCHEMAS: dict[str, dict[str, Any]] = {
+    "int64": {"type": "integer", "nullable": True},
+    "float64": {"type": "number", "nullable": True},
+    "string": {"type": "string", "nullable": True},
+    "bool": {"type": "boolean", "nullable": True},
+}
+
+
+def _add_services(
+    doc: dict[str, Any],
+    services: Sequence[ServicePlan],
+    *,
+    max_batch: int,
+    errors: Mapping[str, Any],
+) -> None:
+    """``GET /v1/services`` and one ``POST /v1/services/<name>`` per service."""
+    doc["paths"]["/v1/services"] = {
+        "get": {
+            "operationId": "listServices",
+            "summary": "The registered feature services (as `freshet views --services --json`)",
+            "responses": {
+                "200": _json_response("Services", {"type": "array", "items": {"type": "object"}}),
+                **{k: v for k, v in errors.items() if k == "401"},
+            },
+        }
+    }
+    value = {
+        "nullable": True,
+        "anyOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}, {"type": "array"}],
+    }
+    for plan in services:
+        properties: dict[str, Any] = {}
+        for view in plan.views:
+            for key, key_type in zip(
+                view.layout.keys, view.layout.key_types or ("string",), strict=False
+            ):
+                properties.setdefault(key, _key_schema(key_type))
+        for name, kind in plan.request:
+            properties[name] = _REQUEST_SCHEMAS[kind]
+        names = list(plan.columns)
+        view_info = {
+            "type": "object",
+            "required": ["version", "entity", "found", "as_of", "age_ms"],
+            "properties": {
+                "version": {"type": "integer"},
+                "entity": {"type": "string"},
+                "found": {"type": "boolean"},
+                "as_of": {"type": "integer", "nullable": True},
+                "age_ms": {"type": "integer", "nullable": True},
+            },
+        }
+        result = {
+            "type": "object",
+            "required": ["features", "status", "views"],
+            "properties": {
+                "features": {
+                    "type": "object",
+                    "required": names,
+                    "properties": dict.fromkeys(names, value),
+                    "additionalProperties": False,
+                },
+                "status": {
+                    "type": "object",
+                    "required": names,
+                    "additionalProperties": {
+                        "type": "string",
+                        "enum": ["present", "not_found", "expired"],
+                    },
+                },
+                "views": {
+                    "type": "object",
+                    "required": [v.name for v in plan.views],
+                    "properties": {v.name: view_info for v in plan.views},
+                    "additionalProperties": False,
+                },
+            },
+        }
+        doc["paths"][f"/v1/services/{plan.name}"] = {
+            "post": {
+                "operationId": f"getService_{plan.name}",
+                "summary": (
+                    f"Feature service {plan.name}: {', '.join(names)} for up to {max_batch} "
+                    "rows, in request order"
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["rows"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "rows": {
+                                        "type": "array",
+                                        "maxItems": max_batch,
+                                        "items": {
+                                            "type": "object",
+                                            "required": list(properties),
+                                            "properties": properties,
+                                            "additionalProperties": False,
+                                        },
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json_response(
+                        "One result per row, in request order",
+                        {
+                            "type": "object",
+                            "required": ["service", "results"],
+                            "properties": {
+                                "service": {"type": "string", "enum": [plan.name]},
+                                "results": {"type": "array", "items": result},
+                            },
+                        },
+                    ),
+                    "400": _error_response("The body is not JSON"),
+                    "413": _error_response(f"More than {max_batch} rows, or body > 1 MiB"),
+                    **{k: v for k, v in errors.items() if k != "404"},
+                },
+            }
+        }
 
 
 def _add_ingest(doc: dict[str, Any], view_names: Sequence[str], *, auth: bool) -> None:

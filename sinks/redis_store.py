@@ -53,7 +53,10 @@ Reads
 ``RedisFeatureReader`` (sync) and ``AsyncRedisFeatureReader`` (any async client with ``mget``:
 ``redis.asyncio`` or the endpoint's ``freshet.serving.redis_link.RedisLink``) share the key building
 and decoding; each lookup is one ``MGET`` round trip and yields :class:`Lookup` dicts, the
-endpoint's JSON as is. Clients must be built with ``decode_responses=False`` (``connect`` and
+endpoint's JSON as is; ``record_keys``, ``mget`` and ``record_values`` read entities of several
+views in one ``MGET`` (a feature service's lookup). A reader knows each view by its name and may
+also know a version by ``NAME@VERSION`` (the endpoint serves older versions that way). Clients
+must be built with ``decode_responses=False`` (``connect`` and
 ``connect_async`` do so).
 """
 
@@ -190,7 +193,7 @@ def _check_layouts(layouts: Mapping[str, ViewLayout]) -> dict[str, ViewLayout]:
         if not name or any(c in layout.name for c in ":{}@") or not name.isprintable():
             raise ValueError(
                 f"view name {name!r} cannot be used in a Redis key: it must be non-empty, "
-                "printable and hold no ':', '{' or '}'"
+                "printable and hold no ':', '{', '}' or '@'"
             )
     return dict(layouts)
 
@@ -473,9 +476,7 @@ class _ReaderBase:
         if unknown:
             raise UnknownFeatureError(view, unknown, all_names)
         names = tuple(features)
-        return _Plan(
-            view, layout, tuple(entities), keys, names, tuple(position[f] for f in names)
-        )
+        return _Plan(view, layout, tuple(entities), keys, names, tuple(position[f] for f in names))
 
     def _decode(self, plan: _Plan, raws: Sequence[bytes | None]) -> list[Lookup]:
         now = self._clock_ms()
@@ -543,6 +544,55 @@ class _ReaderBase:
             )
         return out
 
+    # Several views' records in one MGET (a feature service's lookup): the caller joins
+    # ``record_keys`` of each view, reads them with ``mget`` and decodes each view's share with
+    # ``record_values``, with one ``now_ms()`` for all.
+
+    def record_keys(self, view: str, entities: Sequence[str]) -> list[bytes]:
+        """The record keys of ``entities`` of ``view`` (raises ``UnknownLayoutError``,
+        ``InvalidEntityError``)."""
+        prefix = self._prefixes.get(view)
+        if prefix is None:
+            self.layout(view)  # names the known views
+        assert prefix is not None
+        try:
+            return [prefix + e.encode("utf-8", "surrogateescape") + b"}" for e in entities]
+        except UnicodeEncodeError:
+            return [prefix + _entity_bytes(e) + b"}" for e in entities]  # names the bad one
+
+    def record_values(
+        self, view: str, raws: Sequence[bytes | None], now: int
+    ) -> list[tuple[int | None, list[Any] | None]]:
+        """Each raw record of ``view`` as ``(as_of, values)``, values in the view's feature
+        order: ``(None, None)`` when not found, ``(as_of, None)`` when expired (as the lookups
+        report them)."""
+        layout = self.layout(view)
+        ttl_ms = layout.ttl_seconds * 1000
+        width = len(layout.features)
+        unpack = _HEADER.unpack_from
+        loads = orjson.loads
+        out: list[tuple[int | None, list[Any] | None]] = []
+        for raw in raws:
+            if raw is None:
+                out.append((None, None))
+                continue
+            as_of = unpack(raw)[0]
+            if ttl_ms and as_of + ttl_ms < now:
+                out.append((as_of, None))
+                continue
+            values = loads(raw[HEADER_SIZE:])
+            if len(values) != width:
+                raise ValueError(
+                    f"record of {view!r} has {len(values)} values; the layout has {width} "
+                    "features (a layout change needs a new version)"
+                )
+            out.append((as_of, values))
+        return out
+
+    def now_ms(self) -> int:
+        """The reader's clock (ages and expiry are computed against it)."""
+        return self._clock_ms()
+
 
 class RedisFeatureReader(_ReaderBase):
     """Reads records with a sync client: one ``MGET`` round trip per call."""
@@ -569,6 +619,11 @@ class RedisFeatureReader(_ReaderBase):
     def get(self, view: str, entity: str, features: Sequence[str] | None = None) -> Lookup:
         return self.get_many(view, [entity], features)[0]
 
+    def mget(self, keys: list[bytes]) -> list[bytes | None]:
+        """The raw records of ``keys`` (:meth:`record_keys`), in one round trip."""
+        raws: list[bytes | None] = getattr(self._client, self._mget_name)(keys) if keys else []
+        return raws
+
 
 class AsyncRedisFeatureReader(_ReaderBase):
     """Reads records with a ``redis.asyncio`` client: one ``MGET`` round trip per call."""
@@ -594,6 +649,14 @@ class AsyncRedisFeatureReader(_ReaderBase):
 
     async def get(self, view: str, entity: str, features: Sequence[str] | None = None) -> Lookup:
         return (await self.get_many(view, [entity], features))[0]
+
+    async def mget(self, keys: list[bytes]) -> list[bytes | None]:
+        """The raw records of ``keys`` (:meth:`record_keys`, of any views), in one round trip
+        (one per node on a cluster client)."""
+        raws: list[bytes | None] = (
+            await getattr(self._client, self._mget_name)(keys) if keys else []
+        )
+        return raws
 
     async def ping(self) -> bool:
         return bool(await self._client.ping())

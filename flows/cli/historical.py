@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from freshet.dsl.registry import UnknownViewError, get_view
+from freshet.dsl.registry import UnknownServiceError, UnknownViewError, get_service, get_view
 from freshet.offline.historical import (
     HistoricalError,
     key_columns,
@@ -33,9 +33,17 @@ __all__ = ["historical"]
 @click.option(
     "--features",
     "feature_specs",
-    required=True,
     multiple=True,
-    help="view:feature,… (or view:* for all of a view's features); repeatable.",
+    help="view:feature,… (or view:* for all of a view's features); repeatable. "
+    "Give --features or --service.",
+)
+@click.option(
+    "--service",
+    "service_name",
+    default=None,
+    help="A feature service: the output gets exactly the columns POST /v1/services/NAME "
+    "answers (<view>__<feature>, then the derived features). The rows hold the key fields of "
+    "its views, the timestamp and its request fields.",
 )
 @click.option(
     "--out",
@@ -70,6 +78,7 @@ __all__ = ["historical"]
 def historical(
     entities_path: Path,
     feature_specs: tuple[str, ...],
+    service_name: str | None,
     out_path: Path,
     entity_column: str,
     timestamp_column: str,
@@ -87,9 +96,24 @@ def historical(
 
     A view keyed by several fields (e.g. card_id, merchant) takes its key from the input's
     columns named as those fields; views keyed differently can be joined in one call.
+
+    With --service NAME, the rows are a feature service's (key fields, timestamp, request
+    fields) and the output has the service's columns, derived features computed by the same
+    code as the endpoint:
+
+    \b
+        freshet historical --service fraud_v1 --entities rows.csv --out train.parquet
     """
     root = offline_dir if offline_dir is not None else Settings.from_env().offline_dir
     started = time.perf_counter()
+    if service_name is not None:
+        if feature_specs:
+            raise click.UsageError("give --features or --service, not both")
+        _service(service_name, entities_path, out_path, root, timestamp_column, with_as_of,
+                 threads, memory_limit, started)  # fmt: skip
+        return
+    if not feature_specs:
+        raise click.UsageError("give --features view:feature,… or --service NAME")
     try:
         requests = parse_feature_specs(feature_specs, get_view)
         entities = read_entities(
@@ -119,4 +143,42 @@ def historical(
     click.echo(
         f"wrote {rows:,} rows x {features} feature(s) from {len(requests)} view(s) to "
         f"{out_path} in {elapsed:.1f} s ({rows / max(elapsed, 1e-9):,.0f} rows/s)"
+    )
+
+
+def _service(
+    name: str,
+    entities_path: Path,
+    out_path: Path,
+    root: Path,
+    timestamp_column: str,
+    with_as_of: bool,
+    threads: int | None,
+    memory_limit: str | None,
+    started: float,
+) -> None:
+    from freshet.offline.services import read_service_rows, write_service_historical
+
+    try:
+        plan = get_service(name)
+    except UnknownServiceError as exc:
+        raise click.BadParameter(str(exc), param_hint="--service") from None
+    try:
+        rows_table = read_service_rows(entities_path, plan, timestamp_column=timestamp_column)
+        rows = write_service_historical(
+            root,
+            rows_table,
+            plan,
+            out_path,
+            timestamp_column=timestamp_column,
+            with_as_of=with_as_of,
+            threads=threads,
+            memory_limit=memory_limit,
+        )
+    except HistoricalError as exc:
+        raise click.ClickException(str(exc)) from exc
+    elapsed = time.perf_counter() - started
+    click.echo(
+        f"wrote {rows:,} rows x {len(plan.columns)} column(s) of service {name!r} from "
+        f"{len(plan.views)} view(s) to {out_path} in {elapsed:.1f} s"
     )

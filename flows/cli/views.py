@@ -1,11 +1,20 @@
-"""``freshet views [--json]``: the registered feature views, as a table or as JSON."""
+"""``freshet views [--json] [--services]``: the registered feature views and feature services,
+as tables or as JSON (``--json``: the views' list, as ``GET /v1/views``; ``--services --json``:
+the services' list, as ``GET /v1/services``)."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import click
 import orjson
 
-from freshet.dsl.registry import all_views, views_json
+from freshet.dsl.registry import all_services, all_views, services_json, views_json
+from freshet.dsl.services import ServicePlan
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 __all__ = ["views"]
 
@@ -21,15 +30,50 @@ def _duration(seconds: int | None) -> str:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the views as JSON (as GET /v1/views).")
-def views(as_json: bool) -> None:
-    """List the feature views: entity, source, lateness, TTL and each feature's window and hop."""
+@click.option(
+    "--services",
+    "services_only",
+    is_flag=True,
+    help="Only the feature services (with --json: as GET /v1/services).",
+)
+def views(as_json: bool, services_only: bool) -> None:
+    """List the feature views (entity, source, lateness, TTL and each feature's window and
+    hop), then the feature services (their columns, key fields and request fields)."""
     if as_json:
-        click.echo(orjson.dumps(views_json(), option=orjson.OPT_INDENT_2).decode())
+        listing = services_json() if services_only else views_json()
+        click.echo(orjson.dumps(listing, option=orjson.OPT_INDENT_2).decode())
         return
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
+    if not services_only:
+        _print_views(console)
+    for plan in all_services():
+        console.print(_service_table(plan))
+
+
+def _service_table(plan: ServicePlan) -> Table:
+    from rich.table import Table
+
+    request = ", ".join(f"{n} ({t})" for n, t in plan.request) or "none"
+    table = Table(
+        title=(f"[bold]service {plan.name}[/]  keys {', '.join(plan.keys)}  request {request}"),
+        title_justify="left",
+    )
+    for heading in ("column", "from", "type"):
+        table.add_column(heading)
+    for view in plan.views:
+        types = {f.name: f.type for f in view.layout.features}
+        for feature, column in zip(view.features, view.columns, strict=True):
+            table.add_row(column, f"{view.name}@{view.version}:{feature}", types[feature])
+    for derived in plan.derived:
+        table.add_row(derived.name, derived.expression.text, derived.type)
+    return table
+
+
+def _print_views(console: Console) -> None:
+    from rich.table import Table
+
     for view in all_views():
         source = view.source
         table = Table(

@@ -21,9 +21,18 @@ registered instead; to have both, name them:
 deployment knows its own views only. They are loaded once, on first use; :func:`register` adds
 one more in-process (tests, notebooks).
 
+Feature services (:class:`freshet.dsl.services.FeatureService`) come from the same modules:
+``SERVICES`` (a sequence) or, without it, every module-level ``FeatureService``. They are
+registered after every module's views, so a service may read views of another module, and are
+checked then (:func:`freshet.dsl.services.bind_service`: an unknown view, version or feature
+raises ``DefinitionError`` naming it). :func:`get_service` returns the resolved
+:class:`~freshet.dsl.services.ServicePlan` (a ``view:feature`` without ``@N`` reads the newest
+version registered when it is asked for).
+
 Errors: :class:`UnknownViewError` (a ``KeyError``) for a name or version that is not
-registered, naming what is; :class:`RegistryError` (a ``ValueError``) for a bad reference, a
-``FRESHET_VIEWS`` module that cannot be loaded, or a conflicting registration.
+registered, naming what is; :class:`UnknownServiceError` likewise for services;
+:class:`RegistryError` (a ``ValueError``) for a bad reference, a ``FRESHET_VIEWS`` module that
+cannot be loaded, or a conflicting registration.
 """
 
 from __future__ import annotations
@@ -38,20 +47,25 @@ import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from freshet.dsl.definitions import DEFINED, FeatureView
+from freshet.dsl.services import FeatureService, ServicePlan, bind_service
 
 __all__ = [
     "VIEWS_ENV",
     "Registry",
     "RegistryError",
+    "UnknownServiceError",
     "UnknownViewError",
+    "all_services",
     "all_views",
+    "get_service",
     "get_view",
     "load_views",
     "parse_view_ref",
     "register",
+    "services_json",
     "views_json",
 ]
 
@@ -82,13 +96,28 @@ class UnknownViewError(KeyError):
         return f"unknown view {self.name!r}; known: {', '.join(self.known)}"
 
 
+class UnknownServiceError(KeyError):
+    """No feature service has this name; the message lists the registered ones."""
+
+    def __init__(self, name: str, known: tuple[str, ...]) -> None:
+        super().__init__(name)
+        self.name = name
+        self.known = known
+
+    def __str__(self) -> str:
+        return f"unknown service {self.name!r}; known: {', '.join(self.known) or '(none)'}"
+
+
 class Registry:
     """Views by ``(name, version)``, in registration order (the module functions use one
     process-wide instance; tests may build their own)."""
 
     def __init__(self, views: Iterable[FeatureView] = (), *, origin: str = "Registry()") -> None:
         self._views: dict[tuple[str, int], FeatureView] = {}
-        self._lock = threading.Lock()
+        # name -> (definition, plan, the view generation the plan was bound at)
+        self._services: dict[str, tuple[FeatureService, ServicePlan, int]] = {}
+        self._generation = 0  # bumped by each new view version (plans rebind lazily)
+        self._lock = threading.RLock()
         for view in views:
             self.add(view, origin=origin)
 
@@ -105,7 +134,41 @@ class Registry:
                     f"{origin}: view {view.name!r} version {view.version} is already registered "
                     "with another definition; give the new definition a new version"
                 )
-            self._views[key] = view
+            if existing is None:
+                self._views[key] = view
+                self._generation += 1
+
+    def add_service(self, service: FeatureService, *, origin: str = "register()") -> ServicePlan:
+        """Register ``service``, checked against the registered views (``DefinitionError``
+        naming an unknown view or feature); the same definition again is a no-op."""
+        if not isinstance(service, FeatureService):
+            raise RegistryError(f"{origin}: {service!r} is not a FeatureService")
+        with self._lock:
+            existing = self._services.get(service.name)
+            if existing is not None and existing[0] != service:
+                raise RegistryError(
+                    f"{origin}: service {service.name!r} is already registered with another "
+                    "definition; give the new one another name (e.g. fraud_v2)"
+                )
+            plan = bind_service(service, self.get)
+            self._services[service.name] = (service, plan, self._generation)
+            return plan
+
+    def get_service(self, name: str) -> ServicePlan:
+        """The resolved service ``name``; :class:`UnknownServiceError` if none."""
+        with self._lock:
+            entry = self._services.get(name)
+            if entry is None:
+                raise UnknownServiceError(name, tuple(self._services))
+            service, plan, generation = entry
+            if generation != self._generation:
+                plan = bind_service(service, self.get)
+                self._services[name] = (service, plan, self._generation)
+            return plan
+
+    def services(self) -> tuple[ServicePlan, ...]:
+        """Every registered service, resolved, in registration order."""
+        return tuple(self.get_service(name) for name in list(self._services))
 
     def load(self, environ: Mapping[str, str]) -> None:
         """Register the views of the modules named in ``environ[FRESHET_VIEWS]``, or the demo
@@ -117,6 +180,7 @@ class Registry:
             for view in DEMO_VIEWS:
                 self.add(view, origin="freshet.dsl.views")
             return
+        services: list[tuple[FeatureService, str]] = []
         for spec in specs:
             try:
                 module = _import(spec)
@@ -127,12 +191,18 @@ class Registry:
                     f"{VIEWS_ENV}: cannot load views module {spec!r}: {type(exc).__name__}: {exc}"
                 ) from exc
             views = _module_views(module)
-            if not views:
+            module_services = _module_services(module)
+            if not views and not module_services:
                 raise RegistryError(
-                    f"{VIEWS_ENV}: module {spec!r} defines no FeatureView (list them in VIEWS)"
+                    f"{VIEWS_ENV}: module {spec!r} defines no FeatureView (list them in VIEWS) "
+                    "nor FeatureService (SERVICES)"
                 )
             for view in views:
                 self.add(view, origin=f"{VIEWS_ENV} module {spec!r}")
+            services += [(service, spec) for service in module_services]
+        # After every module's views: a service may read views of another module.
+        for service, spec in services:
+            self.add_service(service, origin=f"{VIEWS_ENV} module {spec!r}")
 
     def get(self, name: str, version: int | None = None) -> FeatureView:
         """See :func:`get_view`."""
@@ -200,6 +270,17 @@ def _module_views(module: ModuleType) -> list[FeatureView]:
     return named + bare
 
 
+def _module_services(module: ModuleType) -> list[FeatureService]:
+    listed = getattr(module, "SERVICES", None)
+    if listed is not None:
+        if isinstance(listed, FeatureService) or not isinstance(listed, Iterable):
+            raise RegistryError(
+                f"{module.__name__}.SERVICES must be a sequence of FeatureService, got {listed!r}"
+            )
+        return list(listed)
+    return [v for v in vars(module).values() if isinstance(v, FeatureService)]
+
+
 def _import(spec: str) -> ModuleType:
     if spec.endswith(".py") or os.sep in spec:
         path = Path(spec).expanduser().resolve()
@@ -256,11 +337,35 @@ def _registry() -> Registry:
     return _REGISTRY
 
 
-def register(view: FeatureView) -> FeatureView:
-    """Add ``view`` (a new name or a new version of one); returns it. Registering the same
-    definition again is a no-op; another definition under a registered version is an error."""
-    _registry().add(view, origin="register()")
+_Definition = TypeVar("_Definition", FeatureView, FeatureService)
+
+
+def register(view: _Definition) -> _Definition:
+    """Add ``view`` (a new name or a new version of one), or a feature service (checked
+    against the registered views); returns it. Registering the same definition again is a
+    no-op; another definition under a registered version (or service name) is an error."""
+    if isinstance(view, FeatureService):
+        _registry().add_service(view, origin="register()")
+    else:
+        _registry().add(view, origin="register()")
     return view
+
+
+def get_service(name: str) -> ServicePlan:
+    """The registered feature service ``name``, resolved against the views.
+
+    Raises :class:`UnknownServiceError` naming the registered services."""
+    return _registry().get_service(name)
+
+
+def all_services() -> tuple[ServicePlan, ...]:
+    """Every registered feature service, resolved, in registration order."""
+    return _registry().services()
+
+
+def services_json() -> list[dict[str, Any]]:
+    """The content of ``freshet views --services --json`` and ``GET /v1/services``."""
+    return [plan.to_json() for plan in _registry().services()]
 
 
 def get_view(name: str, version: int | None = None) -> FeatureView:

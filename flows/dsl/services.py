@@ -66,9 +66,7 @@ REQUEST_TYPES: tuple[str, ...] = ("int64", "float64", "string", "bool")
 REQUEST = "request"
 
 _NAME = r"[a-z][a-z0-9_]{0,62}"
-_REF_RE = re.compile(
-    rf"^(?P<view>{_NAME})(?:@v?(?P<version>[0-9]+))?:(?P<feature>\*|{_NAME})$"
-)
+_REF_RE = re.compile(rf"^(?P<view>{_NAME})(?:@v?(?P<version>[0-9]+))?:(?P<feature>\*|{_NAME})$")
 _INT64 = range(-(2**63), 2**63)
 # Feature value types an expression can read (lists and top-k pairs cannot be).
 _EXPRESSIBLE = ("int64", "float64", "string")

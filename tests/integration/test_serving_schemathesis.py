@@ -64,13 +64,14 @@ def test_every_generated_request_gets_a_documented_non_5xx_answer(
             }
         )
         schema = schemathesis.openapi.from_url(f"{url}/openapi.json", config=config)
-        # POST /v1/ingest produces to Kafka: tests/integration/test_ingest_read_after_write.py covers it.
+        # POST /v1/ingest produces to Kafka: tests/integration/test_ingest_read_after_write.py
+        # covers it.
         operations = [
             op
             for op in (result.ok() for result in schema.get_all_operations())
             if not op.path.startswith("/v1/ingest/")
         ]
-        assert len(operations) == 7  # services: tests/integration/test_serving_services.py
+        assert len(operations) == 7  # services: tests/integration/test_feature_services_stack.py
         for operation in operations:
             if mode is GenerationMode.NEGATIVE and operation.path not in WITH_INPUTS:
                 continue  # nothing to make invalid
