@@ -600,6 +600,13 @@ class Moments:
         clone.n, clone.s, clone.q = self.n, self.s, self.q
         return clone
 
+    def combined(self, other: Moments) -> Moments:
+        """A new partial of both (neither changes)."""
+        clone = Moments.__new__(Moments)
+        clone.float_values = self.float_values
+        clone.n, clone.s, clone.q = self.n + other.n, self.s + other.s, self.q + other.q
+        return clone
+
     def variance(self) -> float | None:
         n = self.n
         if not n:
@@ -673,6 +680,16 @@ class Ordered:
         clone.k, clone.newest, clone.items = self.k, self.newest, self.items[:]
         return clone
 
+    def combined(self, other: Ordered) -> Ordered:
+        """A new partial of both (neither changes)."""
+        clone = Ordered.__new__(Ordered)
+        clone.k, clone.newest = self.k, self.newest
+        items = self.items + other.items
+        items.sort(reverse=self.newest)
+        del items[self.k :]
+        clone.items = items
+        return clone
+
     def first_value(self) -> Any:
         return self.items[0][2] if self.items else None
 
@@ -724,6 +741,12 @@ class Counts:
     def copy(self) -> Counts:
         clone = Counts.__new__(Counts)
         clone.counts = self.counts.copy()
+        return clone
+
+    def combined(self, other: Counts) -> Counts:
+        """A new partial of both (neither changes)."""
+        clone = self.copy()
+        clone.merge(other)
         return clone
 
     def top(self, k: int) -> list[tuple[Any, int]]:

@@ -42,6 +42,7 @@ from freshet.engine.tiles import (
     LifetimeFeatures,
     MaxColumn,
     MinColumn,
+    PartialColumn,
     WindowGroup,
     to_coarse,
 )
@@ -470,6 +471,8 @@ def _value_exprs(plan: HotPathPlan, env: dict[str, Any]) -> tuple[list[str], lis
                 slow = f"G{g}.column_value(d, {index}, A{position})"
                 if type(column) in (MaxColumn, MinColumn):
                     exprs[position] = f"d[{column.gcol + 1}]"
+                elif isinstance(column, PartialColumn):
+                    exprs[position] = f"C{g}_{index}.open_value(d, {group.kix}, A{position})"
                 elif type(column) is DistinctColumn:
                     src += [f"    n{position} = d[{column.gcol + 1}]"]
                     exprs[position] = f"(n{position} if n{position} is not None else {slow})"

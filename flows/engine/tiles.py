@@ -259,27 +259,36 @@ class SketchColumn(Column):
     def complete(self, d: list[Any], c: int) -> Any:
         """The merge of every tile ``k >= c`` but the newest, cached (the caller must not
         mutate it); ``d[self.tix]`` must not be empty."""
+        return self.complete_before(d, c, d[self.tix][-1][0])
+
+    def complete_before(self, d: list[Any], c: int, newest: int) -> Any:
+        """The merge of the tiles ``c <= k < newest`` held in ``d[self.tix]`` (at least one),
+        cached as ``[first k merged, newest, partial]``: sealed, ``newest`` is the newest
+        tile's ``k``; with a tile open (:meth:`PartialColumn.open_value`), the open tile's."""
         tiles = d[self.tix]
         col = self.tcol
         agg = self.agg
-        newest = tiles[-1]
         for tile in tiles:  # key the cache by the first tile it holds, not by c itself
             if tile[0] >= c:
                 c = tile[0]
                 break
         cache = d[self.gcol]
-        if cache is None or cache[0] != c or cache[1] > newest[0]:
+        if cache is None or cache[0] != c or cache[1] > newest:
             partial = agg.empty()
-            for tile in tiles[:-1]:
+            for tile in tiles:
+                if tile[0] >= newest:
+                    break
                 if tile[0] >= c:
                     partial = agg.merge(partial, tile[col])
-            cache = d[self.gcol] = [c, newest[0], partial]
-        elif cache[1] < newest[0]:
-            # Tiles created since the cache was built: fold the ones now complete.
-            for tile in tiles[:-1]:
+            cache = d[self.gcol] = [c, newest, partial]
+        elif cache[1] < newest:
+            # Tiles completed since the cache was built: fold them in.
+            for tile in tiles:
+                if tile[0] >= newest:
+                    break
                 if tile[0] >= cache[1]:
                     cache[2] = agg.merge(cache[2], tile[col])
-            cache[1] = newest[0]
+            cache[1] = newest
         return cache[2]
 
     def merged(self, d: list[Any], c: int) -> Any:
@@ -306,6 +315,19 @@ class PartialColumn(SketchColumn):
     events, top_k counts: :mod:`freshet.engine.aggregations`); ``arg`` reads the value."""
 
     __slots__ = ()
+
+    def open_value(self, d: list[Any], kix: int, read: Callable[[Any], Any]) -> Any:
+        """The value over every tile held, read as the hot path leaves the group (its newest
+        tile open at ``d[kix:]``): the cached merge of the sealed tiles combined with the open
+        tile's partial, without sealing or copying the cache."""
+        k_open = d[kix]
+        tiles = d[self.tix]
+        if k_open is None:  # no open tile: the group is sealed as it is
+            return read(self.merged(d, NEVER) if tiles else self.agg.empty())
+        newest = d[kix + self.tcol]
+        if not tiles:
+            return read(newest)
+        return read(self.complete_before(d, NEVER, k_open).combined(newest))
 
 
 class StampedColumn(PartialColumn):
