@@ -61,7 +61,7 @@ from freshet.dsl.registry import (
 from freshet.dsl.services import ServicePlan
 from freshet.serving.auth import ApiKeys, AuthError, presented_key
 from freshet.serving.cache import CachedRedis, CacheSettings
-from freshet.serving.errors import HttpError
+from freshet.serving.errors import HttpError, json_object
 from freshet.serving.ingest import Ingestor
 from freshet.serving.keys import EntityKeyError, KeyValue, composite_key, entity_problem, key_shape
 from freshet.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -422,20 +422,7 @@ class FeatureApp:
         return ids, keys if composite else None
 
     def _batch_request(self, body: bytes) -> tuple[list[Any], list[str] | None]:
-        try:
-            request = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise HttpError(400, "bad_request", f"request body is not valid JSON: {exc}") from None
-        if not isinstance(request, dict):
-            raise HttpError(422, "invalid_request", 'body must be {"entities": [...]}')
-        unknown_fields = set(request) - {"entities", "features"}
-        if unknown_fields:
-            raise HttpError(
-                422,
-                "invalid_request",
-                f"unknown field(s) {', '.join(sorted(map(repr, unknown_fields)))}; "
-                "allowed: entities, features",
-            )
+        request = json_object(body, ("entities", "features"))
         entities = request.get("entities")
         if not isinstance(entities, list):
             raise HttpError(

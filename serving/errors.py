@@ -15,7 +15,11 @@ the details go to the server log, never to the client.
 
 from __future__ import annotations
 
-__all__ = ["HttpError"]
+from typing import Any
+
+import orjson
+
+__all__ = ["HttpError", "json_body", "json_object"]
 
 
 class HttpError(Exception):
@@ -33,3 +37,29 @@ class HttpError(Exception):
         self.code = code
         self.message = message
         self.headers = headers
+
+
+def json_body(body: bytes) -> Any:
+    """A request body's JSON value; :class:`HttpError` 400 when it is not JSON."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise HttpError(400, "bad_request", f"request body is not valid JSON: {exc}") from None
+
+
+def json_object(body: bytes, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """A request body as a JSON object with fields among ``allowed``: 400 when it is not JSON,
+    422 when it is not an object (``allowed[0]`` names the list it should hold) or has other
+    fields."""
+    request = json_body(body)
+    if not isinstance(request, dict):
+        raise HttpError(422, "invalid_request", f'body must be {{"{allowed[0]}": [...]}}')
+    unknown = set(request) - set(allowed)
+    if unknown:
+        raise HttpError(
+            422,
+            "invalid_request",
+            f"unknown field(s) {', '.join(sorted(map(repr, unknown)))}; "
+            f"allowed: {', '.join(allowed)}",
+        )
+    return request

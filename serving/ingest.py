@@ -48,7 +48,7 @@ from fastavro import parse_schema, schemaless_writer
 
 from freshet.decode.decoder import JsonDecoder, load_schema
 from freshet.decode.messages import RawMessage
-from freshet.serving.errors import HttpError
+from freshet.serving.errors import HttpError, json_object
 from freshet.sinks.layout import encode_entity
 
 if TYPE_CHECKING:
@@ -330,19 +330,7 @@ class Ingestor:
 
 
 def _request(body: bytes) -> tuple[list[Any], int]:
-    try:
-        request = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise HttpError(400, "bad_request", f"request body is not valid JSON: {exc}") from None
-    if not isinstance(request, dict):
-        raise HttpError(422, "invalid_request", 'body must be {"events": [...]}')
-    unknown = set(request) - {"events", "wait_ms"}
-    if unknown:
-        raise HttpError(
-            422,
-            "invalid_request",
-            f"unknown field(s) {', '.join(sorted(map(repr, unknown)))}; allowed: events, wait_ms",
-        )
+    request = json_object(body, ("events", "wait_ms"))
     events = request.get("events")
     if not isinstance(events, list) or not events:
         raise HttpError(422, "invalid_request", '"events" must be a non-empty list of objects')

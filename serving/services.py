@@ -25,10 +25,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from freshet.dsl.services import RequestValueError, ServicePlan
-from freshet.serving.errors import HttpError
+from freshet.serving.errors import HttpError, json_body
 from freshet.serving.keys import EntityKeyError, composite_key, entity_problem
 from freshet.sinks.layout import encode_entity
 from freshet.sinks.redis_store import InvalidEntityError
@@ -89,10 +87,7 @@ class ServiceRows:
     def parse(self, body: bytes) -> tuple[list[list[str]], list[dict[str, Any]]]:
         """The entity ids per view (in row order) and each row's request values of a request
         body; :class:`HttpError` 400/413/422 naming the bad row and field."""
-        try:
-            request = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise HttpError(400, "bad_request", f"request body is not valid JSON: {exc}") from None
+        request = json_body(body)
         if not isinstance(request, dict) or len(request) != 1 or "rows" not in request:
             raise HttpError(422, "invalid_request", 'body must be {"rows": [...]}')
         rows = request["rows"]
