@@ -102,19 +102,7 @@ def build_openapi(
                                 "pattern": ENTITY_JSON_PATTERN,
                             },
                         },
-                        {
-                            "name": "features",
-                            "in": "query",
-                            "required": False,
-                            "description": "Comma-separated subset of the view's features",
-                            "style": "form",
-                            "explode": False,
-                            "schema": {
-                                "type": "array",
-                                "minItems": 1,
-                                "items": {"type": "string", "enum": feature_names},
-                            },
-                        },
+                        _features_param(feature_names),
                     ],
                     "responses": {
                         "200": {
