@@ -17,8 +17,10 @@ PYTEST_ARGS ?=
 export FRESHET_KAFKA_BOOTSTRAP ?= 127.0.0.1:$(or $(FRESHET_DEV_KAFKA_PORT),9092)
 export FRESHET_REDIS_URL ?= redis://127.0.0.1:$(or $(FRESHET_DEV_REDIS_PORT),6379)/0
 
-# command -> Debian package, installed by `make system-packages` when missing.
-SYSTEM_PACKAGES := redis-server:redis-server java:openjdk-17-jre-headless mvn:maven
+# command -> Debian package, installed by `make system-packages` when missing. chromium and
+# chromedriver run the console's browser tests (tests/integration/test_console_browser.py).
+SYSTEM_PACKAGES := redis-server:redis-server java:openjdk-17-jre-headless mvn:maven \
+	chromium:chromium chromedriver:chromium-driver
 
 .PHONY: help test demo lint soak up down status install system-packages
 
@@ -41,7 +43,7 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 
 install: $(INSTALLED)
 
-# Installs a missing redis-server (and java / mvn) with apt when we are root and apt exists;
+# Installs a missing redis-server (and java / mvn / chromium) with apt when we are root and apt exists;
 # otherwise stops with the exact command to run.
 system-packages:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \

@@ -53,6 +53,9 @@ _PACKAGE_DATA = (
     "freshet/ops/stack/pom.xml",
     "freshet/ops/stack/log4j2.yaml",
     "freshet/ops/stack/server.properties.template",
+    "freshet/serving/console_static/page.html",
+    "freshet/serving/console_static/console.js",
+    "freshet/serving/console_static/console.css",
 )
 _EXTENSIONS = ("freshet/decode/_fastdecode*.so", "freshet/engine/_faststate*.so")
 

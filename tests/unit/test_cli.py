@@ -14,7 +14,7 @@ FRESHET = [sys.executable, "-c", "from freshet.cli import main; main()"]
 
 CONTRACT_COMMANDS = (
     "dev", "demo", "run", "backfill", "serve", "get", "views", "topics",
-    "historical", "verify", "reconcile", "doctor",
+    "historical", "stats", "verify", "reconcile", "doctor",
 )  # fmt: skip
 REPO = Path(__file__).resolve().parents[2]
 

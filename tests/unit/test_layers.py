@@ -39,6 +39,7 @@ ALLOWED_MODULES: dict[str, dict[str, str]] = {
         "freshet.stream.kafka_clients": "ingest: the Kafka client factory",
         "freshet.decode.decoder": "ingest: validate events as the flow's decoder does",
         "freshet.decode.messages": "ingest: the decoder's input record (RawMessage)",
+        "freshet.offline.stats": "the console (/ui): history and statistics of the offline log",
     },
 }
 
