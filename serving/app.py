@@ -61,7 +61,8 @@ from freshet.dsl.registry import (
 from freshet.dsl.services import ServicePlan
 from freshet.serving.auth import ApiKeys, AuthError, presented_key
 from freshet.serving.cache import CachedRedis, CacheSettings
-from freshet.serving.errors import HttpError, json_object
+from freshet.serving.console import Console, console_for, ui_enabled
+from freshet.serving.errors import HttpError, json_object, max_staleness
 from freshet.serving.ingest import Ingestor
 from freshet.serving.keys import EntityKeyError, KeyValue, composite_key, entity_problem, key_shape
 from freshet.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -71,6 +72,7 @@ from freshet.serving.redis_link import RedisLink
 from freshet.serving.services import ServiceRows
 from freshet.sinks.layout import MAX_KEY_FIELDS, ViewLayout
 from freshet.sinks.redis_store import (
+    DEFAULT_STALE_GRACE_MS,
     AsyncRedisFeatureReader,
     InvalidEntityError,
     Lookup,
@@ -126,6 +128,8 @@ class FeatureApp:
         ingest: Ingestor | None = None,
         services: Sequence[ServicePlan] = (),
         services_doc: list[dict[str, Any]] | None = None,
+        console: Console | None = None,
+        stale_grace_ms: int = DEFAULT_STALE_GRACE_MS,
     ) -> None:
         # Each view also by NAME@VERSION (``layouts`` may hold older versions that way), and
         # the view versions the services read.
@@ -142,13 +146,18 @@ class FeatureApp:
         # Views keyed by several fields: only their lookups take the composite-key path.
         self._composite = frozenset(name for name, lay in all_layouts.items() if lay.is_composite)
         self._redis = redis_client
-        self._reader = AsyncRedisFeatureReader(redis_client, all_layouts)
+        self._reader = AsyncRedisFeatureReader(
+            redis_client, all_layouts, stale_grace_ms=stale_grace_ms
+        )
         self._keys = api_keys
         self._max_batch = max_batch
         self.metrics = ServingMetrics(all_layouts, multiprocess_dir=multiprocess_dir)
         bind_metrics = getattr(redis_client, "bind_metrics", None)  # the cache's metrics
         if bind_metrics is not None:
             bind_metrics(self.metrics)
+        self._console = console  # /ui (freshet.serving.console); None: off
+        if console is not None:
+            console.bind_metrics(self.metrics)
         self._views_body = orjson.dumps(views_doc)
         self._services_body = orjson.dumps(
             services_doc if services_doc is not None else [p.to_json() for p in services]
@@ -250,19 +259,19 @@ class FeatureApp:
         if route == _ROUTE_ONE and view is not None and entity is not None:
             _allow(method, "GET")
             self._authorize(scope, view)
-            features = _query_features(scope.get("query_string", b""))
+            features, limit = _query_params(scope.get("query_string", b""))
             if type(entity) is str and view not in self._composite:
-                lookups = await self._lookup(view, [entity], features)
+                lookups = await self._lookup(view, [entity], features, None, limit)
             else:
                 one, key = self._path_key(view, entity)
-                lookups = await self._lookup(view, [one], features, [key])
+                lookups = await self._lookup(view, [one], features, [key], limit)
             return 200, _dumps(lookups[0]), _JSON, ()
         if route == _ROUTE_BATCH and view is not None:
             _allow(method, "POST")
             self._authorize(scope, view)
-            raw, features = self._batch_request(await _read_body(scope, receive))
+            raw, features, limit = self._batch_request(await _read_body(scope, receive))
             entities, keys = self._batch_entities(view, raw)
-            lookups = await self._lookup(view, entities, features, keys)
+            lookups = await self._lookup(view, entities, features, keys, limit)
             return 200, _dumps({"view": view, "results": lookups}), _JSON, ()
         if route == _ROUTE_INGEST and view is not None:
             _allow(method, "POST")
@@ -298,6 +307,8 @@ class FeatureApp:
             _allow(method, "GET")
             return 200, self._openapi_body, _JSON, ()
         path = _path_text(scope)
+        if self._console is not None and (path == "/ui" or path.startswith("/ui/")):
+            return await self._console.handle(path, scope)
         raise HttpError(404, "not_found", f"no such path {path!r}; see /openapi.json")
 
     def _canonical(self, view: str) -> str:
@@ -325,16 +336,16 @@ class FeatureApp:
             )
         for view in rows.plan.views:
             self._keys.check(presented, view.name)
-        entities, request_values = rows.parse(await _read_body(scope, receive))
+        entities, request_values, limit = rows.parse(await _read_body(scope, receive))
         if not request_values:
             return 200, _dumps(rows.answer([], entities, [[] for _ in entities], 0)), _JSON, ()
         raws = await self._reader.mget(rows.keys(self._reader, entities))  # one round trip
         now = self._reader.now_ms()
-        records = rows.records(self._reader, raws, now)
-        for view, (hits, misses, expired, ages) in zip(
+        records = rows.records(self._reader, raws, now, limit)
+        for view, (hits, misses, expired, stale, ages) in zip(
             rows.plan.views, rows.counts(records, now), strict=True
         ):
-            self.metrics.lookups_done(view.name, hits, misses, expired, ages)
+            self.metrics.lookups_done(view.name, hits, misses, expired, ages, stale)
         return 200, _dumps(rows.answer(request_values, entities, records, now)), _JSON, ()
 
     async def _ingest_events(
@@ -421,8 +432,8 @@ class FeatureApp:
             keys.append(key)
         return ids, keys if composite else None
 
-    def _batch_request(self, body: bytes) -> tuple[list[Any], list[str] | None]:
-        request = json_object(body, ("entities", "features"))
+    def _batch_request(self, body: bytes) -> tuple[list[Any], list[str] | None, int | None]:
+        request = json_object(body, ("entities", "features", "max_staleness_ms"))
         entities = request.get("entities")
         if not isinstance(entities, list):
             raise HttpError(
@@ -445,7 +456,8 @@ class FeatureApp:
             raise HttpError(
                 422, "invalid_request", '"features" must be a non-empty list of feature names'
             )
-        return entities, features
+        limit = max_staleness(request.get("max_staleness_ms"), '"max_staleness_ms"')
+        return entities, features, limit
 
     async def _lookup(
         self,
@@ -453,16 +465,20 @@ class FeatureApp:
         entities: Sequence[str],
         features: Sequence[str] | None,
         keys: Sequence[dict[str, KeyValue]] | None = None,
+        max_staleness_ms: int | None = None,
     ) -> list[Lookup]:
         """Look ``entities`` up; ``keys`` (a composite view's, whose values are checked
-        already) are added to the lookups as ``key``."""
+        already) are added to the lookups as ``key``; windowed values more than
+        ``max_staleness_ms`` past their ``valid_until`` come back null and ``stale``."""
         if keys is None:
             for entity in entities:
                 problem = entity_problem(entity)
                 if problem is not None:
                     raise HttpError(422, "invalid_request", problem)
         try:
-            lookups = await self._reader.get_many(view, entities, features)
+            lookups = await self._reader.get_many(
+                view, entities, features, max_staleness_ms=max_staleness_ms
+            )
         except UnknownFeatureError as exc:
             raise HttpError(422, "unknown_features", str(exc)) from None
         except InvalidEntityError as exc:
@@ -474,7 +490,7 @@ class FeatureApp:
         return lookups
 
     def _count(self, view: str, lookups: Sequence[Lookup]) -> None:
-        hits = misses = expired = 0
+        hits = misses = expired = stale = 0
         ages: list[float] = []
         names = list(lookups[0]["features"]) if lookups else []
         for lookup in lookups:
@@ -483,9 +499,12 @@ class FeatureApp:
             elif lookup["features"] and lookup["status"][names[0]] == "expired":
                 expired += 1
             else:
-                hits += 1
+                if "stale" in lookup["status"].values():
+                    stale += 1
+                else:
+                    hits += 1
                 ages.append((lookup["age_ms"] or 0) / 1000)
-        self.metrics.lookups_done(view, hits, misses, expired, ages)
+        self.metrics.lookups_done(view, hits, misses, expired, ages, stale)
 
 
 _FIXED_ROUTES = frozenset(
@@ -550,16 +569,22 @@ def _unknown_view(view: str, names: Sequence[str]) -> HttpError:
     )
 
 
-def _query_features(query_string: bytes) -> list[str] | None:
+def _query_params(query_string: bytes) -> tuple[list[str] | None, int | None]:
+    """``?features=a,b`` and ``?max_staleness_ms=N`` of a single lookup."""
     if not query_string:
-        return None
-    values = parse_qs(query_string.decode("latin-1"), keep_blank_values=True).get("features")
+        return None, None
+    query = parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
+    limits = query.get("max_staleness_ms")
+    if limits is not None and len(limits) != 1:
+        raise HttpError(422, "invalid_request", "?max_staleness_ms= given more than once")
+    limit = max_staleness(limits[0], "?max_staleness_ms=") if limits else None
+    values = query.get("features")
     if values is None:
-        return None
+        return None, limit
     names = [name for value in values for name in value.split(",") if name]
     if not names:
         raise HttpError(422, "invalid_request", "?features= must name at least one feature")
-    return names
+    return names, limit
 
 
 async def _read_body(scope: Scope, receive: Receive) -> bytes:
@@ -620,11 +645,13 @@ def create_app(
     multiprocess_dir: str | None = None,
     cache: CacheSettings | None = None,
     registry: Registry | None = None,
+    ui: bool | None = None,
 ) -> FeatureApp:
     """The endpoint for the registered views and services (of ``registry``; default: the
     process's, from ``FRESHET_VIEWS``), the Redis and Kafka of ``settings``, ``api_keys``
     and the hot-entity ``cache`` (default: all read from the environment; the cache is off
-    unless ``FRESHET_CACHE=on``)."""
+    unless ``FRESHET_CACHE=on``) and the console at ``/ui`` (``ui``; default: on unless
+    ``FRESHET_UI=off``)."""
     settings = settings or Settings.from_env()
     cache = cache if cache is not None else CacheSettings.from_env()
     versions = all_views() if registry is None else registry.all()
@@ -632,14 +659,21 @@ def create_app(
     layouts = {name: view.layout() for name, view in views.items()}
     # Every version also by NAME@VERSION: GET /v1/features/card_txn@1/... while v2 serves.
     layouts.update({f"{v.name}@{v.version}": v.layout() for v in versions})
+    views_doc = views_json() if registry is None else [v.to_json() for v in versions]
+    services = all_services() if registry is None else registry.services()
+    api_keys = api_keys if api_keys is not None else ApiKeys.from_env()
     return FeatureApp(
         layouts=layouts,
-        views_doc=views_json() if registry is None else [v.to_json() for v in versions],
-        services=all_services() if registry is None else registry.services(),
+        views_doc=views_doc,
+        services=services,
         redis_client=_redis_client(settings.redis_url, cache),
-        api_keys=api_keys if api_keys is not None else ApiKeys.from_env(),
+        api_keys=api_keys,
         multiprocess_dir=multiprocess_dir,
         ingest=_ingestor(settings, views),
+        console=console_for(settings.offline_dir, layouts, views_doc, services, api_keys)
+        if (ui_enabled() if ui is None else ui)
+        else None,
+        stale_grace_ms=settings.stale_grace_ms,
     )
 
 

@@ -38,13 +38,24 @@ __all__ = ["get", "serve"]
 )
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
 @click.option(
+    "--ui/--no-ui",
+    default=None,
+    help="The web console at /ui (default: on, unless FRESHET_UI=off).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
 )
 def serve(
-    host: str, port: int, workers: int, server: str, access_log: bool, log_level: str
+    host: str,
+    port: int,
+    workers: int,
+    server: str,
+    access_log: bool,
+    ui: bool | None,
+    log_level: str,
 ) -> None:
     """Serve feature lookups over HTTP (uvicorn or granian, on uvloop).
 
@@ -54,6 +65,8 @@ def serve(
     {"rows": [...]} (feature services), GET /v1/views, /v1/services, /healthz, /readyz,
     /metrics, /openapi.json. VIEW may be VIEW@N (a registered older version). Reads
     FRESHET_REDIS_URL and FRESHET_API_KEYS ("key1:view_a,view_b;key2:*"; unset: no auth).
+    The web console is at /ui (README "Web console"; FRESHET_UI_FLOW_METRICS names the
+    flows' metrics addresses for its health page).
     """
     from freshet.serving.auth import ApiKeys
     from freshet.serving.redis_link import RedisLink
@@ -67,6 +80,8 @@ def serve(
         RedisLink(settings.redis_url)  # validates the URL; connects only when serving
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="FRESHET_REDIS_URL") from exc
+    if ui is not None:  # workers build the app from the environment
+        os.environ["FRESHET_UI"] = "on" if ui else "off"
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Workers are separate processes: share metric values through files so /metrics on
         # any worker reports them all. Set before the workers start (they inherit it).
@@ -216,7 +231,9 @@ def _via_redis(view: str, values: tuple[str, ...], names: list[str] | None) -> d
         raise click.ClickException(f"Redis at FRESHET_REDIS_URL is unavailable: {exc}") from exc
     try:
         # VIEW may be NAME@N: the reader knows the view by its name.
-        reader = RedisFeatureReader(client, {layout.name: layout})
+        reader = RedisFeatureReader(
+            client, {layout.name: layout}, stale_grace_ms=settings.stale_grace_ms
+        )
         lookup = reader.get(layout.name, entity, names)
     except UnknownFeatureError as exc:
         raise click.BadParameter(str(exc), param_hint="--features") from None
@@ -315,16 +332,21 @@ def _service_via_redis(plan: Any, row: dict[str, Any]) -> dict[str, Any]:
 
     rows = ServiceRows(plan, max_batch=1)
     try:
-        entities, values = rows.parse(orjson.dumps({"rows": [row]}))
+        entities, values, _ = rows.parse(orjson.dumps({"rows": [row]}))
     except HttpError as exc:
         raise click.BadParameter(exc.message, param_hint="FIELD=VALUE") from None
     unavailable = (redis.RedisError, redis.exceptions.RedisClusterException)
     try:
-        client = connect(Settings.from_env().redis_url)
+        settings = Settings.from_env()
+        client = connect(settings.redis_url)
     except unavailable as exc:
         raise click.ClickException(f"Redis at FRESHET_REDIS_URL is unavailable: {exc}") from exc
     try:
-        reader = RedisFeatureReader(client, {v.ref: v.layout for v in plan.views})
+        reader = RedisFeatureReader(
+            client,
+            {v.ref: v.layout for v in plan.views},
+            stale_grace_ms=settings.stale_grace_ms,
+        )
         raws = reader.mget(rows.keys(reader, entities))  # one round trip, as the endpoint
         now = reader.now_ms()
         records = rows.records(reader, raws, now)

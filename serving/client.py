@@ -117,27 +117,42 @@ class Client:
         self._http.close()
 
     def get(
-        self, view: str, entity: Entity | Sequence[KeyValue], features: Sequence[str] | None = None
+        self,
+        view: str,
+        entity: Entity | Sequence[KeyValue],
+        features: Sequence[str] | None = None,
+        *,
+        max_staleness_ms: int | None = None,
     ) -> dict[str, Any]:
         """One entity's lookup (``found`` is false for an unknown entity).
 
         ``entity`` is an id, or for a view keyed by several fields an object of its key
         fields (``{"card_id": "c1", "merchant": "m2"}``) or its key values in key order
-        (``("c1", "m2")``)."""
+        (``("c1", "m2")``). With ``max_staleness_ms``, windowed values more than that past
+        their ``valid_until`` come back None with status ``stale``."""
         if isinstance(entity, Mapping):
             # The client does not know the view's key order: the batch route takes names.
-            return self.get_many(view, [entity], features)[0]
-        params = {"features": ",".join(features)} if features else None
+            return self.get_many(view, [entity], features, max_staleness_ms=max_staleness_ms)[0]
+        params: dict[str, Any] = {}
+        if features:
+            params["features"] = ",".join(features)
+        if max_staleness_ms is not None:
+            params["max_staleness_ms"] = max_staleness_ms
         values = [entity] if isinstance(entity, str) else [str(v) for v in entity]
         path = f"/v1/features/{quote(view, safe='')}/" + "/".join(quote(v, safe="") for v in values)
-        result: dict[str, Any] = self._request("GET", path, params=params)
+        result: dict[str, Any] = self._request("GET", path, params=params or None)
         return result
 
     def get_many(
-        self, view: str, entities: Sequence[Entity], features: Sequence[str] | None = None
+        self,
+        view: str,
+        entities: Sequence[Entity],
+        features: Sequence[str] | None = None,
+        *,
+        max_staleness_ms: int | None = None,
     ) -> list[dict[str, Any]]:
         """Lookups of ``entities`` (ids, or objects of key fields) in order; one request per
-        1,000 entities."""
+        1,000 entities (``max_staleness_ms`` as for :meth:`get`)."""
         results: list[dict[str, Any]] = []
         path = f"/v1/features/{quote(view, safe='')}"
         for start in range(0, len(entities), _MAX_BATCH):
@@ -147,6 +162,8 @@ class Client:
             }
             if features is not None:
                 body["features"] = list(features)
+            if max_staleness_ms is not None:
+                body["max_staleness_ms"] = max_staleness_ms
             results.extend(self._request("POST", path, content=orjson.dumps(body))["results"])
         return results
 
@@ -171,15 +188,24 @@ class Client:
         )
         return result
 
-    def get_service(self, name: str, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    def get_service(
+        self,
+        name: str,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        max_staleness_ms: int | None = None,
+    ) -> list[dict[str, Any]]:
         """Feature service ``name``'s result for each row (an object of the key fields of its
         views and its request fields), in order: ``features`` (``<view>__<feature>`` and the
         derived features), ``status`` and ``views`` (per view: ``version``, ``entity``,
-        ``found``, ``as_of``, ``age_ms``). One request per 1,000 rows."""
+        ``found``, ``as_of``, ``age_ms``). One request per 1,000 rows (``max_staleness_ms``
+        as for :meth:`get`)."""
         results: list[dict[str, Any]] = []
         path = f"/v1/services/{quote(name, safe='')}"
         for start in range(0, len(rows), _MAX_BATCH):
-            body = {"rows": [dict(row) for row in rows[start : start + _MAX_BATCH]]}
+            body: dict[str, Any] = {"rows": [dict(row) for row in rows[start : start + _MAX_BATCH]]}
+            if max_staleness_ms is not None:
+                body["max_staleness_ms"] = max_staleness_ms
             results.extend(self._request("POST", path, content=orjson.dumps(body))["results"])
         return results
 

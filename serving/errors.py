@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["HttpError", "json_body", "json_object"]
+__all__ = ["MAX_STALENESS_LIMIT_MS", "HttpError", "json_body", "json_object", "max_staleness"]
 
 
 class HttpError(Exception):
@@ -63,3 +63,25 @@ def json_object(body: bytes, allowed: tuple[str, ...]) -> dict[str, Any]:
             f"allowed: {', '.join(allowed)}",
         )
     return request
+
+
+# A day: a bound past which a staleness limit means nothing (values are that old at most by TTL).
+MAX_STALENESS_LIMIT_MS = 86_400_000
+
+
+def max_staleness(value: Any, where: str) -> int | None:
+    """A request's ``max_staleness_ms`` (query parameter or body field ``where``): None when
+    absent, else an integer of milliseconds in ``[0, 86400000]``; 422 naming it otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        value = int(text) if text.isdigit() else value
+    if type(value) is not int or not 0 <= value <= MAX_STALENESS_LIMIT_MS:
+        raise HttpError(
+            422,
+            "invalid_request",
+            f"{where} must be a whole number of milliseconds from 0 to "
+            f"{MAX_STALENESS_LIMIT_MS}; got {value!r}",
+        )
+    return value

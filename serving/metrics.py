@@ -132,15 +132,23 @@ class ServingMetrics:
             self.flush()
 
     def lookups_done(
-        self, view: str, hits: int, misses: int, expired: int, ages_s: list[float]
+        self,
+        view: str,
+        hits: int,
+        misses: int,
+        expired: int,
+        ages_s: list[float],
+        stale: int = 0,
     ) -> None:
-        """Count a request's looked-up entities by result, and the ages of the hits."""
+        """Count a request's looked-up entities by result (``hit``: every value present;
+        ``stale``: found, with stale windowed values), and the ages of the found ones."""
         pending = self._lookups.get(view)
         if pending is None:
-            pending = self._lookups[view] = [0, 0, 0, [0] * (len(self._age_bounds) + 1), 0.0]
+            pending = self._lookups[view] = [0, 0, 0, [0] * (len(self._age_bounds) + 1), 0.0, 0]
         pending[0] += hits
         pending[1] += misses
         pending[2] += expired
+        pending[5] += stale
         bounds, counts = self._age_bounds, pending[3]
         for age in ages_s:
             counts[bisect.bisect_left(bounds, age)] += 1
@@ -160,8 +168,10 @@ class ServingMetrics:
             self.requests.labels(route, view, str(status)).inc(count)
             add_counts(self.latency.labels(route, view), buckets, total)
         lookups, self._lookups = self._lookups, {}
-        for view, (hits, misses, expired, buckets, total) in lookups.items():
-            for result, count in (("hit", hits), ("miss", misses), ("expired", expired)):
+        for view, (hits, misses, expired, buckets, total, stale) in lookups.items():
+            for result, count in (
+                ("hit", hits), ("miss", misses), ("expired", expired), ("stale", stale),
+            ):  # fmt: skip
                 if count:
                     self.lookups.labels(view, result).inc(count)
             add_counts(self.age.labels(view), buckets, total)

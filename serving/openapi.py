@@ -36,6 +36,24 @@ def _error_response(
     return response
 
 
+# A feature's status in a lookup; "stale": a windowed value the flow should have replaced by now.
+_STATUSES = ["present", "not_found", "expired", "stale"]
+_MAX_STALENESS = {
+    "type": "integer",
+    "minimum": 0,
+    "maximum": 86_400_000,
+    "description": (
+        "Windowed values more than this many ms past their valid_until come back null, status stale"
+    ),
+}
+_MAX_STALENESS_PARAM = {
+    "name": "max_staleness_ms",
+    "in": "query",
+    "required": False,
+    "description": _MAX_STALENESS["description"],
+    "schema": {"type": "integer", "minimum": 0, "maximum": 86_400_000},
+}
+
 _RETRY_AFTER = {
     "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}
 }
@@ -103,6 +121,7 @@ def build_openapi(
                             },
                         },
                         _features_param(feature_names),
+                        _MAX_STALENESS_PARAM,
                     ],
                     "responses": {
                         "200": {
@@ -277,7 +296,7 @@ def _add_services(
                     "required": names,
                     "additionalProperties": {
                         "type": "string",
-                        "enum": ["present", "not_found", "expired"],
+                        "enum": _STATUSES,
                     },
                 },
                 "views": {
@@ -313,7 +332,8 @@ def _add_services(
                                             "properties": properties,
                                             "additionalProperties": False,
                                         },
-                                    }
+                                    },
+                                    "max_staleness_ms": _MAX_STALENESS,
                                 },
                             }
                         }
@@ -470,7 +490,7 @@ def _add_composite_view(
                 }
                 for k, t in zip(keys, types, strict=True)
             ]
-            + [_features_param(layout.feature_names)],
+            + [_features_param(layout.feature_names), _MAX_STALENESS_PARAM],
             "responses": {
                 "200": _json_response("The entity's features, with its key", lookup),
                 **errors,
@@ -498,6 +518,7 @@ def _add_composite_view(
                 "minItems": 1,
                 "items": {"type": "string", "enum": list(layout.feature_names)},
             },
+            "max_staleness_ms": _MAX_STALENESS,
         },
     }
     doc["paths"][f"/v1/features/{name}"] = {
@@ -565,7 +586,16 @@ def _schemas(max_batch: int, feature_names: Sequence[str]) -> dict[str, Any]:
     return {
         "Lookup": {
             "type": "object",
-            "required": ["view", "entity", "found", "as_of", "age_ms", "features", "status"],
+            "required": [
+                "view",
+                "entity",
+                "found",
+                "as_of",
+                "valid_until",
+                "age_ms",
+                "features",
+                "status",
+            ],
             "properties": {
                 "view": {"type": "string"},
                 "entity": {"type": "string"},
@@ -575,6 +605,15 @@ def _schemas(max_batch: int, feature_names: Sequence[str]) -> dict[str, Any]:
                     "nullable": True,
                     "description": "Event time (epoch ms) the values are as of",
                 },
+                "valid_until": {
+                    "type": "integer",
+                    "nullable": True,
+                    "description": (
+                        "When the windowed values next change without new events (epoch ms; "
+                        "null: never). Past it by more than the view's allowed lateness plus "
+                        "FRESHET_STALE_GRACE_MS, windowed values are reported stale"
+                    ),
+                },
                 "age_ms": {
                     "type": "integer",
                     "nullable": True,
@@ -582,14 +621,17 @@ def _schemas(max_batch: int, feature_names: Sequence[str]) -> dict[str, Any]:
                 },
                 "features": {
                     "type": "object",
-                    "description": "Value per feature; null when not found or expired",
+                    "description": (
+                        "Value per feature; null when not found or expired, or stale past "
+                        "max_staleness_ms"
+                    ),
                     "additionalProperties": value,
                 },
                 "status": {
                     "type": "object",
                     "additionalProperties": {
                         "type": "string",
-                        "enum": ["present", "not_found", "expired"],
+                        "enum": _STATUSES,
                     },
                 },
                 "key": {
@@ -622,6 +664,7 @@ def _schemas(max_batch: int, feature_names: Sequence[str]) -> dict[str, Any]:
                     "minItems": 1,
                     "items": {"type": "string", "enum": list(feature_names)},
                 },
+                "max_staleness_ms": _MAX_STALENESS,
             },
         },
         "BatchResponse": {

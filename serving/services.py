@@ -10,7 +10,9 @@ A request is ``{"rows": [{<key fields of every view>, <request fields>}, …]}``
                                          "as_of": 1714…, "age_ms": 12}, …}}, …]}
 
 Every view feature is named ``<view>__<feature>`` and has its view's status for the row
-(``present``, ``not_found``, ``expired``); a derived feature is computed by the service's
+(``present``, ``not_found``, ``expired``, or ``stale`` for a windowed feature the flow should
+have replaced by now; the body's optional ``"max_staleness_ms"`` nulls those, as for lookups);
+a derived feature is computed by the service's
 compiled expression (:meth:`freshet.dsl.services.ServicePlan.derive`, the code
 ``freshet historical --service`` runs too) and is ``present`` when every feature it reads is,
 else the status of the first one that is not. All views' records of all rows are read with one
@@ -26,14 +28,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from freshet.dsl.services import RequestValueError, ServicePlan
-from freshet.serving.errors import HttpError, json_body
+from freshet.serving.errors import HttpError, json_body, max_staleness
 from freshet.serving.keys import EntityKeyError, composite_key, entity_problem
 from freshet.sinks.layout import encode_entity
 from freshet.sinks.redis_store import InvalidEntityError
 
 __all__ = ["ServiceRows"]
 
-Record = tuple[int | None, list[Any] | None]  # (as_of, values): RedisFeatureReader.record_values
+# (as_of, values, stale): RedisFeatureReader.record_values
+Record = tuple[int | None, list[Any] | None, bool]
 
 # How a row's key fields become a view's entity id.
 _PLAIN, _STRINGS, _TYPED = 0, 1, 2
@@ -73,6 +76,12 @@ class ServiceRows:
                     dict.fromkeys(view.columns, "not_found"),
                     dict.fromkeys(view.columns, "expired"),
                     dict.fromkeys(view.columns, "present"),
+                    {
+                        column: "stale" if view.layout.features[i].windowed else "present"
+                        for column, i in zip(
+                            view.columns, (position[f] for f in view.features), strict=True
+                        )
+                    },
                 )
             )
         feature_columns = {c for v in plan.views for c in v.columns}
@@ -84,12 +93,20 @@ class ServiceRows:
             f" and {', '.join(n for n, _ in plan.request)} (request)" if plan.request else ""
         )
 
-    def parse(self, body: bytes) -> tuple[list[list[str]], list[dict[str, Any]]]:
-        """The entity ids per view (in row order) and each row's request values of a request
-        body; :class:`HttpError` 400/413/422 naming the bad row and field."""
+    def parse(self, body: bytes) -> tuple[list[list[str]], list[dict[str, Any]], int | None]:
+        """The entity ids per view (in row order), each row's request values and the
+        ``max_staleness_ms`` of a request body; :class:`HttpError` 400/413/422 naming the bad
+        row and field."""
         request = json_body(body)
-        if not isinstance(request, dict) or len(request) != 1 or "rows" not in request:
-            raise HttpError(422, "invalid_request", 'body must be {"rows": [...]}')
+        if (
+            not isinstance(request, dict)
+            or "rows" not in request
+            or not set(request) <= {"rows", "max_staleness_ms"}
+        ):
+            raise HttpError(
+                422, "invalid_request", 'body must be {"rows": [...]} (and "max_staleness_ms")'
+            )
+        limit = max_staleness(request.get("max_staleness_ms"), '"max_staleness_ms"')
         rows = request["rows"]
         if not isinstance(rows, list):
             raise HttpError(422, "invalid_request", f'"rows" must be a list; {self._shape}')
@@ -118,7 +135,7 @@ class ServiceRows:
                 except RequestValueError as exc:
                     raise HttpError(422, "invalid_request", f"rows[{index}]: {exc}") from None
             values.append(given)
-        return entities, values
+        return entities, values, limit
 
     def _refuse_fields(self, index: int, row: dict[str, Any]) -> None:
         missing = [f for f in self._fields if f not in row]
@@ -159,11 +176,17 @@ class ServiceRows:
         except InvalidEntityError as exc:
             raise HttpError(422, "invalid_request", str(exc)) from None
 
-    def records(self, reader: Any, raws: Sequence[bytes | None], now: int) -> list[list[Record]]:
+    def records(
+        self,
+        reader: Any,
+        raws: Sequence[bytes | None],
+        now: int,
+        max_staleness_ms: int | None = None,
+    ) -> list[list[Record]]:
         """The ``MGET`` replies of :meth:`keys`, decoded per view."""
         rows = len(raws) // len(self._views)
         return [
-            reader.record_values(ref, raws[i * rows : (i + 1) * rows], now)
+            reader.record_values(ref, raws[i * rows : (i + 1) * rows], now, max_staleness_ms)
             for i, ref in enumerate(self._refs)
         ]
 
@@ -183,14 +206,14 @@ class ServiceRows:
             status: dict[str, str] = {}
             found: dict[str, Any] = {}
             for shape, ids, view_records in shapes:
-                name, version, columns, indices, nulls, missing, expired, present = shape
-                as_of, values = view_records[row]
+                name, version, columns, indices, nulls, missing, expired, present, stale = shape
+                as_of, values, is_stale = view_records[row]
                 if values is None:
                     features.update(nulls)
                     status.update(missing if as_of is None else expired)
                 else:
                     features.update(zip(columns, [values[i] for i in indices]))  # noqa: B905
-                    status.update(present)
+                    status.update(stale if is_stale else present)
                 found[name] = {
                     "version": version,
                     "entity": ids[row],
@@ -212,19 +235,23 @@ class ServiceRows:
 
     def counts(
         self, records: Sequence[list[Record]], now: int
-    ) -> list[tuple[int, int, int, list[float]]]:
-        """Per view: hits, misses, expired and the hits' ages in seconds (metrics)."""
+    ) -> list[tuple[int, int, int, int, list[float]]]:
+        """Per view: hits, misses, expired, stale and the found ones' ages in seconds
+        (metrics)."""
         out = []
         for view_records in records:
-            hits = misses = expired = 0
+            hits = misses = expired = stale = 0
             ages = []
-            for as_of, values in view_records:
+            for as_of, values, is_stale in view_records:
                 if as_of is None:
                     misses += 1
                 elif values is None:
                     expired += 1
                 else:
-                    hits += 1
+                    if is_stale:
+                        stale += 1
+                    else:
+                        hits += 1
                     ages.append((now - as_of) / 1000)
-            out.append((hits, misses, expired, ages))
+            out.append((hits, misses, expired, stale, ages))
         return out

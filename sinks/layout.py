@@ -83,6 +83,9 @@ ValueType = Literal[
 class FeatureColumn:
     name: str
     type: ValueType
+    # Windowed features change without new events (at expiry boundaries): their values can be
+    # stale when the flow falls behind; lifetime features cannot.
+    windowed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,9 @@ class ViewLayout:
     # The key fields, in key order, and their types; () means ``(entity,)``, a string key.
     key_fields: tuple[str, ...] = ()
     key_types: tuple[ValueType, ...] = ()
+    # How long after an expiry boundary the flow may write its row (the view's allowed
+    # lateness): lookups allow it before calling a windowed value stale.
+    lateness_ms: int = 0
 
     @property
     def keys(self) -> tuple[str, ...]:

@@ -248,6 +248,7 @@ class ParquetLogWriter:
                 ),
                 ("partition", pa.int32()),
                 ("offset", pa.int64()),
+                ("valid_until", pa.int64()),  # read, not stored: the log is point-in-time
             ]
         )
         self._max_rows = max_rows

@@ -5,8 +5,12 @@ Layout
 One Redis string per ``(view, version, entity)``::
 
     key   = b"fs:" + view + b":" + version + b":{" + entity + b"}"
-    value = struct ">qq" (as_of ms, source offset; 16 bytes, big-endian int64)
-            + orjson array of the feature values, in the view's feature order
+    value = struct ">qqq" (as_of ms, source offset, valid_until ms or -1; 24 bytes,
+            big-endian int64) + orjson array of the feature values, in the view's feature order
+
+  (Records written before ``valid_until`` existed have the 16-byte header ``>qq``; the reader
+  tells them apart by the byte after it, which is the values' ``[`` in the old layout and the
+  high byte of ``valid_until``, ``0x00`` or ``0xff``, in the new one.)
 
 * The version lives in the key, so a new view version starts an empty key space and old
   versions can be dropped with ``SCAN fs:<view>:<old>:*``.
@@ -47,6 +51,16 @@ On ``ConnectionError``/``TimeoutError``/``BusyLoadingError`` the whole batch is 
 capped exponential backoff; rows are never dropped (the script is idempotent, so re-sending
 rows that had already landed is harmless). ``write`` returns the number of rows that won;
 after a retry, rows that had landed before the failure count again.
+
+Staleness
+---------
+A record's ``valid_until`` is when its windowed values next change without new events (the
+entity's next expiry boundary after ``as_of``; -1: never). The flow writes the boundary's row
+within the view's allowed lateness after it, so once ``now`` passes ``valid_until + lateness +
+grace`` (grace: ``stale_grace_ms``, ``FRESHET_STALE_GRACE_MS``, default 5 s) the stored windowed
+values are older than the truth: the reader reports them ``stale`` (values kept; lifetime
+features stay ``present``). A lookup given ``max_staleness_ms`` gets null, ``stale`` windowed
+values when ``now - valid_until`` exceeds it.
 
 Reads
 -----
@@ -101,6 +115,7 @@ __all__ = [
     "encode_record",
     "is_cluster_url",
     "record_key",
+    "record_valid_until",
     "scan_entities",
     "split_cluster_url",
 ]
@@ -110,8 +125,14 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = b"fs:"
 # Fields of a write command (key, record, ttl_ms), for C-level maps over a batch.
 _KEY_OF, _RECORD_OF, _TTL_OF = itemgetter(0), itemgetter(1), itemgetter(2)
-_HEADER = struct.Struct(">qq")  # as_of (epoch ms), source offset
-HEADER_SIZE = _HEADER.size
+_HEADER = struct.Struct(">qq")  # as_of (epoch ms), source offset: what the script compares
+_RECORD_HEADER = struct.Struct(">qqq")  # ... and valid_until (epoch ms, -1: none)
+_VALID_UNTIL = struct.Struct(">q")
+HEADER_SIZE = _RECORD_HEADER.size
+_OLD_HEADER_SIZE = _HEADER.size
+_OPEN_BRACKET = ord("[")  # the first byte of the values in a record with the old header
+# A windowed value is stale once now passes valid_until + the view's lateness + this grace.
+DEFAULT_STALE_GRACE_MS = 5000
 
 # KEYS[i] = record key; ARGV[1] = the TTL in ms of every key of the call (0 = none);
 # ARGV[i + 1] = KEYS[i]'s record (header + values). Writes each row whose (as_of, offset) is
@@ -152,7 +173,7 @@ _TRANSIENT: tuple[type[Exception], ...] = (
     redis.exceptions.TryAgainError,
 )
 
-FeatureStatus = Literal["present", "not_found", "expired"]
+FeatureStatus = Literal["present", "not_found", "expired", "stale"]
 
 
 class UnknownLayoutError(KeyError):
@@ -229,15 +250,27 @@ def scan_entities(client: Any, layout: ViewLayout, *, count: int = 1000) -> Iter
             yield raw[len(prefix) : -1].decode("utf-8", "surrogateescape")
 
 
-def encode_record(as_of: int, offset: int, values: Sequence[Any]) -> bytes:
-    """Header ``(as_of, offset)`` followed by the values as a JSON array."""
-    return _HEADER.pack(as_of, offset) + orjson.dumps(values)
+def encode_record(as_of: int, offset: int, values: Sequence[Any], valid_until: int = -1) -> bytes:
+    """Header ``(as_of, offset, valid_until)`` followed by the values as a JSON array."""
+    return _RECORD_HEADER.pack(as_of, offset, valid_until) + orjson.dumps(values)
+
+
+def _body_at(raw: bytes) -> int:
+    """Where a record's values start (after the old 16-byte or the 24-byte header)."""
+    return _OLD_HEADER_SIZE if raw[_OLD_HEADER_SIZE] == _OPEN_BRACKET else HEADER_SIZE
+
+
+def record_valid_until(raw: bytes) -> int:
+    """A stored record's ``valid_until`` (-1: none, or a record from before it existed)."""
+    if raw[_OLD_HEADER_SIZE] == _OPEN_BRACKET:
+        return -1
+    return int(_VALID_UNTIL.unpack_from(raw, _OLD_HEADER_SIZE)[0])
 
 
 def decode_record(raw: bytes) -> tuple[int, int, list[Any]]:
     """``(as_of, offset, values)`` of a stored record."""
     as_of, offset = _HEADER.unpack_from(raw)
-    values: list[Any] = orjson.loads(memoryview(raw)[HEADER_SIZE:])
+    values: list[Any] = orjson.loads(memoryview(raw)[_body_at(raw) :])
     return as_of, offset, values
 
 
@@ -295,7 +328,7 @@ class RedisFeatureWriter:
         lookup per run of rows of the same view, the entity encoded inline."""
         commands: list[tuple[bytes, bytes, int]] = []
         add = commands.append
-        pack = _HEADER.pack
+        pack = _RECORD_HEADER.pack
         dumps = orjson.dumps
         view: str | None = None
         prefix, ttl_ms, width = b"", 0, 0
@@ -316,7 +349,7 @@ class RedisFeatureWriter:
             except UnicodeEncodeError:
                 _entity_bytes(row.entity)  # raises InvalidEntityError naming the entity
                 raise
-            add((key, pack(row.as_of, row.offset) + dumps(values), ttl_ms))
+            add((key, pack(row.as_of, row.offset, row.valid_until) + dumps(values), ttl_ms))
         return commands
 
     def write(self, rows: Sequence[Row]) -> int:
@@ -424,6 +457,8 @@ class Lookup(TypedDict):
     entity: str
     found: bool
     as_of: int | None
+    # When the windowed values next change without new events (None: never, or not found).
+    valid_until: int | None
     age_ms: int | None
     features: dict[str, Any]
     status: dict[str, FeatureStatus]
@@ -440,14 +475,27 @@ class _Plan:
     keys: list[bytes]
     names: tuple[str, ...]
     indices: tuple[int, ...] | None  # None: all features, in order
+    windowed: tuple[str, ...]  # the names that are windowed features (may be stale)
 
 
 class _ReaderBase:
     def __init__(
-        self, client: Any, layouts: Mapping[str, ViewLayout], *, clock_ms: Callable[[], int]
+        self,
+        client: Any,
+        layouts: Mapping[str, ViewLayout],
+        *,
+        clock_ms: Callable[[], int],
+        stale_grace_ms: int = DEFAULT_STALE_GRACE_MS,
     ) -> None:
+        if stale_grace_ms < 0:
+            raise ValueError(f"stale_grace_ms must be >= 0, got {stale_grace_ms}")
         self._client = client
         self._layouts = _check_layouts(layouts)
+        self.stale_grace_ms = stale_grace_ms
+        self._windowed = {
+            name: tuple(i for i, f in enumerate(lay.features) if f.windowed)
+            for name, lay in self._layouts.items()
+        }
         self._prefixes = {name: _key_prefix(lay) for name, lay in self._layouts.items()}
         self._names = {name: lay.feature_names for name, lay in self._layouts.items()}
         self._clock_ms = clock_ms
@@ -469,16 +517,30 @@ class _ReaderBase:
         except UnicodeEncodeError:
             keys = [prefix + _entity_bytes(e) + b"}" for e in entities]  # names the bad one
         all_names = self._names[view]
+        windowed = frozenset(all_names[i] for i in self._windowed[view])
         if features is None:
-            return _Plan(view, layout, tuple(entities), keys, all_names, None)
+            return _Plan(
+                view, layout, tuple(entities), keys, all_names, None,
+                tuple(n for n in all_names if n in windowed),
+            )  # fmt: skip
         position = {name: i for i, name in enumerate(all_names)}
         unknown = [f for f in features if f not in position]
         if unknown:
             raise UnknownFeatureError(view, unknown, all_names)
         names = tuple(features)
-        return _Plan(view, layout, tuple(entities), keys, names, tuple(position[f] for f in names))
+        return _Plan(
+            view, layout, tuple(entities), keys, names, tuple(position[f] for f in names),
+            tuple(n for n in names if n in windowed),
+        )  # fmt: skip
 
-    def _decode(self, plan: _Plan, raws: Sequence[bytes | None]) -> list[Lookup]:
+    def stale_after_ms(self, view: str) -> int:
+        """How long after a record's ``valid_until`` its windowed values are reported stale:
+        the view's allowed lateness plus the grace."""
+        return self.layout(view).lateness_ms + self.stale_grace_ms
+
+    def _decode(
+        self, plan: _Plan, raws: Sequence[bytes | None], max_staleness_ms: int | None = None
+    ) -> list[Lookup]:
         now = self._clock_ms()
         view = plan.view
         ttl_ms = plan.layout.ttl_seconds * 1000
@@ -489,7 +551,17 @@ class _ReaderBase:
         not_found: dict[str, FeatureStatus] = dict.fromkeys(names, "not_found")
         expired: dict[str, FeatureStatus] = dict.fromkeys(names, "expired")
         present: dict[str, FeatureStatus] = dict.fromkeys(names, "present")
+        # A windowed value is stale once now is past valid_until by more than stale_after; a
+        # request's max_staleness_ms nulls those past valid_until by more than it. -1: none.
+        windowed = plan.windowed
+        stale: dict[str, FeatureStatus] = {**present, **dict.fromkeys(windowed, "stale")}
+        stale_before = now - plan.layout.lateness_ms - self.stale_grace_ms if windowed else -1
+        null_before = -1
+        if windowed and max_staleness_ms is not None:
+            null_before = now - max_staleness_ms
+            stale_before = max(stale_before, null_before)
         unpack = _HEADER.unpack_from
+        unpack_valid = _VALID_UNTIL.unpack_from
         loads = orjson.loads
         out: list[Lookup] = []
         append = out.append
@@ -503,6 +575,7 @@ class _ReaderBase:
                         "entity": entity,
                         "found": False,
                         "as_of": None,
+                        "valid_until": None,
                         "age_ms": None,
                         "features": missing_values.copy(),
                         "status": not_found.copy(),
@@ -510,6 +583,10 @@ class _ReaderBase:
                 )
                 continue
             as_of = unpack(raw)[0]
+            if raw[_OLD_HEADER_SIZE] == _OPEN_BRACKET:
+                valid_until, body = -1, _OLD_HEADER_SIZE
+            else:
+                valid_until, body = unpack_valid(raw, _OLD_HEADER_SIZE)[0], HEADER_SIZE
             if ttl_ms and as_of + ttl_ms < now:
                 append(
                     {
@@ -517,13 +594,14 @@ class _ReaderBase:
                         "entity": entity,
                         "found": True,
                         "as_of": as_of,
+                        "valid_until": valid_until if valid_until >= 0 else None,
                         "age_ms": now - as_of,
                         "features": missing_values.copy(),
                         "status": expired.copy(),
                     }
                 )
                 continue
-            values = loads(raw[HEADER_SIZE:])
+            values = loads(raw[body:])
             if len(values) != width:
                 raise ValueError(
                     f"record of {view!r} for entity {entity!r} has {len(values)} values; "
@@ -531,15 +609,23 @@ class _ReaderBase:
                 )
             if indices is not None:
                 values = [values[i] for i in indices]
+            features = dict(zip(names, values))  # noqa: B905 (width checked)
+            if 0 <= valid_until < stale_before:
+                status = stale.copy()
+                if valid_until < null_before:
+                    features.update(dict.fromkeys(windowed))
+            else:
+                status = present.copy()
             append(
                 {
                     "view": view,
                     "entity": entity,
                     "found": True,
                     "as_of": as_of,
+                    "valid_until": valid_until if valid_until >= 0 else None,
                     "age_ms": now - as_of,
-                    "features": dict(zip(names, values)),  # noqa: B905 (width checked)
-                    "status": present.copy(),
+                    "features": features,
+                    "status": status,
                 }
             )
         return out
@@ -561,32 +647,52 @@ class _ReaderBase:
             return [prefix + _entity_bytes(e) + b"}" for e in entities]  # names the bad one
 
     def record_values(
-        self, view: str, raws: Sequence[bytes | None], now: int
-    ) -> list[tuple[int | None, list[Any] | None]]:
-        """Each raw record of ``view`` as ``(as_of, values)``, values in the view's feature
-        order: ``(None, None)`` when not found, ``(as_of, None)`` when expired (as the lookups
-        report them)."""
+        self,
+        view: str,
+        raws: Sequence[bytes | None],
+        now: int,
+        max_staleness_ms: int | None = None,
+    ) -> list[tuple[int | None, list[Any] | None, bool]]:
+        """Each raw record of ``view`` as ``(as_of, values, stale)``, values in the view's
+        feature order: ``(None, None, False)`` when not found, ``(as_of, None, False)`` when
+        expired; ``stale``: its windowed values are stale (null past ``max_staleness_ms``), as
+        the lookups report them."""
         layout = self.layout(view)
         ttl_ms = layout.ttl_seconds * 1000
         width = len(layout.features)
+        windowed = self._windowed[view]
+        stale_before = now - layout.lateness_ms - self.stale_grace_ms if windowed else -1
+        null_before = -1
+        if windowed and max_staleness_ms is not None:
+            null_before = now - max_staleness_ms
+            stale_before = max(stale_before, null_before)
         unpack = _HEADER.unpack_from
+        unpack_valid = _VALID_UNTIL.unpack_from
         loads = orjson.loads
-        out: list[tuple[int | None, list[Any] | None]] = []
+        out: list[tuple[int | None, list[Any] | None, bool]] = []
         for raw in raws:
             if raw is None:
-                out.append((None, None))
+                out.append((None, None, False))
                 continue
             as_of = unpack(raw)[0]
             if ttl_ms and as_of + ttl_ms < now:
-                out.append((as_of, None))
+                out.append((as_of, None, False))
                 continue
-            values = loads(raw[HEADER_SIZE:])
+            if raw[_OLD_HEADER_SIZE] == _OPEN_BRACKET:
+                valid_until, body = -1, _OLD_HEADER_SIZE
+            else:
+                valid_until, body = unpack_valid(raw, _OLD_HEADER_SIZE)[0], HEADER_SIZE
+            values = loads(raw[body:])
             if len(values) != width:
                 raise ValueError(
                     f"record of {view!r} has {len(values)} values; the layout has {width} "
                     "features (a layout change needs a new version)"
                 )
-            out.append((as_of, values))
+            stale = 0 <= valid_until < stale_before
+            if stale and valid_until < null_before:
+                for i in windowed:
+                    values[i] = None
+            out.append((as_of, values, stale))
         return out
 
     def now_ms(self) -> int:
@@ -603,18 +709,24 @@ class RedisFeatureReader(_ReaderBase):
         layouts: Mapping[str, ViewLayout],
         *,
         clock_ms: Callable[[], int] = now_ms,
+        stale_grace_ms: int = DEFAULT_STALE_GRACE_MS,
     ) -> None:
-        super().__init__(client, layouts, clock_ms=clock_ms)
+        super().__init__(client, layouts, clock_ms=clock_ms, stale_grace_ms=stale_grace_ms)
 
     def get_many(
-        self, view: str, entities: Sequence[str], features: Sequence[str] | None = None
+        self,
+        view: str,
+        entities: Sequence[str],
+        features: Sequence[str] | None = None,
+        *,
+        max_staleness_ms: int | None = None,
     ) -> list[Lookup]:
         """Lookups of ``entities`` in request order; unknown entities have ``found=False``."""
         plan = self._plan(view, entities, features)
         if not plan.keys:
             return []
         raws = getattr(self._client, self._mget_name)(plan.keys)
-        return self._decode(plan, raws)
+        return self._decode(plan, raws, max_staleness_ms)
 
     def get(self, view: str, entity: str, features: Sequence[str] | None = None) -> Lookup:
         return self.get_many(view, [entity], features)[0]
@@ -634,18 +746,24 @@ class AsyncRedisFeatureReader(_ReaderBase):
         layouts: Mapping[str, ViewLayout],
         *,
         clock_ms: Callable[[], int] = now_ms,
+        stale_grace_ms: int = DEFAULT_STALE_GRACE_MS,
     ) -> None:
-        super().__init__(client, layouts, clock_ms=clock_ms)
+        super().__init__(client, layouts, clock_ms=clock_ms, stale_grace_ms=stale_grace_ms)
 
     async def get_many(
-        self, view: str, entities: Sequence[str], features: Sequence[str] | None = None
+        self,
+        view: str,
+        entities: Sequence[str],
+        features: Sequence[str] | None = None,
+        *,
+        max_staleness_ms: int | None = None,
     ) -> list[Lookup]:
         """Lookups of ``entities`` in request order; unknown entities have ``found=False``."""
         plan = self._plan(view, entities, features)
         if not plan.keys:
             return []
         raws = await getattr(self._client, self._mget_name)(plan.keys)
-        return self._decode(plan, raws)
+        return self._decode(plan, raws, max_staleness_ms)
 
     async def get(self, view: str, entity: str, features: Sequence[str] | None = None) -> Lookup:
         return (await self.get_many(view, [entity], features))[0]

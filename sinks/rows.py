@@ -15,7 +15,8 @@ __all__ = ["Row"]
 
 
 class Row(NamedTuple):
-    """One value change ``(view, entity, as_of, values…, source partition, offset)``.
+    """One value change ``(view, entity, as_of, values…, source partition, offset,
+    valid_until)``.
 
     ``values`` follow the order of the view's features. ``partition`` and ``offset`` are those
     of the last event the entity's state had applied when the row was made (``-1`` when
@@ -29,3 +30,8 @@ class Row(NamedTuple):
     values: tuple[Any, ...]
     partition: int
     offset: int
+    # When the values next change without new events (epoch ms): the entity's next expiry
+    # boundary after ``as_of``; -1 when none will (no windowed feature holds an event). The
+    # Redis record carries it so a lookup can tell a value the flow should have replaced by now
+    # (``stale``) from a current one. Not part of the offline log.
+    valid_until: int = -1

@@ -38,6 +38,9 @@ class Settings:
     # Seconds a command waits for Kafka to answer at start before it exits with a clear error
     # (FRESHET_KAFKA_TIMEOUT); a running flow keeps retrying a lost broker without a bound.
     kafka_timeout_s: float = 10.0
+    # How long past a windowed value's valid_until, beyond its view's allowed lateness, a
+    # lookup still calls it present (FRESHET_STALE_GRACE_MS); after that it is "stale".
+    stale_grace_ms: int = 5000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -54,6 +57,7 @@ class Settings:
             kafka_config=kafka_config,
             schema_registry_url=env.get("FRESHET_SCHEMA_REGISTRY_URL") or None,
             kafka_timeout_s=_seconds(env, "FRESHET_KAFKA_TIMEOUT", cls.kafka_timeout_s),
+            stale_grace_ms=_milliseconds(env, "FRESHET_STALE_GRACE_MS", cls.stale_grace_ms),
         )
 
     def kafka_client_config(self) -> dict[str, str]:
@@ -72,3 +76,12 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if not value > 0:
         raise SettingsError(f"{name}={text!r} is not a number of seconds above 0")
     return value
+
+
+def _milliseconds(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit():
+        raise SettingsError(f"{name}={text!r} is not a whole number of milliseconds >= 0")
+    return int(text)

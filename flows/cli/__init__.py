@@ -34,6 +34,7 @@ _COMMANDS: dict[str, str] = {
     "serve": "freshet.serving.cli:serve",
     "get": "freshet.serving.cli:get",
     "historical": "freshet.cli.historical:historical",
+    "stats": "freshet.cli.stats:stats",
     "verify": "freshet.cli.verify:verify",
     "reconcile": "freshet.cli.verify:reconcile",
     "doctor": "freshet.cli.doctor:doctor",
@@ -88,10 +89,17 @@ def cli(debug: bool) -> None:
       FRESHET_SCHEMA_REGISTRY_URL  schema registry of Avro views [none]
       FRESHET_API_KEYS             serve's keys, key:view_a,view_b=rw;key2:*
                                    (=w/=rw: may ingest) [no auth]
+      FRESHET_STALE_GRACE_MS       how long past valid_until (+ the view's
+                                   lateness) a windowed value is still
+                                   "present", not "stale" [5000]
       FRESHET_CACHE                on: serve caches hot entities [off]
       FRESHET_CACHE_MAX_ENTRIES    its bound in entries [100000]
       FRESHET_CACHE_MAX_BYTES      its bound in bytes [64 MiB]
       FRESHET_CACHE_MAX_STALENESS_MS  its staleness bound [100]
+      FRESHET_UI                   off: serve has no web console at /ui [on]
+      FRESHET_UI_FLOW_METRICS      the flows' /metrics the console's health page
+                                   reads, host:port,... [none]
+      FRESHET_PROMETHEUS_URL       a Prometheus it asks instead [none]
       FRESHET_DEBUG                1: print tracebacks, as --debug
       FRESHET_DEV_DIR              data dir of `freshet dev` [<repo>/.freshet]
       FRESHET_DEV_KAFKA_PORT       its Kafka port [9092]

@@ -648,7 +648,9 @@ class FeatureView:
         """What the sinks need to know of this view (:class:`freshet.sinks.layout.ViewLayout`)."""
         columns = tuple(
             FeatureColumn(
-                f.name, f.value_type(None if f.field is None else self.field_type(f.field))
+                f.name,
+                f.value_type(None if f.field is None else self.field_type(f.field)),
+                windowed=f.window_seconds is not None,
             )
             for f in self.features
         )
@@ -662,6 +664,7 @@ class FeatureView:
             ttl_seconds=self.ttl_seconds,
             key_fields=keys,
             key_types=tuple(types[k] for k in keys),
+            lateness_ms=self.allowed_lateness_seconds * 1000,
         )
 
     def to_json(self) -> dict[str, Any]:

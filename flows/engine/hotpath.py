@@ -64,6 +64,9 @@ class HotPathPlan:
     lifetime: LifetimeFeatures | None
     clock: Callable[[], int]
     fold_pending: Callable[..., None]
+    # ``valid_after(st, as_of)``: the next expiry boundary after ``as_of`` (-1: none), for the
+    # rows the fast path cannot read it off ``nb`` for.
+    valid_after: Callable[..., int]
     # How many of ``input_fields`` the decoder gives (the rest are computed by ``derive``), the
     # ones that may be None, and the columns' and filters' expressions, in order.
     raw_fields: int = -1
@@ -79,7 +82,7 @@ def compile_hot_path(plan: HotPathPlan) -> dict[str, Any]:
     """Generate and compile the view's hot path; returns its namespace (and ``__source__``)."""
     env: dict[str, Any] = {
         "Row": Row, "new_row": _new_row, "insort": insort_right, "by_time": _by_time,
-        "clock": plan.clock, "fold_pending": plan.fold_pending,
+        "clock": plan.clock, "fold_pending": plan.fold_pending, "valid_after": plan.valid_after,
         "NEVER": NEVER, "COARSE": COARSE, "TWO_64": TWO_64, "INV_TWO_64": INV_TWO_64,
         "FINE_SCALE": FINE_SCALE, "LIMIT": EXACT_DISTINCT_LIMIT, "VIEW": plan.name,
         "LATENESS": plan.lateness, "WIDTH": plan.width, "to_coarse": to_coarse,
@@ -174,18 +177,18 @@ def _apply_body(
         "        else:",
         "            insort(pending, (t, fields, partition, offset), key=by_time)",
         "        row = new_row(Row, (VIEW, entity, max_t, values_at(st, max_t, pending),"
-        " partition, offset))",
+        " partition, offset, valid_after(st, max_t)))",
         "    else:",
         "        d = st.d",
         *_indent(_compile_fold(plan, env)),
         "        if pending or (nb is not None and nb <= max_t):",
         "            row = new_row(Row, (VIEW, entity, max_t, values_at(st, max_t, pending),"
-        " partition, offset))",
+        " partition, offset, valid_after(st, max_t)))",
         "        else:",
         *_indent(_indent(prelude)),
         "            row = new_row(Row, (VIEW, entity, max_t, (",
         *(f"                {e}," for e in exprs),
-        "            ), partition, offset))",
+        "            ), partition, offset, -1 if nb is None else nb))",
         *emit,
     ]
 
@@ -732,7 +735,9 @@ def _compile_expire(plan: HotPathPlan, env: dict[str, Any]) -> list[str]:
         ]
     src += [
         "        st.nb = following",
-        "        rows.append(new_row(Row, (VIEW, entity, nb, values(d), st.fpart, st.foff)))",
+        # Pending events are newer than nb: as of nb, the next change is the next boundary.
+        "        rows.append(new_row(Row, (VIEW, entity, nb, values(d), st.fpart, st.foff,"
+        " -1 if following is None else following)))",
         "",
     ]
     return src

@@ -247,6 +247,7 @@ class ViewEngine:
                 lifetime=self._lifetime,
                 clock=clock,
                 fold_pending=self._fold_pending,
+                valid_after=self._valid_after,
             )
         )
         self.apply = compiled["apply"]
@@ -351,6 +352,37 @@ class ViewEngine:
         del pending[:n]
         if not pending:
             st.pending = None
+
+    def _valid_after(self, st: EntityState, as_of: int) -> int:
+        """The first expiry boundary after ``as_of`` among the tiles held and the pending
+        events (each group's, as its filter admits them); -1 when there is none. The value as
+        of ``as_of`` holds until then if no event arrives (boundaries at or before ``as_of``
+        belong to older values)."""
+        best = -1
+        d = st.d
+        pending = st.pending or ()
+        for group in self._groups:
+            h, w = group.h, group.w
+            first = -1
+            for tile in d[group.o]:  # oldest first: boundaries increase
+                b = (tile[0] + 1) * h + w
+                if b > as_of:
+                    first = b
+                    break
+            if first < 0 and d[group.kix] is not None:
+                b = (d[group.kix] + 1) * h + w
+                if b > as_of:
+                    first = b
+            pred = group.pred
+            for t, fields, *_ in pending:
+                if t > as_of or (pred is not None and not fields[pred]):
+                    continue
+                b = (t // h + 1) * h + w
+                if b > as_of and (first < 0 or b < first):
+                    first = b
+            if first >= 0 and (best < 0 or first < best):
+                best = first
+        return best
 
     def _next_boundary(self, st: EntityState) -> int | None:
         nb = st.nb

@@ -102,6 +102,12 @@ def read_topic(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[Raw
         consumer.close()
 
 
+def _as_logged(rows: Iterable[Row]) -> list[Row]:
+    """Rows as the offline log keeps them: without ``valid_until`` (only Redis records carry
+    it; it is checked against the brute force in the engine's unit tests)."""
+    return [row._replace(valid_until=-1) for row in rows]
+
+
 @dataclass
 class Reference:
     """What the flow must compute for ``view`` over ``messages``.
@@ -133,9 +139,11 @@ class Reference:
             if rows is None:
                 late += 1
                 continue
-            applied[entity].extend(rows)
+            applied[entity].extend(_as_logged(rows))
             max_t[entity] = max(t, max_t.get(entity, t))
-        flushed = {e: engine.flush(s, e, _FAR_FUTURE_MS) for e, s in states.items()}
+        flushed = {
+            e: _as_logged(engine.flush(s, e, _FAR_FUTURE_MS)) for e, s in states.items()
+        }
         return cls(dict(applied), flushed, late, len(decoded.dead), max_t)
 
     def check_rows(self, rows: Iterable[Row]) -> None:

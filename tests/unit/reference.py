@@ -189,9 +189,10 @@ class Reference:
         self.late: list[tuple[str, int]] = []
         self._seq = 0
 
-    def _due(self, name: str, entity: _Entity) -> list[Row]:
-        # A tile of a feature holds the events that pass its filter (``where``, and a non-null
-        # input): its boundary is due only if it holds one.
+    def _boundaries(self, events: list[Event]) -> set[int]:
+        """The expiry boundaries of ``events``: ``B = tile_start + h + W`` of each windowed
+        feature's tile holding one. A tile of a feature holds the events that pass its filter
+        (``where``, and a non-null input)."""
         boundaries: set[int] = set()
         expressions = self.expressions or Expressions()
         for feature in self.view.features:
@@ -199,21 +200,32 @@ class Reference:
                 continue
             w, h = feature.window_seconds * 1000, feature.hop_seconds * 1000
             where = expressions.where.get(feature.name)
-            for e in entity.accepted:
+            for e in events:
                 record = _record(self.view, e, expressions)
                 if where is not None and where(record) is not True:
                     continue
                 if feature.field is not None and record[feature.field] is None:
                     continue
                 boundaries.add((e.t // h + 1) * h + w)
-        boundaries -= entity.emitted
+        return boundaries
+
+    def _valid_until(self, entity: _Entity, as_of: int) -> int:
+        """When the value as of ``as_of`` next changes with no new event: the first boundary
+        after ``as_of`` of the events up to ``as_of`` (-1: never)."""
+        later = [b for b in self._boundaries([e for e in entity.accepted if e.t <= as_of])
+                 if b > as_of]  # fmt: skip
+        return min(later, default=-1)
+
+    def _due(self, name: str, entity: _Entity) -> list[Row]:
+        boundaries = self._boundaries(entity.accepted) - entity.emitted
         rows = []
         for b in sorted(x for x in boundaries if x < entity.watermark):
             entity.emitted.add(b)
             before = [e for e in entity.accepted if e.t <= b]
             last = max(before, key=lambda e: e.offset)
             values = feature_values(self.view, entity.accepted, b, self.expressions)
-            rows.append(Row(self.view.name, name, b, values, last.partition, last.offset))
+            valid = self._valid_until(entity, b)
+            rows.append(Row(self.view.name, name, b, values, last.partition, last.offset, valid))
         return rows
 
     def event(
@@ -237,7 +249,8 @@ class Reference:
         self._seq += 1
         entity.accepted.append(Event(t, fields, partition, offset, self._seq))
         values = feature_values(self.view, entity.accepted, entity.max_t, self.expressions)
-        rows.append(Row(self.view.name, name, entity.max_t, values, partition, offset))
+        valid = self._valid_until(entity, entity.max_t)
+        rows.append(Row(self.view.name, name, entity.max_t, values, partition, offset, valid))
         return rows
 
     def advance(self, name: str, now: int) -> list[Row]:

@@ -266,7 +266,7 @@ def test_openapi_documents_both_lookups_and_the_error_shape() -> None:
     schemas = doc["components"]["schemas"]
     assert schemas["BatchRequest"]["properties"]["entities"]["maxItems"] == MAX_BATCH
     assert set(schemas["Lookup"]["required"]) == {
-        "view", "entity", "found", "as_of", "age_ms", "features", "status",
+        "view", "entity", "found", "as_of", "valid_until", "age_ms", "features", "status",
     }  # fmt: skip
     assert "securitySchemes" not in doc["components"]
 

@@ -236,7 +236,9 @@ def test_features_are_selected_for_composite_lookups_too() -> None:
 def test_openapi_documents_each_composite_views_paths_and_key_schema() -> None:
     doc = build_openapi(LAYOUTS, max_batch=1000, auth=False, version="0")
     get = doc["paths"]["/v1/features/user_store/{user_id}/{store}"]["get"]
-    assert [p["name"] for p in get["parameters"]] == ["user_id", "store", "features"]
+    assert [p["name"] for p in get["parameters"]] == [
+        "user_id", "store", "features", "max_staleness_ms",
+    ]  # fmt: skip
     assert get["parameters"][0]["schema"]["type"] == "integer"
     assert "keyed by user_id, store" in get["responses"]["404"]["description"] + get["summary"]
     post = doc["paths"]["/v1/features/card_merchant"]["post"]
