@@ -20,7 +20,8 @@ as ``Authorization: Bearer``)::
     GET /ui/api/health                               any valid key
 
 ``entity`` is the encoded id (``c1|m2`` for a composite key), or one query parameter per key
-field. Times are epoch ms, ISO-8601 or ``now-1h`` (:func:`freshet.offline.stats.parse_time`).
+field. Times are ISO-8601 with an offset, dates, epoch ms, ``now`` or ``now-1h``
+(:func:`freshet.sinks.clock.parse_time`, as every command takes them).
 
 History and statistics run DuckDB over the offline log (``FRESHET_OFFLINE_DIR``) on a worker
 thread, one query at a time with one DuckDB thread, so a console user never takes more than

@@ -40,8 +40,6 @@ observations of the feature (all null) gives ``psi = None`` and no flag.
 from __future__ import annotations
 
 import math
-import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +49,9 @@ from typing import Any
 import duckdb
 
 from freshet.offline.historical import connect_duckdb, log_rows_sql
+from freshet.sinks.clock import TimeFormatError
+from freshet.sinks.clock import now_ms as _now_ms
+from freshet.sinks.clock import parse_time as _parse_time
 from freshet.sinks.layout import ViewLayout
 
 __all__ = [
@@ -108,31 +109,14 @@ class TimeRange:
         }
 
 
-_RELATIVE = re.compile(r"^now(?:\s*-\s*(\d+(?:\.\d+)?)\s*([smhdw]))?$")
-_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
-
-
 def parse_time(text: str, *, now_ms: int | None = None) -> int:
-    """Epoch milliseconds of ``text``: epoch milliseconds (digits), ISO-8601 (no offset means
-    UTC; a date alone is its midnight UTC), ``now`` or ``now-90m`` (``s m h d w``)."""
-    value = text.strip()
-    if re.fullmatch(r"[+-]?\d+", value):
-        return int(value)
-    relative = _RELATIVE.fullmatch(value.lower())
-    if relative is not None:
-        now = now_ms if now_ms is not None else int(time.time() * 1000)
-        amount, unit = relative.groups()
-        return now - (int(float(amount) * _UNIT_MS[unit]) if amount else 0)
+    """Epoch milliseconds of ``text``, in the formats every freshet command takes
+    (:func:`freshet.sinks.clock.parse_time`: ISO-8601 with an offset, a date, epoch
+    milliseconds, ``now``, ``-2h`` / ``now-90m``); :class:`StatsError` otherwise."""
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise StatsError(
-            f"time {text!r} is not epoch milliseconds, ISO-8601 (2024-05-01T12:00:00Z) "
-            "or now / now-1h"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+        return _parse_time(text, now_ms=_now_ms() if now_ms is None else now_ms)
+    except TimeFormatError as exc:
+        raise StatsError(str(exc)) from None
 
 
 def _iso(ms: int) -> str:
