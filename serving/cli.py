@@ -377,7 +377,7 @@ def _print_service(name: str, result: dict[str, Any]) -> None:
     table.add_column("feature")
     table.add_column("value", justify="right")
     table.add_column("status")
-    colors = {"present": "green", "not_found": "yellow", "expired": "red"}
+    colors = {"present": "green", "not_found": "yellow", "expired": "red", "stale": "red"}
     for feature, value in result["features"].items():
         status = result["status"][feature]
         table.add_row(feature, _shown(value), f"[{colors.get(status, 'white')}]{status}[/]")
@@ -404,13 +404,20 @@ def _print_table(lookup: dict[str, Any]) -> None:
         caption = (
             f"as of {as_of}.{lookup['as_of'] % 1000:03d} UTC, age {lookup['age_ms'] / 1000:.1f} s"
         )
+        valid_until = lookup.get("valid_until")
+        if valid_until is not None:
+            left = (valid_until - lookup["as_of"] - lookup["age_ms"]) / 1000
+            caption += (
+                f"; windowed values valid for {left:.1f} s more" if left >= 0
+                else f"; windowed values due to change {-left:.1f} s ago"
+            )  # fmt: skip
     else:
         caption = "[yellow]not found[/]"
     table = Table(title=title, caption=caption, title_justify="left", caption_justify="left")
     table.add_column("feature")
     table.add_column("value", justify="right")
     table.add_column("status")
-    colors = {"present": "green", "not_found": "yellow", "expired": "red"}
+    colors = {"present": "green", "not_found": "yellow", "expired": "red", "stale": "red"}
     for name, value in lookup["features"].items():
         status = lookup["status"][name]
         if value is None:
