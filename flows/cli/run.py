@@ -306,6 +306,7 @@ def run(
     options = FlowOptions(
         shards=shards,
         persist_state=recovery_dir is not None,
+        state_dir=recovery_dir / "freshet-state" if recovery_dir else None,
         late_to_dead_letters=late_to_dlq,
         clock_offset_ms=clock.offset_ms if clock else 0,
         schema_registry_url=settings.schema_registry_url,
