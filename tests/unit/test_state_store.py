@@ -126,8 +126,8 @@ def test_idle_entities_leave_memory_and_come_back_with_the_same_rows(tmp_path: P
     assert stored.notify_at() is None
     stored.snapshot()
     kept.snapshot()
-    assert not stored._states  # noqa: SLF001 - the point of the test
-    assert set(kept._states) == {"a", "b"}  # noqa: SLF001
+    assert not stored._states
+    assert set(kept._states) == {"a", "b"}
     clock.now = T0 + 30_000
     later = [[event("a", T0 + 30_000, 3, amount=7.0)]]
     back = rows(stored.on_batch(later))
