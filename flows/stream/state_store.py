@@ -188,24 +188,24 @@ class SegmentStore:
         timers = self._timers
         unpack = _HEADER.unpack_from
         size = _HEADER.size
-        live = 0
         at = 0
-        view = memoryview(data)
-        while at < len(data):
+        end = len(data)
+        while at < end:
             n_entity, n_state, next_at = unpack(data, at)
+            start = at + size
+            entity = data[start : start + n_entity].decode("utf-8", "surrogateescape")
             length = size + n_entity + n_state
-            entity = str(view[at + size : at + size + n_entity], "utf-8", "surrogateescape")
-            old = index.pop(entity, None)
-            if old is not None:
-                live -= old & 0xFFFFFFFF
-            timers.pop(entity, None)
             if n_state:
                 index[entity] = (at << 32) | length
-                live += length
                 if next_at != _NO_EXPIRY:
                     timers[entity] = next_at
+                elif entity in timers:
+                    del timers[entity]
+            else:
+                index.pop(entity, None)
+                timers.pop(entity, None)
             at += length
-        self._live = live
+        self._live = sum(packed & 0xFFFFFFFF for packed in index.values())
 
     def timers(self) -> Iterator[tuple[str, int]]:
         """At resume: the entities with a next expiry, and that expiry."""
