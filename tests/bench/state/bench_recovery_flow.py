@@ -28,11 +28,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "pipeline"))
 
-from bench_pipeline import (  # noqa: E402
+from bench_pipeline import (
     _FRESHET,
     BOOTSTRAP,
     VIEW,
@@ -45,7 +47,7 @@ from bench_pipeline import (  # noqa: E402
     topics,
 )
 
-from freshet.ops.generator import GeneratorConfig, produce  # noqa: E402
+from freshet.ops.generator import GeneratorConfig, produce
 
 
 def design_args(design: str, recovery: Path) -> list[str]:
@@ -84,10 +86,14 @@ def throughput_all(args: argparse.Namespace) -> None:
             print(f"  {design:>9}: " + ", ".join(f"{r:,.0f}" for r in rates) + " ev/s")
 
 
-def _wait(predicate: object, timeout: float, what: str) -> None:
+def read_at_least(port: int, records: int) -> bool:
+    return scrape(port).get(f'freshet_events_in_total{{view="{VIEW.name}"}}', 0) >= records
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return
         time.sleep(0.05)
     raise RuntimeError(f"timed out waiting for {what}")
@@ -119,9 +125,8 @@ def recovery_all(args: argparse.Namespace) -> None:
                     [*argv, "--metrics-port", str(port)], env=env,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
-                label = f'freshet_events_in_total{{view="{VIEW.name}"}}'
                 try:
-                    _wait(lambda: scrape(port).get(label, 0) >= counts.total, 900, "catch-up")
+                    _wait(partial(read_at_least, port, counts.total), 900, "catch-up")
                     caught = time.monotonic()
                     time.sleep(11)  # two snapshots after the last record
                     snaps = scrape(port).get(
@@ -141,7 +146,7 @@ def recovery_all(args: argparse.Namespace) -> None:
                         config=GeneratorConfig(cards=1, seed=10, late_fraction=0,
                                                bad_fraction=0))  # fmt: skip
                 try:
-                    _wait(lambda: scrape(port).get(label, 0) >= 1, 900, "the probe record")
+                    _wait(partial(read_at_least, port, 1), 900, "the probe record")
                     took = time.monotonic() - started
                 finally:
                     proc.send_signal(signal.SIGKILL)

@@ -46,7 +46,7 @@ from typing import Any
 from freshet.dsl.definitions import Aggregation, Feature
 from freshet.dsl.registry import get_view
 from freshet.engine.view_engine import ViewEngine
-from freshet.stream.pipeline import FlowOptions, ShardLogic, shard_keys, shard_of
+from freshet.stream.pipeline import FlowOptions, ShardLogic, shard_of
 
 SHARDS = 256
 T0 = 1_714_521_600_000
