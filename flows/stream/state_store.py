@@ -15,11 +15,12 @@ Recovery (``SegmentStore.open``). Bytewax resumes each shard from the pointer of
 committed epoch. Records past that pointer belong to epochs Bytewax never committed (the flow
 was killed after this shard wrote them): the file is truncated at the pointer, later
 generations are deleted, and the index is rebuilt by reading the records up to it (the last
-record of an entity wins). A shard resumed without a pointer starts with no files.
+record of an entity wins). A shard started without a pointer writes a new generation and
+leaves the older files alone (the last committed epoch may still point into them).
 
 Compaction. Once a file holds more than twice the bytes of its live records (and at least
 ``COMPACT_MIN_BYTES``), the live records are copied into the next generation, which the
-next snapshot points into. The generation before the current one is deleted then, and only
+next snapshot points into. The generations before the current one are deleted then, and only
 if the current one has been pointed to by ``COMPACT_AFTER_SNAPSHOTS`` snapshots: Bytewax
 resumes from its newest committed epoch, and that many epochs are never in flight at once.
 
@@ -159,8 +160,11 @@ class SegmentStore:
         """Load the committed state ``pointer`` names (None: no state): anything written after
         it is truncated or deleted, the index is rebuilt from the records before it."""
         self._dir.mkdir(parents=True, exist_ok=True)
-        generation = pointer.generation if pointer else 0
         files = self._files()
+        # Without a pointer, a new generation: the files there may still be what the last
+        # committed epoch points to (a shard emptied and discarded, then started again within
+        # one epoch that is never committed); compaction deletes them later.
+        generation = pointer.generation if pointer else max(files, default=-1) + 1
         if pointer is not None:
             path = files.get(generation)
             size = path.stat().st_size if path else -1
@@ -171,9 +175,10 @@ class SegmentStore:
                     f"{str(self._dir)!r}, which holds {max(size, 0):,} bytes; the state "
                     "directory does not belong to this recovery dir: use a new --recovery-dir"
                 )
-        for gen, path in files.items():
-            if pointer is None or gen != generation:
-                path.unlink()
+        if pointer is not None:
+            for gen, path in files.items():
+                if gen != generation:
+                    path.unlink()
         self._generation = generation
         self._fd = os.open(self._dir / _name(self._shard, generation), os.O_RDWR | os.O_CREAT)
         end = pointer.end if pointer else 0
@@ -312,8 +317,9 @@ class SegmentStore:
         os.close(self._fd)
         # The current generation stays until the next compaction: a resume may still point
         # into it until a snapshot pointing into the new one is committed.
-        old = self._dir / _name(self._shard, self._generation - 1)
-        old.unlink(missing_ok=True)
+        for gen, path in self._files().items():
+            if gen < self._generation:
+                path.unlink()
         self._fd = fd
         self._generation = generation
         self._index = index

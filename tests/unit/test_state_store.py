@@ -162,15 +162,30 @@ def test_compaction_keeps_every_state_and_deletes_old_generations(
     assert rows(resumed.on_batch(batch)) == rows(reference.on_batch(batch))
 
 
-def test_a_shard_without_resume_state_starts_with_no_files(tmp_path: Path) -> None:
+def test_a_shard_started_again_without_resume_state_keeps_the_committed_files(
+    tmp_path: Path,
+) -> None:
+    """A shard emptied and discarded, then started again by a new event in an epoch Bytewax
+    never commits: the restart resumes the pointer before, whose file must still be there."""
     clock = FakeClock(T0)
-    crashed = logic(clock, tmp_path)
-    crashed.on_batch([[event("a", T0, 0)]])
-    crashed.snapshot()  # never committed: the restart gets no resume state for the shard
-    fresh = logic(clock, tmp_path)
-    out = rows(fresh.on_batch([[event("a", T0 + 1, 1)]]))
-    assert out[-1].values[2] == 1  # n_life counts only this run's event
-    assert [p.stat().st_size for p in segment_files(tmp_path)] == [0]
+    first = logic(clock, tmp_path)
+    reference = logic(clock, None)
+    batch = [[event("a", T0, 0)]]
+    first.on_batch(batch)
+    reference.on_batch(batch)
+    committed = first.snapshot()
+    reference_snapshot = reference.snapshot()
+    again = logic(clock, tmp_path)  # builder(None): the shard's next life
+    out = rows(again.on_batch([[event("a", T0 + 1, 1)]]))
+    assert out[-1].values[2] == 1  # n_life counts only this life's event
+    again.snapshot()
+    resumed = logic(clock, tmp_path, resume=committed)
+    assert len(segment_files(tmp_path)) == 1
+    clock.now += 10
+    batch = [[event("a", T0 + 10, 2)]]
+    back = rows(resumed.on_batch(batch))
+    assert back == rows(logic(clock, None, resume=reference_snapshot).on_batch(batch))
+    assert back[-1].values[2] == 2
 
 
 def test_a_whole_dict_snapshot_moves_into_the_store(tmp_path: Path) -> None:
