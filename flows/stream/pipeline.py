@@ -350,10 +350,11 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardResume]):
         kafka_ts: list[int] = []
         late_events: list[Event] = []
         touched: dict[str, EntityState] = {}
-        if self._store_unopened and values and values[0]:
-            # A shard without resume state: whatever its files hold was never committed.
-            self._saved = self._open_store(self._shard_key(values[0][0][0]), None)
-            self._store_unopened = False
+        if self._store_unopened:
+            first = next((events[0][0] for events in values if events), None)
+            if first is not None:  # a shard without resume state: a new generation of files
+                self._saved = self._open_store(self._shard_key(first), None)
+                self._store_unopened = False
         # The engine's compiled loop over a batch: no Python call per event.
         apply_batch = self._engine.apply_batch
         states = self._states
