@@ -141,7 +141,8 @@ class SegmentStore:
         # entity -> (record offset << 32) | record length, in the current generation's file
         self._index: dict[str, int] = {}
         self._live = 0  # bytes of the records the index points to
-        self._pending: dict[str, tuple[int | None, bytes | None]] = {}
+        # entity -> (its next record, built when put: a flush only joins them; False: dropped)
+        self._pending: dict[str, tuple[bytes, bool]] = {}
         self._timers: dict[str, int] = {}
         self._snapshots_in_generation = 0
 
@@ -222,28 +223,37 @@ class SegmentStore:
     def get(self, entity: str) -> bytes | None:
         pending = self._pending.get(entity)
         if pending is not None:
-            return pending[1]
-        packed = self._index.get(entity)
-        if packed is None:
-            return None
-        record = os.pread(self._fd, packed & 0xFFFFFFFF, packed >> 32)
+            record, alive = pending
+            if not alive:
+                return None
+        else:
+            packed = self._index.get(entity)
+            if packed is None:
+                return None
+            record = os.pread(self._fd, packed & 0xFFFFFFFF, packed >> 32)
         n_entity, _, _ = _HEADER.unpack_from(record)
         return record[_HEADER.size + n_entity :]
 
     def put(self, entity: str, next_at: int | None, state: bytes | None) -> None:
         """Save an entity's pickled state (None: it was dropped) at the next ``flush``."""
-        self._pending[entity] = (next_at, state)
+        if state is None and entity not in self._index:
+            self._pending.pop(entity, None)  # dropped before it was ever written
+            return
+        key = entity.encode("utf-8", "surrogateescape")
+        body = b"" if state is None else state
+        header = _HEADER.pack(len(key), len(body), _NO_EXPIRY if next_at is None else next_at)
+        self._pending[entity] = (b"".join((header, key, body)), state is not None)
 
     def entities(self) -> Iterable[str]:
-        return self._index.keys() | {e for e, (_, s) in self._pending.items() if s is not None}
+        return self._index.keys() | {e for e, (_, alive) in self._pending.items() if alive}
 
     def __len__(self) -> int:
         pending = self._pending
         if not pending:
             return len(self._index)
         index = self._index
-        added = sum(1 for e, (_, s) in pending.items() if s is not None and e not in index)
-        dropped = sum(1 for e, (_, s) in pending.items() if s is None and e in index)
+        added = sum(1 for e, (_, alive) in pending.items() if alive and e not in index)
+        dropped = sum(1 for e, (_, alive) in pending.items() if not alive and e in index)
         return len(index) + added - dropped
 
     def flush(self) -> int:
@@ -251,26 +261,21 @@ class SegmentStore:
         if not self._pending:
             return 0
         index = self._index
-        pack = _HEADER.pack
         parts: list[bytes] = []
+        append = parts.append
         at = self._end
         live = self._live
-        for entity, (next_at, state) in self._pending.items():
-            old = index.get(entity)
-            if state is None and old is None:
-                continue  # dropped before it was ever written
-            key = entity.encode("utf-8", "surrogateescape")
-            body = b"" if state is None else state
-            header = pack(len(key), len(body), _NO_EXPIRY if next_at is None else next_at)
-            length = len(header) + len(key) + len(body)
-            parts += (header, key, body)
-            if old is not None:
-                live -= old & 0xFFFFFFFF
-            if state is None:
-                del index[entity]
-            else:
+        for entity, (record, alive) in self._pending.items():
+            append(record)
+            length = len(record)
+            if alive:
+                old = index.get(entity)
                 index[entity] = (at << 32) | length
                 live += length
+            else:
+                old = index.pop(entity, None)
+            if old is not None:
+                live -= old & 0xFFFFFFFF
             at += length
         self._pending.clear()
         data = b"".join(parts)
