@@ -168,12 +168,12 @@ class SegmentStore:
         generation = pointer.generation if pointer else max(files, default=-1) + 1
         if pointer is not None:
             path = files.get(generation)
-            size = path.stat().st_size if path else -1
+            size = path.stat().st_size if path else 0
             if size < pointer.end:
                 raise StateStoreError(
                     f"the recovery snapshot of shard {self._shard} points to byte "
                     f"{pointer.end:,} of {_name(self._shard, generation)!r} in "
-                    f"{str(self._dir)!r}, which holds {max(size, 0):,} bytes; the state "
+                    f"{str(self._dir)!r}, which holds {size:,} bytes; the state "
                     "directory does not belong to this recovery dir: use a new --recovery-dir"
                 )
         if pointer is not None:
