@@ -20,9 +20,11 @@ leaves the older files alone (the last committed epoch may still point into them
 
 Compaction. Once a file holds more than twice the bytes of its live records (and at least
 ``COMPACT_MIN_BYTES``), the live records are copied into the next generation, which the
-next snapshot points into. The generations before the current one are deleted then, and only
-if the current one has been pointed to by ``COMPACT_AFTER_SNAPSHOTS`` snapshots: Bytewax
-resumes from its newest committed epoch, and that many epochs are never in flight at once.
+next snapshot points into: on the shard's own activation, between snapshots (one shard's file
+at a time, not on a thread). The generations before the current one are deleted then, and only
+if the current one has been pointed to by ``COMPACT_AFTER_SNAPSHOTS`` snapshots — assuming, of
+Bytewax, that it resumes from its newest committed epoch and never has that many epochs in
+flight at once (not checked against its Rust source).
 
 Record layout (little-endian): ``u32 entity length, u32 state length (0: the entity was
 dropped), i64 next expiry (``_NO_EXPIRY`` for None), entity (UTF-8, surrogateescape),
