@@ -123,6 +123,16 @@ def _supervise(processes: int, argv: Sequence[str], metrics_port: int) -> int:
     help="Snapshot state here and resume from it after a crash.",
 )
 @click.option(
+    "--state-store",
+    type=click.Choice(["segments", "snapshots"]),
+    default="segments",
+    show_default=True,
+    help="With --recovery-dir, where engine state lives: 'segments' (files under the recovery "
+    "dir that each snapshot points into: an epoch writes the entities that changed) or "
+    "'snapshots' (each snapshot holds every entity: the earlier design, kept for comparison). "
+    "'segments' resumes a 'snapshots' recovery dir; not the other way round.",
+)
+@click.option(
     "--snapshot-interval",
     type=click.IntRange(1),
     default=10,
@@ -211,6 +221,7 @@ def run(
     process_id: int | None,
     addresses: str | None,
     recovery_dir: Path | None,
+    state_store: str,
     snapshot_interval: int,
     start: str,
     metrics_port: int,
@@ -306,6 +317,9 @@ def run(
     options = FlowOptions(
         shards=shards,
         persist_state=recovery_dir is not None,
+        state_dir=(
+            recovery_dir / "freshet-state" if recovery_dir and state_store == "segments" else None
+        ),
         late_to_dead_letters=late_to_dlq,
         clock_offset_ms=clock.offset_ms if clock else 0,
         schema_registry_url=settings.schema_registry_url,

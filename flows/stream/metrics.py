@@ -56,6 +56,7 @@ __all__ = [
     "REPLAY_RATE",
     "ROWS_EMITTED",
     "SEGMENTS_WRITTEN",
+    "STATE_BYTES_WRITTEN",
     "STATE_ENTITIES_PICKLED",
     "STATE_SNAPSHOT_SECONDS",
     "BatchHistogram",
@@ -257,6 +258,12 @@ STATE_ENTITIES_PICKLED = Counter(
     "freshet_state_entities_pickled",
     "Entity states pickled for recovery snapshots (a changed entity once per epoch, again "
     "if it changes after being pickled ahead of the snapshot).",
+    ["view"],
+)
+STATE_BYTES_WRITTEN = Counter(
+    "freshet_state_bytes_written",
+    "Bytes of entity states appended to the state segments of --recovery-dir (the entities "
+    "that changed in each epoch; compaction not included).",
     ["view"],
 )
 REPLAY_PLANNED = Gauge(

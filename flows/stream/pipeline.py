@@ -19,6 +19,13 @@ which then pickles only the recently changed ones (Bytewax snapshots every shard
 the flow stops meanwhile). The measurements behind these choices, and the flow's speed, are in
 ``tests/bench/README.md``.
 
+Where the pickled states live (:mod:`freshet.stream.state_store`): with
+``FlowOptions.state_dir`` (``freshet run --recovery-dir`` sets it), in append-only segment
+files of the shard's own, and Bytewax's snapshot is a small pointer into them, so an epoch
+writes only the entities that changed in it; an entity with nothing left to expire then leaves
+memory once its state is saved, and is read back when its next event arrives. Without it, the
+snapshot is the shard's whole dict of pickled states.
+
 Usage (``freshet run`` does this with :class:`freshet.stream.connectors.KafkaIO`)::
 
     flow = build_flow([view], io, FlowOptions(shards=256, persist_state=True))
@@ -47,6 +54,7 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
 
 import bytewax.operators as op
@@ -67,6 +75,7 @@ from freshet.sinks.rows import Row
 from freshet.stream import metrics
 from freshet.stream.deadletter import late_letter
 from freshet.stream.shutdown import STOP
+from freshet.stream.state_store import DictStates, SegmentStore, StatePointer
 
 __all__ = [
     "DEFAULT_SHARDS",
@@ -93,6 +102,9 @@ class FlowOptions:
     """How a flow runs (the views say what it computes).
 
     ``persist_state``: snapshots are kept (recovery on); when off, shards skip pickling.
+    ``state_dir``: with ``persist_state``, where shards keep their entity states (segment
+    files, one directory per view); the snapshots only point into it. None: each snapshot
+    holds the shard's whole dict of states.
     ``late_to_dead_letters``: late events go to the dead-letter topic too (they are always
     counted). ``flush_until_ms``: a bounded replay's end — at end of input every boundary up
     to it is emitted (``ViewEngine.flush``); None for live runs. ``rows_between``: a replay's
@@ -112,6 +124,7 @@ class FlowOptions:
     # With recovery: pickle an entity's state once it has been left alone this long (wall ms),
     # instead of all changed entities at the epoch's snapshot (None: only at the snapshot).
     pickle_ahead_ms: int | None = 2_000
+    state_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= 65_536:
@@ -225,11 +238,13 @@ def flow_clock(offset_ms: int) -> Callable[[], int]:
     return lambda: now_ms() - offset_ms
 
 
-# A shard's snapshot: entity -> (its next expiry in wall-clock ms or None, pickled EntityState).
+# A shard's snapshot without a state dir: entity -> (its next expiry in wall-clock ms or None,
+# pickled EntityState); with one, a StatePointer into the shard's segment files.
 ShardSnapshot = dict[str, tuple[int | None, bytes]]
+ShardResume = ShardSnapshot | StatePointer | None
 
 
-class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None]):
+class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardResume]):
     """The engine for the entities of one shard, with one wall-clock timer for all of them."""
 
     def __init__(
@@ -237,7 +252,7 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
         view: FeatureView,
         engine: ViewEngine,
         options: FlowOptions,
-        resume: ShardSnapshot | None,
+        resume: ShardResume,
         *,
         clock_ms: Callable[[], int],
     ) -> None:
@@ -248,7 +263,26 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
         self._offset_ms = options.clock_offset_ms
         self._states: dict[str, EntityState] = {}
         # Clean entities' pickled states, reused by the next snapshot (and resume state).
-        self._saved: ShardSnapshot = dict(resume) if resume else {}
+        self._saved: DictStates | SegmentStore = DictStates(None)
+        self._store_dir = (
+            options.state_dir / view.name if options.persist_state and options.state_dir else None
+        )
+        if self._store_dir is None:
+            if isinstance(resume, StatePointer):
+                raise ValueError(
+                    f"shard {resume.shard} of view {view.name!r} resumes from a state directory "
+                    "snapshot; run it with FlowOptions.state_dir"
+                )
+            self._saved = DictStates(resume)
+        elif isinstance(resume, StatePointer):
+            self._saved = self._open_store(resume.shard, resume)
+        elif resume:  # a whole-dict snapshot of an earlier version: moved into the store
+            self._saved = self._open_store(self._shard_key(next(iter(resume))), None)
+            for entity, (next_at, saved) in resume.items():
+                self._saved.put(entity, next_at, saved)
+            self._saved.flush()
+        # else: the store is opened by the first batch, which names the shard
+        self._store_unopened = self._store_dir is not None and isinstance(self._saved, DictStates)
         # Recovery: entities changed since their state was last pickled, least recently
         # changed first (entity -> flow-clock ms of its last change).
         self._dirty: dict[str, int] = {}
@@ -260,20 +294,30 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
         self._next_at: dict[str, int] = {}
         self._heaped: dict[str, int] = {}
         self._heap: list[tuple[int, str]] = []
-        for entity, (next_at, _) in self._saved.items():
-            if next_at is not None:
-                self._next_at[entity] = next_at
-                self._heaped[entity] = next_at
-                self._heap.append((next_at, entity))
+        for entity, next_at in self._saved.timers():
+            self._next_at[entity] = next_at
+            self._heaped[entity] = next_at
+            self._heap.append((next_at, entity))
         heapq.heapify(self._heap)
         self._late_counter = metrics.EVENTS_LATE.labels(view=view.name)
         self._rows_counter = metrics.ROWS_EMITTED.labels(view=view.name)
         self._pickled_counter = metrics.STATE_ENTITIES_PICKLED.labels(view=view.name)
+        self._bytes_counter = metrics.STATE_BYTES_WRITTEN.labels(view=view.name)
+
+    def _shard_key(self, entity: str) -> str:
+        shards = self._options.shards
+        return shard_keys(shards)[shard_of(entity, shards)]
+
+    def _open_store(self, shard: str, pointer: StatePointer | None) -> SegmentStore:
+        assert self._store_dir is not None
+        store = SegmentStore(self._store_dir, shard)
+        store.open(pointer)
+        return store
 
     @classmethod
     def builder(
         cls, view: FeatureView, options: FlowOptions
-    ) -> Callable[[ShardSnapshot | None], ShardLogic]:
+    ) -> Callable[[ShardResume], ShardLogic]:
         clock = flow_clock(options.clock_offset_ms)
         engine = ViewEngine(view, clock=clock)
         return lambda resume: cls(view, engine, options, resume, clock_ms=clock)
@@ -282,7 +326,7 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
         state = self._states.get(entity)
         if state is None:
             saved = self._saved.get(entity)
-            state = self._engine.new_state() if saved is None else pickle.loads(saved[1])
+            state = self._engine.new_state() if saved is None else pickle.loads(saved)
             self._states[entity] = state
         return state
 
@@ -306,6 +350,11 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
         kafka_ts: list[int] = []
         late_events: list[Event] = []
         touched: dict[str, EntityState] = {}
+        if self._store_unopened:
+            first = next((events[0][0] for events in values if events), None)
+            if first is not None:  # a shard without resume state: a new generation of files
+                self._saved = self._open_store(self._shard_key(first), None)
+                self._store_unopened = False
         # The engine's compiled loop over a batch: no Python call per event.
         apply_batch = self._engine.apply_batch
         states = self._states
@@ -319,6 +368,7 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
             self._schedule(entity, state)
         if self._options.persist_state:
             self._changed(touched)
+            self._saved.maybe_compact()
         return self._emit(rows, kafka_ts, late), StatefulBatchLogic.RETAIN
 
     def _changed(self, entities: Iterable[str]) -> None:
@@ -344,17 +394,24 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
         self._save(ready)
 
     def _save(self, entities: Iterable[str]) -> None:
-        """Pickles ``entities``' states into ``_saved`` (or drops the drained ones)."""
-        saved = self._saved
+        """Pickles ``entities``' states into ``_saved`` (or drops the drained ones).
+
+        With a state dir, a saved entity with nothing left to expire leaves memory: its state
+        is read back from the store when its next event arrives."""
+        put = self._saved.put
         states = self._states
         next_at = self._next_at
+        evict = self._store_dir is not None
         n = 0
         for entity in entities:
             state = states.get(entity)
             if state is None:
-                saved.pop(entity, None)  # drained and dropped
+                put(entity, None, None)  # drained and dropped
             else:
-                saved[entity] = (next_at.get(entity), pickle.dumps(state, protocol=5))
+                at = next_at.get(entity)
+                put(entity, at, pickle.dumps(state, protocol=5))
+                if evict and at is None:
+                    del states[entity]
             n += 1
         if n:
             self._pickled_counter.inc(n)
@@ -403,6 +460,7 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
                 self._schedule(entity, state)
         if self._options.persist_state:
             self._changed(expired)
+            self._saved.maybe_compact()
         changes = self._emit(rows, [-1] * len(rows), [])
         return changes, self._discard_if_empty()
 
@@ -413,7 +471,7 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
             # signal has not read the events that precede its boundaries.
             return [], StatefulBatchLogic.RETAIN
         rows: list[Row] = []
-        entities = sorted(set(self._saved) | set(self._states))
+        entities = sorted(set(self._saved.entities()) | set(self._states))
         for entity in entities:
             state = self._state(entity)
             rows.extend(self._engine.flush(state, entity, until))
@@ -423,8 +481,9 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
         return self._emit(rows, [-1] * len(rows), []), StatefulBatchLogic.RETAIN
 
     def _discard_if_empty(self) -> bool:
-        if self._states or self._saved or self._next_at:
+        if self._states or self._next_at or len(self._saved):
             return StatefulBatchLogic.RETAIN
+        self._saved.close()
         return StatefulBatchLogic.DISCARD
 
     def notify_at(self) -> datetime | None:
@@ -436,16 +495,20 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardSnapshot | None])
             return None
         return datetime.fromtimestamp((heap[0][0] + self._offset_ms) / 1000, tz=UTC)
 
-    def snapshot(self) -> ShardSnapshot | None:
+    def snapshot(self) -> ShardResume:
         if not self._options.persist_state:
             self._dirty.clear()
             return None
         started = time.perf_counter()
         self._save(self._dirty)
         self._dirty.clear()
+        written = self._saved.flush()
+        if written:
+            self._bytes_counter.inc(written)
+        # Killed here, the store holds records past the pointer Bytewax last committed: the
+        # resume truncates them (freshet.stream.state_store).
         crash_point("engine.shard_snapshot")
-        # A copy: Bytewax pickles it later, while this shard keeps changing ``saved``.
-        snapshot = dict(self._saved)
+        snapshot = self._saved.snapshot()
         metrics.STATE_SNAPSHOT_SECONDS.observe(self._view.name, time.perf_counter() - started)
         return snapshot
 

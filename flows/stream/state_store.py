@@ -1,0 +1,346 @@
+"""Where an engine shard keeps its entities' pickled states between recovery snapshots.
+
+Two kinds, one surface (``get``, ``put``, ``flush``, ``entities``, ``snapshot``):
+
+* :class:`DictStates` — the states live in the snapshot itself: each epoch's snapshot is the
+  shard's whole ``{entity: (next expiry, pickled state)}`` dict, which Bytewax pickles again
+  every epoch (bytes per epoch grow with the entities held). Used when no state directory is
+  given (in-process flows, ``run_main`` tests).
+* :class:`SegmentStore` — the states live in freshet's own append-only files, one series per
+  shard, ``<dir>/<shard>.<generation>.seg``; the snapshot is a :class:`StatePointer` (file
+  generation and end offset). An epoch writes only the entities that changed in it; the
+  previous records stay where they are. ``freshet run --recovery-dir`` uses it.
+
+Recovery (``SegmentStore.open``). Bytewax resumes each shard from the pointer of its last
+committed epoch. Records past that pointer belong to epochs Bytewax never committed (the flow
+was killed after this shard wrote them): the file is truncated at the pointer, later
+generations are deleted, and the index is rebuilt by reading the records up to it (the last
+record of an entity wins). A shard started without a pointer writes a new generation and
+leaves the older files alone (the last committed epoch may still point into them).
+
+Compaction. Once a file holds more than twice the bytes of its live records (and at least
+``COMPACT_MIN_BYTES``), the live records are copied into the next generation, which the
+next snapshot points into: on the shard's own activation, between snapshots (one shard's file
+at a time, not on a thread). The generations before the current one are deleted then, and only
+if the current one has been pointed to by ``COMPACT_AFTER_SNAPSHOTS`` snapshots — assuming, of
+Bytewax, that it resumes from its newest committed epoch and never has that many epochs in
+flight at once (not checked against its Rust source).
+
+Record layout (little-endian): ``u32 entity length, u32 state length (0: the entity was
+dropped), i64 next expiry (``_NO_EXPIRY`` for None), entity (UTF-8, surrogateescape),
+pickled state``. Durability: the records reach the operating system (``pwrite``) before the
+snapshot that points past them returns, so a killed process (SIGKILL, OOM) loses nothing the
+committed snapshot names; they are not fsynced (a power loss may lose them while Bytewax's
+own recovery partitions kept the pointer).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "COMPACT_AFTER_SNAPSHOTS",
+    "COMPACT_MIN_BYTES",
+    "DictStates",
+    "SavedState",
+    "SegmentStore",
+    "StatePointer",
+    "StateStoreError",
+]
+
+# entity -> (its next expiry in wall-clock ms or None, pickled EntityState)
+SavedState = tuple[int | None, bytes]
+
+COMPACT_MIN_BYTES = 1 << 20
+COMPACT_AFTER_SNAPSHOTS = 4
+
+_HEADER = struct.Struct("<IIq")
+_NO_EXPIRY = -(1 << 63)
+
+
+class StateStoreError(ValueError):
+    """A state directory that does not hold what a recovery snapshot points to."""
+
+
+@dataclass(frozen=True, slots=True)
+class StatePointer:
+    """A shard's recovery snapshot with a :class:`SegmentStore`: its records are those of
+    ``<shard>.<generation>.seg`` before byte ``end``; ``len()`` is the entities they hold."""
+
+    shard: str
+    generation: int
+    end: int
+    entities: int
+
+    def __len__(self) -> int:
+        return self.entities
+
+
+class DictStates:
+    """The states held in the snapshot itself (see the module docstring)."""
+
+    def __init__(self, resume: dict[str, SavedState] | None) -> None:
+        self._saved: dict[str, SavedState] = dict(resume) if resume else {}
+
+    def timers(self) -> Iterator[tuple[str, int]]:
+        """The saved entities with a next expiry, and that expiry."""
+        return ((e, at) for e, (at, _) in self._saved.items() if at is not None)
+
+    def get(self, entity: str) -> bytes | None:
+        saved = self._saved.get(entity)
+        return None if saved is None else saved[1]
+
+    def put(self, entity: str, next_at: int | None, state: bytes | None) -> None:
+        """Save an entity's pickled state (None: it was dropped)."""
+        if state is None:
+            self._saved.pop(entity, None)
+        else:
+            self._saved[entity] = (next_at, state)
+
+    def entities(self) -> Iterable[str]:
+        return self._saved.keys()
+
+    def __len__(self) -> int:
+        return len(self._saved)
+
+    def flush(self) -> int:
+        return 0
+
+    def maybe_compact(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        return None
+
+    def snapshot(self) -> dict[str, SavedState]:
+        # A copy: Bytewax pickles it later, while the shard keeps changing its states.
+        return dict(self._saved)
+
+
+def _name(shard: str, generation: int) -> str:
+    return f"{shard}.{generation:06d}.seg"
+
+
+class SegmentStore:
+    """One shard's states in append-only segment files (see the module docstring).
+
+    ``put`` keeps the newest pickled state of each changed entity in memory; ``flush`` (at a
+    snapshot) appends them in one write and returns the bytes written; ``snapshot`` is the
+    pointer past them. ``get`` reads an entity's newest state from memory or from its file.
+    """
+
+    def __init__(self, directory: Path, shard: str) -> None:
+        self._dir = directory
+        self._shard = shard
+        self._generation = 0
+        self._fd = -1
+        self._end = 0
+        # entity -> (record offset << 32) | record length, in the current generation's file
+        self._index: dict[str, int] = {}
+        self._live = 0  # bytes of the records the index points to
+        # entity -> (its next record, built when put: a flush only joins them; False: dropped)
+        self._pending: dict[str, tuple[bytes, bool]] = {}
+        self._timers: dict[str, int] = {}
+        self._snapshots_in_generation = 0
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _files(self) -> dict[int, Path]:
+        pattern = re.compile(re.escape(self._shard) + r"\.(\d+)\.seg")
+        found = {}
+        for path in self._dir.glob(f"{self._shard}.*.seg"):
+            match = pattern.fullmatch(path.name)
+            if match:
+                found[int(match.group(1))] = path
+        return found
+
+    def open(self, pointer: StatePointer | None) -> None:
+        """Load the committed state ``pointer`` names (None: no state): anything written after
+        it is truncated or deleted, the index is rebuilt from the records before it."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        files = self._files()
+        # Without a pointer, a new generation: the files there may still be what the last
+        # committed epoch points to (a shard emptied and discarded, then started again within
+        # one epoch that is never committed); compaction deletes them later.
+        generation = pointer.generation if pointer else max(files, default=-1) + 1
+        if pointer is not None:
+            path = files.get(generation)
+            size = path.stat().st_size if path else 0
+            if size < pointer.end:
+                raise StateStoreError(
+                    f"the recovery snapshot of shard {self._shard} points to byte "
+                    f"{pointer.end:,} of {_name(self._shard, generation)!r} in "
+                    f"{str(self._dir)!r}, which holds {size:,} bytes; the state "
+                    "directory does not belong to this recovery dir: use a new --recovery-dir"
+                )
+        if pointer is not None:
+            for gen, path in files.items():
+                if gen != generation:
+                    path.unlink()
+        self._generation = generation
+        self._fd = os.open(self._dir / _name(self._shard, generation), os.O_RDWR | os.O_CREAT)
+        end = pointer.end if pointer else 0
+        os.ftruncate(self._fd, end)
+        self._end = end
+        self._load(os.pread(self._fd, end, 0) if end else b"")
+        # The generation a resumed snapshot points to is committed: compaction may follow.
+        self._snapshots_in_generation = COMPACT_AFTER_SNAPSHOTS if pointer else 0
+
+    def _load(self, data: bytes) -> None:
+        index = self._index
+        timers = self._timers
+        unpack = _HEADER.unpack_from
+        size = _HEADER.size
+        at = 0
+        end = len(data)
+        while at < end:
+            n_entity, n_state, next_at = unpack(data, at)
+            start = at + size
+            entity = data[start : start + n_entity].decode("utf-8", "surrogateescape")
+            length = size + n_entity + n_state
+            if n_state:
+                index[entity] = (at << 32) | length
+                if next_at != _NO_EXPIRY:
+                    timers[entity] = next_at
+                elif entity in timers:
+                    del timers[entity]
+            else:
+                index.pop(entity, None)
+                timers.pop(entity, None)
+            at += length
+        self._live = sum(packed & 0xFFFFFFFF for packed in index.values())
+
+    def timers(self) -> Iterator[tuple[str, int]]:
+        """At resume: the entities with a next expiry, and that expiry."""
+        timers, self._timers = self._timers, {}
+        return iter(timers.items())
+
+    # -- reading and writing -------------------------------------------------------------------
+
+    def get(self, entity: str) -> bytes | None:
+        pending = self._pending.get(entity)
+        if pending is not None:
+            record, alive = pending
+            if not alive:
+                return None
+        else:
+            packed = self._index.get(entity)
+            if packed is None:
+                return None
+            record = os.pread(self._fd, packed & 0xFFFFFFFF, packed >> 32)
+        n_entity, _, _ = _HEADER.unpack_from(record)
+        return record[_HEADER.size + n_entity :]
+
+    def put(self, entity: str, next_at: int | None, state: bytes | None) -> None:
+        """Save an entity's pickled state (None: it was dropped) at the next ``flush``."""
+        if state is None and entity not in self._index:
+            self._pending.pop(entity, None)  # dropped before it was ever written
+            return
+        key = entity.encode("utf-8", "surrogateescape")
+        body = b"" if state is None else state
+        header = _HEADER.pack(len(key), len(body), _NO_EXPIRY if next_at is None else next_at)
+        self._pending[entity] = (b"".join((header, key, body)), state is not None)
+
+    def entities(self) -> Iterable[str]:
+        return self._index.keys() | {e for e, (_, alive) in self._pending.items() if alive}
+
+    def __len__(self) -> int:
+        pending = self._pending
+        if not pending:
+            return len(self._index)
+        index = self._index
+        added = sum(1 for e, (_, alive) in pending.items() if alive and e not in index)
+        dropped = sum(1 for e, (_, alive) in pending.items() if not alive and e in index)
+        return len(index) + added - dropped
+
+    def flush(self) -> int:
+        """Append the pending states in one write; returns the bytes written."""
+        if not self._pending:
+            return 0
+        index = self._index
+        parts: list[bytes] = []
+        append = parts.append
+        at = self._end
+        live = self._live
+        for entity, (record, alive) in self._pending.items():
+            append(record)
+            length = len(record)
+            if alive:
+                old = index.get(entity)
+                index[entity] = (at << 32) | length
+                live += length
+            else:
+                old = index.pop(entity, None)
+            if old is not None:
+                live -= old & 0xFFFFFFFF
+            at += length
+        self._pending.clear()
+        data = b"".join(parts)
+        written = 0
+        while written < len(data):
+            written += os.pwrite(self._fd, data[written:], self._end + written)
+        self._end = at
+        self._live = live
+        return len(data)
+
+    def snapshot(self) -> StatePointer:
+        """The pointer past every flushed record (call :meth:`flush` first)."""
+        self._snapshots_in_generation += 1
+        return StatePointer(self._shard, self._generation, self._end, len(self._index))
+
+    # -- compaction ----------------------------------------------------------------------------
+
+    def maybe_compact(self) -> bool:
+        """Copy the live records into the next generation when the file is mostly garbage."""
+        if (
+            self._end < COMPACT_MIN_BYTES
+            or self._end < 2 * self._live
+            or self._snapshots_in_generation < COMPACT_AFTER_SNAPSHOTS
+        ):
+            return False
+        data = os.pread(self._fd, self._end, 0)
+        view = memoryview(data)
+        parts = []
+        index = {}
+        at = 0
+        for entity, packed in self._index.items():
+            offset, length = packed >> 32, packed & 0xFFFFFFFF
+            parts.append(view[offset : offset + length])
+            index[entity] = (at << 32) | length
+            at += length
+        generation = self._generation + 1
+        fd = os.open(
+            self._dir / _name(self._shard, generation), os.O_RDWR | os.O_CREAT | os.O_TRUNC
+        )
+        new = b"".join(parts)
+        written = 0
+        while written < len(new):
+            written += os.pwrite(fd, new[written:], written)
+        os.close(self._fd)
+        # The current generation stays until the next compaction: a resume may still point
+        # into it until a snapshot pointing into the new one is committed.
+        for gen, path in self._files().items():
+            if gen < self._generation:
+                path.unlink()
+        self._fd = fd
+        self._generation = generation
+        self._index = index
+        self._end = at
+        self._live = at
+        self._snapshots_in_generation = 0
+        return True
+
+    @property
+    def file_bytes(self) -> int:
+        """Bytes in the current generation's file."""
+        return self._end
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
