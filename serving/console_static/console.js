@@ -422,6 +422,10 @@
         el("dt", { text: "found" }), el("dd", { id: "found", text: lookup.found ? "yes" : "no" }),
         el("dt", { text: "as of" }), el("dd", { id: "as-of", "data-ms": lookup.as_of, text: iso(lookup.as_of) }),
         el("dt", { text: "age" }), el("dd", { id: "age", text: age(lookup.age_ms) }),
+        el("dt", { text: "valid until" }),
+        el("dd", { id: "valid-until", "data-ms": lookup.valid_until,
+                   text: lookup.valid_until === null || lookup.valid_until === undefined
+                     ? "– (no windowed value will change without events)" : iso(lookup.valid_until) }),
       ),
       el("table", {}, el("thead", {}, el("tr", {}, el("th", { text: "feature" }), el("th", { class: "num", text: "value" }), el("th", { text: "status" }))), rows),
     );

@@ -264,6 +264,8 @@ def check_explorer(driver: Any, demo: Demo, name: str = "explore") -> None:
     }
     assert cells == {f: (v, api["status"][f]) for f, v in api["features"].items()}
     assert css(driver, "#as-of")[0].get_attribute("data-ms") == str(api["as_of"])
+    assert api["valid_until"] is not None  # the demo's windows hold the card's events
+    assert css(driver, "#valid-until")[0].get_attribute("data-ms") == str(api["valid_until"])
     # One marker per log row of the entity in the range, at each row's time.
     table = read_log(
         demo.offline_dir, "card_txn", sort=True,
