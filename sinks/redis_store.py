@@ -533,10 +533,19 @@ class _ReaderBase:
             tuple(n for n in names if n in windowed),
         )  # fmt: skip
 
-    def stale_after_ms(self, view: str) -> int:
-        """How long after a record's ``valid_until`` its windowed values are reported stale:
-        the view's allowed lateness plus the grace."""
-        return self.layout(view).lateness_ms + self.stale_grace_ms
+    def _stale_bounds(
+        self, layout: ViewLayout, windowed: bool, now: int, max_staleness_ms: int | None
+    ) -> tuple[int, int]:
+        """``(stale_before, null_before)``: a record's windowed values are stale when its
+        ``valid_until`` (>= 0) is below the first, and null when also below the second (a
+        request's ``max_staleness_ms``); -1: never."""
+        if not windowed:
+            return -1, -1
+        stale_before = now - layout.lateness_ms - self.stale_grace_ms
+        if max_staleness_ms is None:
+            return stale_before, -1
+        null_before = now - max_staleness_ms
+        return max(stale_before, null_before), null_before
 
     def _decode(
         self, plan: _Plan, raws: Sequence[bytes | None], max_staleness_ms: int | None = None
@@ -551,15 +560,11 @@ class _ReaderBase:
         not_found: dict[str, FeatureStatus] = dict.fromkeys(names, "not_found")
         expired: dict[str, FeatureStatus] = dict.fromkeys(names, "expired")
         present: dict[str, FeatureStatus] = dict.fromkeys(names, "present")
-        # A windowed value is stale once now is past valid_until by more than stale_after; a
-        # request's max_staleness_ms nulls those past valid_until by more than it. -1: none.
         windowed = plan.windowed
         stale: dict[str, FeatureStatus] = {**present, **dict.fromkeys(windowed, "stale")}
-        stale_before = now - plan.layout.lateness_ms - self.stale_grace_ms if windowed else -1
-        null_before = -1
-        if windowed and max_staleness_ms is not None:
-            null_before = now - max_staleness_ms
-            stale_before = max(stale_before, null_before)
+        stale_before, null_before = self._stale_bounds(
+            plan.layout, bool(windowed), now, max_staleness_ms
+        )
         unpack = _HEADER.unpack_from
         unpack_valid = _VALID_UNTIL.unpack_from
         loads = orjson.loads
@@ -661,11 +666,9 @@ class _ReaderBase:
         ttl_ms = layout.ttl_seconds * 1000
         width = len(layout.features)
         windowed = self._windowed[view]
-        stale_before = now - layout.lateness_ms - self.stale_grace_ms if windowed else -1
-        null_before = -1
-        if windowed and max_staleness_ms is not None:
-            null_before = now - max_staleness_ms
-            stale_before = max(stale_before, null_before)
+        stale_before, null_before = self._stale_bounds(
+            layout, bool(windowed), now, max_staleness_ms
+        )
         unpack = _HEADER.unpack_from
         unpack_valid = _VALID_UNTIL.unpack_from
         loads = orjson.loads
