@@ -23,10 +23,7 @@ PCT_TXN = FeatureView(
                 quantile=0.99),
         Feature("amount_p90_life", Aggregation.APPROX_PERCENTILE, "amount", quantile=0.9),
     ),
-    # Longer than a run can stall between two events of a card on a busy CI machine: a wall-
-    # clock timer firing first would emit an expiry row the other run emits later, or not at all
-    # before the stream ends (a slow run once logged one row more than the fast one).
-    allowed_lateness_seconds=60,
+    allowed_lateness_seconds=CARD_TXN.allowed_lateness_seconds,
     ttl_seconds=86_400,
     dead_letter_topic="pct_transactions_dlq",
 )  # fmt: skip
