@@ -114,6 +114,10 @@ def _run_granian(host: str, port: int, workers: int, access_log: bool, log_level
         log_access=access_log,
         log_level=LogLevels(log_level),
         factory=True,
+        # A worker that has not stopped 10 s after SIGTERM is killed (granian's default waits
+        # forever: a stuck worker once held `serve` past a 20 s shutdown under load). The app
+        # keeps nothing that a kill loses: its metrics are flushed every second.
+        workers_kill_timeout=10,
     ).serve()
 
 

@@ -270,7 +270,12 @@ def test_freshet_serve_answers_lookups_and_metrics(
             time.sleep(0.2)
     finally:
         proc.terminate()
-        _, stderr = proc.communicate(timeout=20)
+        try:
+            _, stderr = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # and reap it, closing its pipe: not a warning in a later test
+            proc.communicate()
+            raise
     assert b"Traceback" not in stderr, stderr.decode()
 
 
