@@ -281,9 +281,7 @@ class SegmentStore:
             at += length
         self._pending.clear()
         data = b"".join(parts)
-        written = 0
-        while written < len(data):
-            written += os.pwrite(self._fd, data[written:], self._end + written)
+        _pwrite_all(self._fd, data, self._end)
         self._end = at
         self._live = live
         return len(data)
@@ -317,10 +315,7 @@ class SegmentStore:
         fd = os.open(
             self._dir / _name(self._shard, generation), os.O_RDWR | os.O_CREAT | os.O_TRUNC
         )
-        new = b"".join(parts)
-        written = 0
-        while written < len(new):
-            written += os.pwrite(fd, new[written:], written)
+        _pwrite_all(fd, b"".join(parts), 0)
         os.close(self._fd)
         # The current generation stays until the next compaction: a resume may still point
         # into it until a snapshot pointing into the new one is committed.
@@ -344,3 +339,11 @@ class SegmentStore:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (``pwrite`` may write less than asked)."""
+    view = memoryview(data)
+    written = 0
+    while written < len(data):
+        written += os.pwrite(fd, view[written:], offset + written)
