@@ -27,8 +27,13 @@ EXIT_DRIFT = 4
 
 @click.command()
 @click.argument("view")
-@click.option("--from", "start", required=True, help="Range start (inclusive): ISO-8601 "
-              "with an offset (2024-05-01T12:00:00Z), a date, epoch ms, now, -2h or now-1h.")  # fmt: skip
+@click.option(
+    "--from",
+    "start",
+    required=True,
+    help="Range start (inclusive): ISO-8601 with an offset (2024-05-01T12:00:00Z), a date, "
+    "epoch ms, now, -2h or now-1h.",
+)
 @click.option("--to", "end", required=True, help="Range end (exclusive), same forms.")
 @click.option("--compare-from", default=None, help="Start of a range to compare with.")
 @click.option("--compare-to", default=None, help="End of the range to compare with.")

@@ -141,9 +141,7 @@ class Reference:
                 continue
             applied[entity].extend(_as_logged(rows))
             max_t[entity] = max(t, max_t.get(entity, t))
-        flushed = {
-            e: _as_logged(engine.flush(s, e, _FAR_FUTURE_MS)) for e, s in states.items()
-        }
+        flushed = {e: _as_logged(engine.flush(s, e, _FAR_FUTURE_MS)) for e, s in states.items()}
         return cls(dict(applied), flushed, late, len(decoded.dead), max_t)
 
     def check_rows(self, rows: Iterable[Row]) -> None:

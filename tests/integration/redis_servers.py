@@ -19,27 +19,40 @@ __all__ = ["RedisProcess", "free_port", "start_cluster"]
 _START_TIMEOUT_S = 10.0
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A free loopback port for a server to listen on, below the kernel's ephemeral range.
+
+    A port from the ephemeral range (what binding port 0 gives) can be taken by any outgoing
+    connection between this call and the server's bind: CI once lost a Redis Cluster node that
+    way. Ports below the range are only ever taken by listeners; ports handed out earlier in
+    this process are not handed out again."""
+    return free_port_block(1)
 
 
 def free_port_block(count: int) -> int:
     """The first of ``count`` consecutive free ports (``freshet run -p N --metrics-port P`` serves
     process i on ``P + i``), taken below the kernel's ephemeral range so that no outgoing
     connection grabs one of them between this call and the server's bind."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    low = _ephemeral_low()
     rng = random.Random()
     for _ in range(200):
         base = rng.randrange(20_000, low - count)
+        if _handed_out.intersection(range(base, base + count)):
+            continue
         socks = []
         try:
             for port in range(base, base + count):
                 sock = socket.socket()
                 socks.append(sock)
                 sock.bind(("127.0.0.1", port))
+            _handed_out.update(range(base, base + count))
             return base
         except OSError:
             continue
@@ -81,9 +94,11 @@ class RedisProcess:
             # The bus port defaults to port + 10000, past 65535 for high free ports: pick one.
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
             args += ["--cluster-port", str(free_port())]
-        self._proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.workdir
-        )
+        log = self.workdir / "redis-server.log"
+        with log.open("ab") as out:
+            self._proc = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir
+            )
         client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
         deadline = time.monotonic() + _START_TIMEOUT_S
         try:
@@ -93,8 +108,9 @@ class RedisProcess:
                     return
                 except redis.ConnectionError:
                     if time.monotonic() > deadline or self._proc.poll() is not None:
+                        tail = log.read_text(errors="replace").splitlines()[-5:]
                         raise RuntimeError(
-                            f"redis-server on port {self.port} did not start"
+                            f"redis-server on port {self.port} did not start: " + " | ".join(tail)
                         ) from None
                     time.sleep(0.02)
         finally:

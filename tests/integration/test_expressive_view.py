@@ -34,8 +34,7 @@ import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Producer
 from pipeline_harness import wait_until
-
-from freshet.ops.processes import free_port
+from redis_servers import free_port
 
 VIEW = "card_merchant"
 _FRESHET = [sys.executable, "-c", "import sys; from freshet.cli import main; sys.exit(main())"]

@@ -17,7 +17,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -29,6 +28,7 @@ import httpx
 import pytest
 from confluent_kafka.admin import AdminClient
 from pipeline_harness import read_topic, wait_until
+from redis_servers import free_port
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 TOPIC = "payments"  # the README's topic name, replaced by a unique one
@@ -86,13 +86,6 @@ def expected_values(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         }
         for user, evs in by_user.items()
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture

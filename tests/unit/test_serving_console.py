@@ -118,7 +118,10 @@ def test_history_and_stats_answer_from_the_offline_log(tmp_path: Path) -> None:
     history = _get(app, "/ui/api/history/card_txn?card_id=c1&from=2024-05-01&to=now")
     assert history.status_code == 200, history.text
     assert history.json()["as_of"] == []
-    stats = _get(app, "/ui/api/stats/card_txn?from=now-1h&to=now&compare_from=2024-05-01&compare_to=2024-05-02")
+    stats = _get(
+        app,
+        "/ui/api/stats/card_txn?from=now-1h&to=now&compare_from=2024-05-01&compare_to=2024-05-02",
+    )
     assert stats.status_code == 200, stats.text
     assert stats.json()["base"]["rows"] == 0
     bad = _get(app, "/ui/api/stats/card_txn?from=yesterday&to=now")
