@@ -548,6 +548,10 @@ class ParquetSink(FixedPartitionedSink[list[Row], WriterState | None]):
     max_age_s: float = 60.0
     prefix: str = ""
     commit_at_snapshot: bool = True
+    # The segment being filled is written one row group at a time while rows arrive, so a
+    # snapshot (which the flow waits for) only writes the last second's rows and the footer.
+    row_group_rows: int | None = 16_384
+    row_group_age_s: float = 1.0
 
     def list_parts(self) -> list[str]:
         width = len(str(self.partitions - 1))
@@ -565,6 +569,8 @@ class ParquetSink(FixedPartitionedSink[list[Row], WriterState | None]):
             resume_state=resume_state,
             background=True,
             on_commit=_counter(metrics.SEGMENTS_WRITTEN.labels(view=self.view.name)),
+            row_group_rows=self.row_group_rows,
+            row_group_age_s=self.row_group_age_s,
         )
         return _ParquetPartition(self.view.name, writer, commit_at_snapshot=self.commit_at_snapshot)
 

@@ -14,10 +14,12 @@ and snapshots every touched key at every epoch, so fewer, fatter keys win. A sha
 timer (the earliest ``next_expiry`` of its entities, from a heap) and pickles only what
 changed: an entity's state is pickled after it changed, and its bytes are reused while it stays
 clean; resuming unpickles an entity only when it is next touched. An entity left alone for
-``FlowOptions.pickle_ahead_ms`` (2 s) is pickled during the epoch rather than at its snapshot,
-which then pickles only the recently changed ones (Bytewax snapshots every shard at once, and
-the flow stops meanwhile). The measurements behind these choices, and the flow's speed, are in
-``tests/bench/README.md``.
+``FlowOptions.pickle_ahead_ms`` (200 ms) is pickled during the epoch rather than at its
+snapshot, which then pickles only the recently changed ones: Bytewax snapshots every shard at
+once, and the flow stops reading until the epoch's snapshots are written (its backpressure),
+so the snapshot's length is a stall in freshness (at 5,000 events/s over 100,000 cards: 2 s
+ahead left ~9,000 states for the snapshot, 90-150 ms; 200 ms ahead, ~1,000). The
+measurements behind these choices, and the flow's speed, are in ``tests/bench/README.md``.
 
 Where the pickled states live (:mod:`freshet.stream.state_store`): with
 ``FlowOptions.state_dir`` (``freshet run --recovery-dir`` sets it), in append-only segment
@@ -95,6 +97,8 @@ log = logging.getLogger(__name__)
 DEFAULT_SHARDS = 256
 
 StartAt = Literal["earliest", "latest"] | int  # int: epoch milliseconds
+# With a state dir, a shard writes the states pickled ahead once this many bytes wait.
+FLUSH_AHEAD_BYTES = 4096
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,7 +127,7 @@ class FlowOptions:
     schema_registry_url: str | None = None
     # With recovery: pickle an entity's state once it has been left alone this long (wall ms),
     # instead of all changed entities at the epoch's snapshot (None: only at the snapshot).
-    pickle_ahead_ms: int | None = 2_000
+    pickle_ahead_ms: int | None = 200
     state_dir: Path | None = None
 
     def __post_init__(self) -> None:
@@ -392,6 +396,10 @@ class ShardLogic(StatefulBatchLogic[list[Event], Changes, ShardResume]):
         for entity in ready:
             del dirty[entity]
         self._save(ready)
+        # Written ahead too: records past the pointer of the last snapshot are harmless (a
+        # resume truncates them), and the snapshot then only writes the last moment's.
+        if self._saved.pending_bytes >= FLUSH_AHEAD_BYTES:
+            self._bytes_counter.inc(self._saved.flush())
 
     def _save(self, entities: Iterable[str]) -> None:
         """Pickles ``entities``' states into ``_saved`` (or drops the drained ones).

@@ -111,6 +111,10 @@ class DictStates:
     def flush(self) -> int:
         return 0
 
+    @property
+    def pending_bytes(self) -> int:
+        return 0
+
     def maybe_compact(self) -> bool:
         return False
 
@@ -145,6 +149,7 @@ class SegmentStore:
         self._live = 0  # bytes of the records the index points to
         # entity -> (its next record, built when put: a flush only joins them; False: dropped)
         self._pending: dict[str, tuple[bytes, bool]] = {}
+        self._pending_bytes = 0  # of the records in _pending (an entity's latest counted once)
         self._timers: dict[str, int] = {}
         self._snapshots_in_generation = 0
 
@@ -239,12 +244,24 @@ class SegmentStore:
     def put(self, entity: str, next_at: int | None, state: bytes | None) -> None:
         """Save an entity's pickled state (None: it was dropped) at the next ``flush``."""
         if state is None and entity not in self._index:
-            self._pending.pop(entity, None)  # dropped before it was ever written
+            old = self._pending.pop(entity, None)  # dropped before it was ever written
+            if old is not None:
+                self._pending_bytes -= len(old[0])
             return
         key = entity.encode("utf-8", "surrogateescape")
         body = b"" if state is None else state
         header = _HEADER.pack(len(key), len(body), _NO_EXPIRY if next_at is None else next_at)
-        self._pending[entity] = (b"".join((header, key, body)), state is not None)
+        record = b"".join((header, key, body))
+        old = self._pending.get(entity)
+        if old is not None:
+            self._pending_bytes -= len(old[0])
+        self._pending[entity] = (record, state is not None)
+        self._pending_bytes += len(record)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes ``put`` since the last ``flush`` (what it would write)."""
+        return self._pending_bytes
 
     def entities(self) -> Iterable[str]:
         return self._index.keys() | {e for e, (_, alive) in self._pending.items() if alive}
@@ -280,6 +297,7 @@ class SegmentStore:
                 live -= old & 0xFFFFFFFF
             at += length
         self._pending.clear()
+        self._pending_bytes = 0
         data = b"".join(parts)
         _pwrite_all(self._fd, data, self._end)
         self._end = at

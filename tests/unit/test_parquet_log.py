@@ -170,6 +170,58 @@ def test_a_failed_background_commit_is_raised_by_the_next_call_and_every_later_o
     assert segment_paths(tmp_path, "card_txn") == []
 
 
+def test_row_groups_are_written_while_rows_arrive_and_the_commit_only_finishes_them(
+    tmp_path: Path,
+) -> None:
+    """``row_group_rows``: the open segment's .tmp file grows by sorted row groups before any
+    commit; the snapshot adds the rest and renames; max_rows still bounds a segment."""
+    clock = FakeClock()
+    w = writer(
+        tmp_path, max_rows=10, background=True, row_group_rows=3, row_group_age_s=5, clock=clock
+    )
+    rows = [row(i, entity=f"card-{(7 * i) % 5}") for i in range(14)]
+
+    w.write(rows[:4])  # 4 >= 3: one row group of 4 rows handed to the open segment
+    w.write(rows[4:5])  # 1 row: not due yet
+    clock.now += 5
+    w.roll_if_due()  # the oldest unwritten row is 5 s old: a row group of 1
+    w._executor.submit(lambda: None).result()  # the writer's thread has written them
+    assert len(list(tmp_path.glob("card_txn/date=*/.w0-0000000000.parquet.tmp"))) == 1
+    assert segment_paths(tmp_path, "card_txn") == []  # nothing visible before the commit
+    assert w.buffered == 5
+
+    w.write(rows[5:14])  # the segment fills at 10 rows and is committed; 4 rows left
+    state = w.snapshot()
+
+    assert state == WriterState(2)
+    first, second = segment_paths(tmp_path, "card_txn")
+    assert [pq.read_metadata(p).num_rows for p in (first, second)] == [10, 4]
+    groups = pq.ParquetFile(first)
+    sizes = [groups.metadata.row_group(i).num_rows for i in range(groups.num_row_groups)]
+    assert sizes == [4, 1, 5]  # the last group: what the commit wrote
+    for i in range(groups.num_row_groups):
+        group = groups.read_row_group(i)
+        keys = list(zip(group["entity"].to_pylist(), group["offset"].to_pylist(), strict=True))
+        assert keys == sorted(keys)
+    assert not list(tmp_path.glob("card_txn/date=*/.*.tmp"))
+    assert as_rows(read_log(tmp_path, "card_txn")) == expected(rows)
+
+
+def test_a_failed_row_group_is_raised_and_its_segment_is_not_committed(tmp_path: Path) -> None:
+    w = writer(tmp_path, background=True, row_group_rows=1)
+    w.write([row(0)])
+    w.write([Row("card_txn", "c", DAY1, ("not a count", 1.0, "m"), 0, 1)])
+    w._executor.submit(lambda: None).result()
+
+    with pytest.raises(ParquetLogError, match="txn_count_5m"):
+        w.write([row(2)])
+    with pytest.raises(ParquetLogError, match="txn_count_5m"):
+        w.snapshot()
+    assert segment_paths(tmp_path, "card_txn") == []
+    writer(tmp_path)  # the next writer with that id (the flow's restart) removes the .tmp
+    assert not list(tmp_path.glob("card_txn/date=*/.*.tmp"))
+
+
 def test_rows_go_to_the_utc_date_of_their_as_of(tmp_path: Path) -> None:
     w = writer(tmp_path)
     late_day1 = row(1, as_of=DAY2 - 1)
@@ -336,7 +388,7 @@ def test_bad_writer_settings_are_refused(tmp_path: Path, kwargs: dict[str, Any])
     replay_batch=st.integers(min_value=1, max_value=9),
     age_rolls=st.booleans(),
     replay_max_rows=st.integers(min_value=1, max_value=100),
-    background=st.booleans(),
+    background=st.sampled_from([None, 1, 2, 5]),  # None: synchronous; else row group rows
 )
 def test_any_crash_point_and_batching_leaves_each_row_exactly_once(
     tmp_path_factory: pytest.TempPathFactory,
@@ -348,12 +400,15 @@ def test_any_crash_point_and_batching_leaves_each_row_exactly_once(
     replay_batch: int,
     age_rolls: bool,
     replay_max_rows: int,
-    background: bool,
+    background: int | None,
 ) -> None:
     """Bytewax recovery, simulated: snapshot every ``epoch`` batches, crash, resume, replay."""
     root = tmp_path_factory.mktemp("log")
     rows = [row(i, as_of=DAY1 + 40_000_000 * i) for i in range(n)]  # spans several dates
-    w = writer(root, max_rows=max_rows, background=background)
+    if background is None:
+        w = writer(root, max_rows=max_rows)
+    else:
+        w = writer(root, max_rows=max_rows, background=True, row_group_rows=background)
     state, resume_at, pos, batches = None, 0, 0, 0
     while pos < n and pos < crash_at:
         w.write(rows[pos : pos + batch])

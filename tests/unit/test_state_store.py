@@ -14,7 +14,7 @@ import pytest
 from freshet.dsl.definitions import Aggregation, Entity, Feature, FeatureView, Source
 from freshet.engine.view_engine import ViewEngine
 from freshet.sinks.rows import Row
-from freshet.stream import state_store
+from freshet.stream import pipeline, state_store
 from freshet.stream.pipeline import FlowOptions, ShardLogic, shard_keys, shard_of
 from freshet.stream.state_store import SegmentStore, StatePointer
 
@@ -110,6 +110,47 @@ def test_resume_truncates_what_an_uncommitted_epoch_wrote(tmp_path: Path) -> Non
     assert rows(resumed.on_batch(replay)) == rows(again.on_batch(replay))
     assert resumed.notify_at() == again.notify_at()
     assert sorted(resumed._saved.entities()) == ["a", "b"]
+
+
+def test_states_pickled_ahead_are_written_ahead_and_the_snapshot_writes_only_the_rest(
+    tmp_path: Path,
+) -> None:
+    """Entities left alone for ``pickle_ahead_ms`` reach the file during the epoch (once
+    ``FLUSH_AHEAD_BYTES`` wait); a resume from the previous pointer still truncates them."""
+    clock = FakeClock(T0)
+    shard = logic(clock, tmp_path)
+    shard.on_batch([[event("seed", T0, 0)]])
+    committed = shard.snapshot()
+    assert isinstance(committed, StatePointer)
+    cards = [f"c{i}" for i in range(200)]
+    shard.on_batch([[event(card, T0, 1 + i) for i, card in enumerate(cards)]])
+    clock.now += 1_000  # left alone for pickle_ahead_ms: pickled and written by the next batch
+    shard.on_batch([[event("late-comer", T0 + 1_000, 500)]])
+    (path,) = segment_files(tmp_path)
+    ahead = path.stat().st_size - committed.end
+    assert ahead > 200 * 100  # the 200 states are in the file before any snapshot
+    assert shard._saved.pending_bytes < pipeline.FLUSH_AHEAD_BYTES
+
+    second = shard.snapshot()
+    assert isinstance(second, StatePointer)
+    assert len(second) == 202
+    assert second.end - committed.end - ahead < 1_000  # the snapshot wrote one state
+
+    resumed = logic(clock, tmp_path, resume=committed)  # that epoch was never committed
+    assert path.stat().st_size == committed.end
+    assert sorted(resumed._saved.entities()) == ["seed"]
+
+
+def test_pending_bytes_count_each_entitys_latest_record_once(tmp_path: Path) -> None:
+    store = SegmentStore(tmp_path, "s0")
+    store.open(None)
+    store.put("a", 5, b"x" * 10)
+    store.put("a", 6, b"y" * 30)  # replaces the first
+    store.put("b", None, b"z" * 7)
+    store.put("b", None, None)  # dropped before it was ever written: nothing to write
+    assert store.pending_bytes == 16 + 1 + 30
+    assert store.flush() == 47
+    assert store.pending_bytes == 0
 
 
 def test_idle_entities_leave_memory_and_come_back_with_the_same_rows(tmp_path: Path) -> None:
