@@ -322,6 +322,13 @@ def freshness(args: argparse.Namespace) -> None:
             if q50 is not None and q99 is not None:
                 print(f"  {what}: {n:,.0f}, p50 {q50 * 1000:.1f} ms, "
                       f"p99 {q99 * 1000:.1f} ms")  # fmt: skip
+        pickled = metrics.get(f"freshet_state_entities_pickled_total{{{view}}}", 0)
+        written = metrics.get(f"freshet_state_bytes_written_total{{{view}}}", 0)
+        if pickled:
+            print(
+                f"  recovery state: {pickled:,.0f} states pickled for {counts.total:,} records, "
+                f"{written / 1e6:,.1f} MB written ({written / max(pickled, 1):,.0f} B per state)"
+            )
         if raw:
             print(
                 f"  limit, plain consumer (Kafka timestamp -> received): p50 "
