@@ -10,8 +10,9 @@ Layout (one directory per view version, one per UTC date of ``as_of``)::
 
 Columns: ``entity`` (string), ``as_of`` (timestamp ms, UTC), one column per feature with its
 ``ViewLayout`` type (int64 | float64 | string), ``partition`` (int32) and ``offset`` (int64) of
-the source event, ``written_at`` (timestamp ms, UTC: when the segment was committed). Rows
-within a segment are sorted by ``(entity, as_of, offset)``; zstd compression.
+the source event, ``written_at`` (timestamp ms, UTC: when the segment was committed, or its
+row group written, see "Row groups"). Rows within a segment (within each row group, for a
+writer with ``row_group_rows``) are sorted by ``(entity, as_of, offset)``; zstd compression.
 
 A view keyed by several fields (DESIGN "Entities") also has one column per key field, named
 as the field, right after ``entity``: its value decoded from ``entity``
