@@ -409,10 +409,10 @@ class ParquetLogWriter:
             done += self._wait_oldest()
         if n:
             self._stage(n)
-        seq, rows = self._open_seq, self._open_rows
-        assert seq is not None
+        open_seq, open_rows = self._open_seq, self._open_rows
+        assert open_seq is not None
         self._open_seq, self._open_rows = None, 0
-        self._pending.append((self._executor.submit(self._close_segment, seq), rows))
+        self._pending.append((self._executor.submit(self._close_segment, open_seq), open_rows))
         return done
 
     def _stage(self, n: int) -> None:

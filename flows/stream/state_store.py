@@ -18,13 +18,19 @@ generations are deleted, and the index is rebuilt by reading the records up to i
 record of an entity wins). A shard started without a pointer writes a new generation and
 leaves the older files alone (the last committed epoch may still point into them).
 
-Compaction. Once a file holds more than twice the bytes of its live records (and at least
-``COMPACT_MIN_BYTES``), the live records are copied into the next generation, which the
-next snapshot points into: on the shard's own activation, between snapshots (one shard's file
-at a time, not on a thread). The generations before the current one are deleted then, and only
-if the current one has been pointed to by ``COMPACT_AFTER_SNAPSHOTS`` snapshots — assuming, of
-Bytewax, that it resumes from its newest committed epoch and never has that many epochs in
-flight at once (not checked against its Rust source).
+Compaction, in the background. Once a file holds more than twice the bytes of its live
+records (and at least ``COMPACT_MIN_BYTES``), a thread (one per process, one file at a time)
+copies the records the index points to at that moment into the next generation's file while
+the shard goes on appending to the current one. The shard's next activation after the copy
+finished switches: it appends what the current file gained since (its tail, a fraction of an
+epoch's writes), re-points the index, and the next snapshot points into the new file. The
+shard's thread thus copies only the tail: at 40,000 entities per shard (10 million held over
+256 shards) an inline compaction held the flow 148 ms, at 4,000 entities 7 ms. The generations
+before the current one are deleted at the switch, and only if the current one has been pointed
+to by ``COMPACT_AFTER_SNAPSHOTS`` snapshots — assuming, of Bytewax, that it resumes from its
+newest committed epoch and never has that many epochs in flight at once (not checked against
+its Rust source). A kill during a copy leaves a partial newer file, which the resume deletes
+(the committed pointer names the older one).
 
 Record layout (little-endian): ``u32 entity length, u32 state length (0: the entity was
 dropped), i64 next expiry (``_NO_EXPIRY`` for None), entity (UTF-8, surrogateescape),
@@ -39,7 +45,10 @@ from __future__ import annotations
 import os
 import re
 import struct
+import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +70,29 @@ COMPACT_AFTER_SNAPSHOTS = 4
 
 _HEADER = struct.Struct("<IIq")
 _NO_EXPIRY = -(1 << 63)
+
+_compactor: Executor | None = None
+_compactor_lock = threading.Lock()
+
+
+def _background() -> Executor:
+    """The process's compaction thread (started on first use)."""
+    global _compactor
+    with _compactor_lock:
+        if _compactor is None:
+            _compactor = ThreadPoolExecutor(1, thread_name_prefix="freshet-compact")
+        return _compactor
+
+
+@dataclass(slots=True)
+class _Compaction:
+    """A copy of the live records into ``generation``'s file (``fd``), running: ``copied_end``
+    is the current file's end when it started; the result is (index in the new file, its end)."""
+
+    future: Future[tuple[dict[str, int], int]]
+    copied_end: int
+    fd: int
+    generation: int
 
 
 class StateStoreError(ValueError):
@@ -138,9 +170,11 @@ class SegmentStore:
     pointer past them. ``get`` reads an entity's newest state from memory or from its file.
     """
 
-    def __init__(self, directory: Path, shard: str) -> None:
+    def __init__(self, directory: Path, shard: str, compactor: Executor | None = None) -> None:
         self._dir = directory
         self._shard = shard
+        self._compactor = compactor  # None: the process's compaction thread
+        self._compaction: _Compaction | None = None
         self._generation = 0
         self._fd = -1
         self._end = 0
@@ -312,41 +346,60 @@ class SegmentStore:
     # -- compaction ----------------------------------------------------------------------------
 
     def maybe_compact(self) -> bool:
-        """Copy the live records into the next generation when the file is mostly garbage."""
+        """Start a background copy of the live records into the next generation when the file
+        is mostly garbage; switch to it once the copy is done. True when it switched."""
+        running = self._compaction
+        if running is not None:
+            if not running.future.done():
+                return False
+            self._compaction = None
+            self._switch(running)
+            return True
         if (
             self._end < COMPACT_MIN_BYTES
             or self._end < 2 * self._live
             or self._snapshots_in_generation < COMPACT_AFTER_SNAPSHOTS
         ):
             return False
-        data = os.pread(self._fd, self._end, 0)
-        view = memoryview(data)
-        parts = []
-        index = {}
-        at = 0
-        for entity, packed in self._index.items():
-            offset, length = packed >> 32, packed & 0xFFFFFFFF
-            parts.append(view[offset : offset + length])
-            index[entity] = (at << 32) | length
-            at += length
         generation = self._generation + 1
         fd = os.open(
             self._dir / _name(self._shard, generation), os.O_RDWR | os.O_CREAT | os.O_TRUNC
         )
-        _pwrite_all(fd, b"".join(parts), 0)
+        compactor = self._compactor or _background()
+        future = compactor.submit(_copy_live, self._fd, self._end, dict(self._index), fd)
+        self._compaction = _Compaction(future, self._end, fd, generation)
+        return False
+
+    def _switch(self, done: _Compaction) -> None:
+        """Make the copied generation current: append what the current file gained since the
+        copy started and re-point the index (an entity whose record predates the copy has the
+        same record in the copy)."""
+        try:
+            copied, at = done.future.result()
+            tail = self._end - done.copied_end
+            if tail:
+                _pwrite_all(done.fd, os.pread(self._fd, tail, done.copied_end), at)
+        except BaseException:
+            os.close(done.fd)
+            raise
+        shift = at - done.copied_end
+        index = {}
+        for entity, packed in self._index.items():
+            if packed >> 32 >= done.copied_end:
+                index[entity] = packed + (shift << 32)
+            else:
+                index[entity] = copied[entity]
         os.close(self._fd)
         # The current generation stays until the next compaction: a resume may still point
         # into it until a snapshot pointing into the new one is committed.
         for gen, path in self._files().items():
             if gen < self._generation:
                 path.unlink()
-        self._fd = fd
-        self._generation = generation
+        self._fd = done.fd
+        self._generation = done.generation
         self._index = index
-        self._end = at
-        self._live = at
+        self._end = at + tail
         self._snapshots_in_generation = 0
-        return True
 
     @property
     def file_bytes(self) -> int:
@@ -354,9 +407,31 @@ class SegmentStore:
         return self._end
 
     def close(self) -> None:
+        running, self._compaction = self._compaction, None
+        if running is not None:  # its file is left for the next compaction or resume to delete
+            with suppress(Exception):  # the store is closing: the copy is not used
+                running.future.result()
+            os.close(running.fd)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _copy_live(src: int, end: int, index: dict[str, int], dst: int) -> tuple[dict[str, int], int]:
+    """On the compaction thread: the records ``index`` points to in ``src`` (before ``end``),
+    written one after another to ``dst``; returns their index there and the end."""
+    data = os.pread(src, end, 0)
+    view = memoryview(data)
+    parts = []
+    copied = {}
+    at = 0
+    for entity, packed in index.items():
+        offset, length = packed >> 32, packed & 0xFFFFFFFF
+        parts.append(view[offset : offset + length])
+        copied[entity] = (at << 32) | length
+        at += length
+    _pwrite_all(dst, b"".join(parts), 0)
+    return copied, at
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

@@ -6,6 +6,8 @@ same rows, compaction loses nothing."""
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
@@ -192,8 +194,13 @@ def test_compaction_keeps_every_state_and_deletes_old_generations(
         assert rows(shard.on_batch(batch)) == rows(reference.on_batch(batch))
         pointer = shard.snapshot()
         reference.snapshot()
+        running = shard._saved._compaction
+        if running is not None:  # epochs are seconds apart: the background copy is done
+            running.future.result()
     assert pointer.generation >= 2
-    assert len(segment_files(tmp_path)) <= 2
+    # The current generation, the one before it (a resume may still point there) and a copy
+    # that is done but not switched to yet (the shard's next activation would).
+    assert len(segment_files(tmp_path)) <= 3
     resumed = logic(clock, tmp_path, resume=pointer)
     assert segment_files(tmp_path) == [
         tmp_path / VIEW.name / f"{SHARD}.{pointer.generation:06d}.seg"
@@ -201,6 +208,94 @@ def test_compaction_keeps_every_state_and_deletes_old_generations(
     clock.now += 500
     batch = [[event(f"c{i}", clock.now, offset + i) for i in range(7)]]
     assert rows(resumed.on_batch(batch)) == rows(reference.on_batch(batch))
+
+
+class HeldExecutor(Executor):
+    """Runs a submitted call only when the test says so (the compaction thread, paused)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Future[Any], Callable[[], Any]]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self.calls.append((future, lambda: fn(*args, **kwargs)))
+        return future
+
+    def run_all(self) -> None:
+        for future, call in self.calls:
+            future.set_result(call())
+        self.calls.clear()
+
+
+def test_compaction_copies_in_the_background_while_the_shard_appends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records appended, replaced and dropped while the copy runs are all in the new
+    generation after the switch; a store opened from its pointer holds the same states."""
+    monkeypatch.setattr(state_store, "COMPACT_MIN_BYTES", 1)
+    held = HeldExecutor()
+    store = SegmentStore(tmp_path, "s0", compactor=held)
+    store.open(None)
+    expected: dict[str, bytes] = {}
+    for round_ in range(3):  # mostly garbage: each entity written three times
+        for i in range(50):
+            expected[f"e{i}"] = f"r{round_}-{i}".encode() * 5
+            store.put(f"e{i}", i, expected[f"e{i}"])
+        store.flush()
+    for _ in range(state_store.COMPACT_AFTER_SNAPSHOTS):
+        old = store.snapshot()
+    assert not store.maybe_compact()  # the copy is submitted, not run on this thread
+    assert len(held.calls) == 1
+    # The shard goes on while the copy waits: replaced, dropped and new entities.
+    expected["e1"] = b"replaced during the copy"
+    store.put("e1", 1, expected["e1"])
+    store.put("e2", None, None)
+    del expected["e2"]
+    expected["new"] = b"added during the copy"
+    store.put("new", None, expected["new"])
+    store.flush()
+    assert not store.maybe_compact()  # still copying: nothing switches
+    assert store.snapshot().generation == old.generation
+
+    held.run_all()
+    assert store.maybe_compact()  # the switch, on the shard's next activation
+    pointer = store.snapshot()
+    assert pointer.generation == old.generation + 1
+    assert {e: store.get(e) for e in store.entities()} == expected
+    # Only live records and the tail appended during the copy (three of them) are left.
+    live = sum(len(v) + len(e) + 16 for e, v in expected.items())
+    assert pointer.end < live + 3 * 64
+    reopened = SegmentStore(tmp_path, "s0")
+    reopened.open(pointer)
+    assert {e: reopened.get(e) for e in reopened.entities()} == expected
+    assert dict(reopened.timers()) == {f"e{i}": i for i in range(50) if i != 2}
+    store.close()
+    reopened.close()
+
+
+def test_a_kill_during_a_copy_resumes_from_the_older_generation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state_store, "COMPACT_MIN_BYTES", 1)
+    held = HeldExecutor()
+    store = SegmentStore(tmp_path, "s0", compactor=held)
+    store.open(None)
+    for round_ in range(3):
+        for i in range(10):
+            store.put(f"e{i}", None, bytes([round_]) * 20)
+        store.flush()
+    for _ in range(state_store.COMPACT_AFTER_SNAPSHOTS):
+        pointer = store.snapshot()
+    store.maybe_compact()
+    held.calls[0][1]()  # the copy ran; the process is killed before the shard switches
+    assert len(list(tmp_path.glob("*.seg"))) == 2
+    reopened = SegmentStore(tmp_path, "s0")
+    reopened.open(pointer)
+    assert {e: reopened.get(e) for e in reopened.entities()} == {
+        f"e{i}": bytes([2]) * 20 for i in range(10)
+    }
+    assert [p.name for p in tmp_path.glob("*.seg")] == [f"s0.{pointer.generation:06d}.seg"]
+    reopened.close()
 
 
 def test_a_shard_started_again_without_resume_state_keeps_the_committed_files(
