@@ -465,8 +465,11 @@ class ParquetLogWriter:
             date_dir, name = self._segment_name(day, seq)
             date_dir.mkdir(exist_ok=True)
             tmp = date_dir / f".{name}.tmp"
-            # Arrow's own file (not a Python one): a writer abandoned by a crash leaves no
-            # unclosed Python file behind, only the .tmp file the next writer removes.
+            # Created here first so that an unwritable directory fails with Python's own
+            # error naming the file ("[Errno 13] Permission denied: '<path>'"); then written
+            # through Arrow's own file (not a Python one): a writer abandoned by a crash leaves
+            # no unclosed Python file behind, only the .tmp file the next writer removes.
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
             writer = pq.ParquetWriter(str(tmp), self._schema, compression="zstd")
             entry = self._open_files[day] = (writer, tmp, date_dir / name)
         return entry[0]
