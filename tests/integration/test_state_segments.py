@@ -39,6 +39,30 @@ def has_read(port: int, records: int) -> bool:
     return scrape(port).get(f"freshet_events_in_total{LABEL}", 0) >= records
 
 
+def committed_epoch(recovery: Path) -> int:
+    """The newest epoch Bytewax committed in the recovery partitions (-1: none yet)."""
+    newest = -1
+    for part in recovery.glob("part-*.sqlite3"):
+        db = sqlite3.connect(f"file:{part}?mode=ro", uri=True, timeout=5)
+        try:
+            (epoch,) = db.execute("SELECT max(commit_epoch) FROM commits").fetchone()
+        except sqlite3.OperationalError:  # the partition is still being created
+            epoch = None
+        finally:
+            db.close()
+        if epoch is not None:
+            newest = max(newest, epoch)
+    return newest
+
+
+def has_read_and_committed(port: int, records: int, recovery: Path, since: list[int]) -> bool:
+    """``records`` read by the process on ``port``, and an epoch committed since it started
+    (``since``: the committed epoch at its start, filled on the first call)."""
+    if not since:
+        since.append(committed_epoch(recovery))
+    return has_read(port, records) and committed_epoch(recovery) > since[0]
+
+
 def engine_snapshots(recovery: Path) -> list[object]:
     """Every engine-shard snapshot Bytewax holds in the recovery partitions, unpickled."""
     found: list[object] = []
@@ -77,10 +101,12 @@ def test_sigkill_twice_with_state_segments_resumes_to_an_uninterrupted_run(
         with FlowProcess(
             flow_args(topic, dlq, *extra, metrics_port=port), env=env, log=tmp_path / "flow.log"
         ) as flow:
+            # Killed once it has read its share and committed an epoch of its own (a fast run
+            # could read its share within its first 1 s epoch: nothing new to resume from).
             assert wait_until(
-                partial(has_read, port, counts.total // share),
+                partial(has_read_and_committed, port, counts.total // share, recovery, []),
                 timeout=120,
-                what=f"{counts.total // share} records read before the kill",
+                what=f"{counts.total // share} records read and an epoch committed",
                 interval=0.02,
             )
             assert flow.proc.poll() is None, flow.output()
