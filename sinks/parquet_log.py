@@ -409,10 +409,9 @@ class ParquetLogWriter:
             done += self._wait_oldest()
         if n:
             self._stage(n)
-        open_seq, open_rows = self._open_seq, self._open_rows
-        assert open_seq is not None
+        open_rows = self._open_rows
         self._open_seq, self._open_rows = None, 0
-        self._pending.append((self._executor.submit(self._close_segment, open_seq), open_rows))
+        self._pending.append((self._executor.submit(self._close_segment), open_rows))
         return done
 
     def _stage(self, n: int) -> None:
@@ -474,8 +473,8 @@ class ParquetLogWriter:
             entry = self._open_files[day] = (writer, tmp, date_dir / name)
         return entry[0]
 
-    def _close_segment(self, seq: int) -> list[Path]:
-        """On the writer's thread: finish segment ``seq``'s files (footer, fsync, rename)."""
+    def _close_segment(self) -> list[Path]:
+        """On the writer's thread: finish the open segment's files (footer, fsync, rename)."""
         files, self._open_files = self._open_files, {}
         if self._thread_error is not None:
             for writer, tmp, _ in files.values():
@@ -488,20 +487,8 @@ class ParquetLogWriter:
         for day in sorted(files):
             writer, tmp, final = files[day]
             writer.close()
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            crash_point("parquet.segment_tmp_written")
-            os.replace(tmp, final)
-            fsync_dir(final.parent)
-            crash_point("parquet.segment_renamed")
-            paths.append(final)
-        self.segments_committed += len(paths)  # one thread commits at a time
-        if self._on_commit is not None:
-            self._on_commit(paths)
-        return paths
+            paths.append(_publish(tmp, final))
+        return self._committed(paths)
 
     def _wait_oldest(self) -> list[Path]:
         future, _ = self._pending[0]
@@ -564,11 +551,16 @@ class ParquetLogWriter:
         return self._commit_table(self._table(rows), seq)
 
     def _commit_table(self, table: pa.Table, seq: int) -> list[Path]:
-        paths = [
-            self._write_segment(part.sort_by(_SORT_KEY), day, seq)
-            for day, part in self._by_day(self._stamped(table))
-        ]
-        self.segments_committed += len(paths)  # one thread commits at a time
+        return self._committed(
+            [
+                self._write_segment(part.sort_by(_SORT_KEY), day, seq)
+                for day, part in self._by_day(self._stamped(table))
+            ]
+        )
+
+    def _committed(self, paths: list[Path]) -> list[Path]:
+        """Counts a commit's segments (one thread commits at a time) and reports them."""
+        self.segments_committed += len(paths)
         if self._on_commit is not None:
             self._on_commit(paths)
         return paths
@@ -650,16 +642,24 @@ class ParquetLogWriter:
         date_dir, name = self._segment_name(day, seq)
         date_dir.mkdir(exist_ok=True)
         tmp = date_dir / f".{name}.tmp"
-        final = date_dir / name
         with open(tmp, "wb") as f:
             pq.write_table(table, f, compression="zstd")
-            f.flush()
-            os.fsync(f.fileno())
-        crash_point("parquet.segment_tmp_written")
-        os.replace(tmp, final)
-        fsync_dir(date_dir)
-        crash_point("parquet.segment_renamed")
-        return final
+        return _publish(tmp, date_dir / name)
+
+
+def _publish(tmp: Path, final: Path) -> Path:
+    """Make a written segment durable and visible: fsync it, rename it into place, fsync the
+    directory (with the crash points the tests stop at)."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    crash_point("parquet.segment_tmp_written")
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    crash_point("parquet.segment_renamed")
+    return final
 
 
 def log_dir(root: Path | str, view: str, version: int = 1) -> Path:
